@@ -1,0 +1,93 @@
+"""Alignment of a concept-similarity matrix with human ratings (Spearman ρ).
+
+The confidence interval is a percentile bootstrap over rated pairs. All measures
+of one run share the same resampled pair indices (a :class:`Bootstrap`), which
+makes the paired test of a difference between two measures a matter of comparing
+their per-resample ρ.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from scipy import stats
+
+from .human import HumanPairs
+
+
+@dataclass(frozen=True)
+class Alignment:
+    """Spearman ρ with the human scores, its p-value and bootstrapped 95% CI."""
+
+    spearman: float
+    p_value: float
+    ci_low: float
+    ci_high: float
+    n_pairs: int
+
+    def as_dict(self) -> dict[str, float | int | None]:
+        """JSON-ready: NaN (undefined ρ, e.g. a constant similarity) becomes None."""
+        return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in asdict(self).items()}
+
+
+def pair_values(matrix: np.ndarray, concepts: tuple[str, ...] | list[str], human: HumanPairs) -> np.ndarray:
+    """``matrix[a, b]`` for each rated pair ``(a, b)`` of ``human`` (whose words must be concepts)."""
+    position = {c: i for i, c in enumerate(concepts)}
+    rows = np.array([position[a] for a, _ in human.pairs], dtype=np.int64)
+    cols = np.array([position[b] for _, b in human.pairs], dtype=np.int64)
+    return np.asarray(matrix)[rows, cols]
+
+
+def _rowwise_spearman(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Spearman ρ of each row pair of ``x`` and ``y`` ``[B, n]`` (average ranks for ties)."""
+    rx = stats.rankdata(x, axis=1)
+    ry = stats.rankdata(y, axis=1)
+    rx -= rx.mean(axis=1, keepdims=True)
+    ry -= ry.mean(axis=1, keepdims=True)
+    denom = np.sqrt((rx * rx).sum(axis=1) * (ry * ry).sum(axis=1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(denom > 0, (rx * ry).sum(axis=1) / denom, np.nan)
+
+
+class Bootstrap:
+    """Shared pair resamples for the CIs and paired comparisons of one run.
+
+    Args:
+        human: the rated pairs every measure is scored against.
+        n_resamples: bootstrap resamples (percentile method).
+        rng: source of randomness (seeded by the caller).
+    """
+
+    def __init__(self, human: HumanPairs, n_resamples: int, rng: np.random.Generator) -> None:
+        self.human = np.asarray(human.scores, dtype=np.float64)
+        n = len(self.human)
+        self.indices = rng.integers(0, n, size=(n_resamples, n))
+        self._human_resampled = self.human[self.indices]
+
+    def resampled_rho(self, values: np.ndarray) -> np.ndarray:
+        """ρ on each resample ``[n_resamples]``."""
+        return _rowwise_spearman(np.asarray(values, dtype=np.float64)[self.indices], self._human_resampled)
+
+    def align(self, values: np.ndarray) -> Alignment:
+        """Spearman ρ of ``values`` (one per rated pair) with the human scores."""
+        values = np.asarray(values, dtype=np.float64)
+        if np.ptp(values) == 0:  # constant: ρ undefined
+            return Alignment(math.nan, math.nan, math.nan, math.nan, len(values))
+        result = stats.spearmanr(values, self.human)
+        boot = self.resampled_rho(values)
+        low, high = np.nanpercentile(boot, [2.5, 97.5])
+        return Alignment(float(result.statistic), float(result.pvalue), float(low), float(high), len(values))
+
+    def paired_p_value(self, values: np.ndarray, reference: np.ndarray) -> float:
+        """Two-sided paired bootstrap p-value that ρ(values) and ρ(reference) differ.
+
+        The share of resamples on which the difference has the other sign, doubled
+        (capped at 1); NaN when either ρ is undefined.
+        """
+        diff = self.resampled_rho(values) - self.resampled_rho(reference)
+        diff = diff[~np.isnan(diff)]
+        if len(diff) == 0:
+            return math.nan
+        return float(min(1.0, 2 * min((diff <= 0).mean(), (diff >= 0).mean())))

@@ -1,0 +1,28 @@
+"""The closing alignment table of ``elens-lite run``."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+
+def _num(value, fmt: str = ".3f") -> str:
+    return "–" if value is None else format(value, fmt)
+
+
+def print_alignment_table(summary: dict) -> None:
+    """ρ with the human set per measure (τ rules, other rules, baselines), with CIs."""
+    table = Table(title=f"Alignment with {summary['n_pairs']} human-rated pairs ({summary['model']}, {summary['n_concepts']} concepts)")
+    for column in ("measure", "ρ", "95% CI", "p vs paper", "median experts", "zero overlap"):
+        table.add_column(column, justify="left" if column == "measure" else "right")
+    for row in summary["comparison"]:
+        table.add_row(
+            row["measure"],
+            _num(row["spearman"]),
+            f"[{_num(row['ci_low'])}, {_num(row['ci_high'])}]",
+            _num(row["paired_p_vs_paper"]),
+            _num(row["median_experts"], ".0f"),
+            _num(row["zero_overlap_fraction"], ".2f"),
+            style="italic" if row["kind"] == "baseline" else None,
+        )
+    Console(width=120).print(table)

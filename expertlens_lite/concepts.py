@@ -1,0 +1,198 @@
+"""Concepts and their sentences: corpus reading, word matching and seeded sampling.
+
+The output, :class:`ConceptSet`, is the plain data every later stage uses: the
+distinct sentences the model must see (each exactly once) and, per concept, the
+row indices of its positives and of the pool rows excluded from its negatives.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import InputError
+
+log = logging.getLogger(__name__)
+
+_WORD = re.compile(r"\w+")
+
+
+@dataclass(frozen=True)
+class ConceptSet:
+    """Sentences and per-concept positive/negative rows.
+
+    Attributes:
+        sentences: the distinct sentences to run through the model, ``[S]``.
+        concepts: concept words, ``[C]``, in the order of the other per-concept fields.
+        positives: per concept, row indices (into ``sentences``) of its positives.
+        pool: row indices of the shared negative pool, ``[n_pool]``.
+        excluded: per concept, the pool rows that contain the concept; its negatives
+            are ``pool`` minus these.
+        skipped: concepts dropped for too few positives, with the count found.
+        seed: the seed that drew the samples.
+    """
+
+    sentences: tuple[str, ...]
+    concepts: tuple[str, ...]
+    positives: tuple[np.ndarray, ...]
+    pool: np.ndarray
+    excluded: tuple[np.ndarray, ...]
+    skipped: dict[str, int] = field(default_factory=dict)
+    seed: int = 0
+
+    def sentences_hash(self) -> str:
+        """A short content hash of the sentence list, the key of cached responses."""
+        digest = hashlib.sha256(json.dumps(self.sentences).encode("utf-8")).hexdigest()
+        return digest[:16]
+
+    def n_negatives(self, concept: int) -> int:
+        return len(self.pool) - len(self.excluded[concept])
+
+
+def read_corpus(path: Path | str) -> list[str]:
+    """Read a corpus: ``.jsonl`` with a ``text`` field per line, else one sentence a line.
+
+    Blank lines are ignored and duplicate sentences kept once (first occurrence).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"corpus file not found: {path}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"corpus {path} is not UTF-8 text (undecodable byte at offset {exc.start})") from None
+    if path.suffix == ".jsonl":
+        sentences = _parse_jsonl(path, text)
+    else:
+        sentences = [line.strip() for line in text.splitlines()]
+    sentences = list(dict.fromkeys(s for s in sentences if s))
+    if not sentences:
+        raise InputError(f"corpus {path} has no sentences")
+    return sentences
+
+
+def _parse_jsonl(path: Path, text: str) -> list[str]:
+    sentences = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            raise InputError(f"{path}:{number}: not valid JSON") from None
+        if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+            raise InputError(f"{path}:{number}: expected an object with a string 'text' field")
+        sentences.append(record["text"].strip())
+    return sentences
+
+
+def read_concepts(path: Path | str) -> list[str]:
+    """Read concept words, one per line (blank lines and ``#`` comments ignored)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"concepts file not found: {path}")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise InputError(f"concepts file {path} is not UTF-8 text") from None
+    words = []
+    for number, line in enumerate(lines, start=1):
+        word = line.strip().lower()
+        if not word or word.startswith("#"):
+            continue
+        if not _WORD.fullmatch(word):
+            raise InputError(f"{path}:{number}: a concept must be a single word, got {line.strip()!r}")
+        words.append(word)
+    words = list(dict.fromkeys(words))
+    if not words:
+        raise InputError(f"concepts file {path} lists no words")
+    return words
+
+
+def word_index(sentences: list[str]) -> dict[str, set[int]]:
+    """Map each lower-cased word token to the indices of the sentences containing it.
+
+    Tokens are maximal runs of word characters, so a lookup is equivalent to the
+    regular expression ``\\bword\\b`` (case-insensitive) on each sentence, at a
+    fraction of the cost when many concepts are matched against one corpus.
+    """
+    index: dict[str, set[int]] = defaultdict(set)
+    for i, sentence in enumerate(sentences):
+        for token in _WORD.findall(sentence.lower()):
+            index[token].add(i)
+    return index
+
+
+def matching_sentences(word: str, index: dict[str, set[int]]) -> set[int]:
+    """Sentences containing ``word`` as a whole word, or its simple plural (+s, +es)."""
+    word = word.lower()
+    return index.get(word, set()) | index.get(word + "s", set()) | index.get(word + "es", set())
+
+
+def build_concept_set(
+    corpus: list[str],
+    concepts: list[str],
+    *,
+    n_pos: int,
+    n_neg: int,
+    min_pos: int,
+    seed: int,
+) -> ConceptSet:
+    """Sample positives per concept and one shared negative pool, reproducibly.
+
+    Each concept keeps up to ``n_pos`` of its matching sentences (uniformly, seeded);
+    concepts with fewer than ``min_pos`` matches are skipped and reported. The pool
+    is ``n_neg`` sentences drawn from the whole corpus; a concept's negatives are the
+    pool minus the sentences containing it. Only sentences used somewhere are kept,
+    in corpus order, so each enters the model once.
+    """
+    if n_pos < 1 or n_neg < 1 or min_pos < 1:
+        raise InputError("--n-pos, --n-neg and --min-pos must be positive integers")
+    if min_pos > n_pos:
+        raise InputError(f"--min-pos ({min_pos}) cannot exceed --n-pos ({n_pos})")
+    rng = np.random.default_rng(seed)
+    index = word_index(corpus)
+    kept: list[str] = []
+    hits: list[np.ndarray] = []
+    chosen: list[np.ndarray] = []
+    skipped: dict[str, int] = {}
+    for word in concepts:
+        matches = np.array(sorted(matching_sentences(word, index)), dtype=np.int64)
+        if len(matches) < min_pos:
+            skipped[word] = int(len(matches))
+            continue
+        take = rng.choice(len(matches), size=min(n_pos, len(matches)), replace=False)
+        kept.append(word)
+        hits.append(matches)
+        chosen.append(np.sort(matches[take]))
+    if skipped:
+        shown = ", ".join(f"{w} ({n})" for w, n in list(skipped.items())[:8])
+        more = f" and {len(skipped) - 8} more (listed in summary.json)" if len(skipped) > 8 else ""
+        log.warning("skipped %d concept(s) with fewer than %d positive sentences: %s%s", len(skipped), min_pos, shown, more)
+    if len(kept) < 2:
+        raise InputError(
+            f"only {len(kept)} concept(s) have at least {min_pos} positive sentences in the corpus; "
+            "need 2 or more (add sentences, add concepts, or lower --min-pos)"
+        )
+    pool = np.sort(rng.choice(len(corpus), size=min(n_neg, len(corpus)), replace=False))
+    used = np.unique(np.concatenate([pool, *chosen]))
+    row_of = np.full(len(corpus), -1, dtype=np.int64)
+    row_of[used] = np.arange(len(used))
+    pool_rows = row_of[pool]
+    excluded = tuple(row_of[np.intersect1d(pool, h, assume_unique=True)] for h in hits)
+    return ConceptSet(
+        sentences=tuple(corpus[i] for i in used),
+        concepts=tuple(kept),
+        positives=tuple(row_of[c] for c in chosen),
+        pool=pool_rows,
+        excluded=excluded,
+        skipped=skipped,
+        seed=seed,
+    )

@@ -1,0 +1,24 @@
+"""Typed exceptions of the library.
+
+The CLI turns every :class:`ElensError` into a one-line message and exit status 2;
+anything else is a bug and keeps its traceback. Library code raises these for
+problems the *user* can fix (bad files, bad options), never for internal errors.
+"""
+
+from __future__ import annotations
+
+
+class ElensError(Exception):
+    """A problem with the user's input or environment, explained in one line."""
+
+
+class InputError(ElensError, ValueError):
+    """Malformed or out-of-range input data (files, arrays, option values)."""
+
+
+class ModelError(ElensError):
+    """A model that cannot be found, read, or is of an unsupported architecture."""
+
+
+class ResourceError(ElensError):
+    """A request too large for the machine (memory, disk)."""

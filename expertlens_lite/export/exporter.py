@@ -1,0 +1,173 @@
+"""Export a model to ONNX with pooled MLP neurons, validate it, and cache it.
+
+Steps (each a plain function): load the PyTorch model, export it with Optimum
+(feature extraction, no KV cache), add the pooled outputs (:mod:`.surgery`), save
+the tokenizer and the input-embedding table (for the word-embedding baseline),
+check parity with a PyTorch forward with hooks, write the manifest. The whole
+folder appears atomically under ``ELENS_HOME/models/<key>``, so an interrupted
+export leaves nothing behind and a rerun reuses a finished one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from ..atomic import atomic_dir
+from ..batching import PoolingOptions, encode, make_batch, pad_id
+from ..errors import ModelError
+from ..models import Architecture, get_architecture
+from ..models.sources import ModelSource, file_sha256
+from .manifest import FORMAT_VERSION, Manifest
+from .quantize import QUANTIZATIONS, onnx_filename, quantize_model
+from .reference import torch_responses
+from .surgery import POOL_MASK, SENTENCE_EMBEDDING, add_pooled_outputs, neuron_output
+
+log = logging.getLogger(__name__)
+
+EMBEDDINGS = "embeddings.npy"
+PARITY_ATOL = 1e-4
+# Different lengths so that the check exercises padding and the mask.
+PARITY_SENTENCES = (
+    "The cat sat quietly on the warm windowsill.",
+    "Rain again.",
+    "After the long winter, the first flowers opened in the garden behind the old stone house.",
+)
+
+
+class ParityError(ModelError):
+    """The exported graph disagrees with the PyTorch model beyond tolerance."""
+
+
+@dataclass(frozen=True)
+class ExportedModel:
+    """A finished export: its folder and manifest."""
+
+    directory: Path
+    manifest: Manifest
+
+    def onnx_path(self, quantize: str = "none") -> Path:
+        return self.directory / onnx_filename(quantize)
+
+    def tokenizer(self):
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(self.directory)
+
+    def embeddings(self) -> np.ndarray:
+        """The input-embedding table ``[vocab, hidden]`` (memory-mapped)."""
+        return np.load(self.directory / EMBEDDINGS, mmap_mode="r")
+
+
+def export_key(source: ModelSource) -> str:
+    raw = f"{source.fingerprint}|{source.revision}|{FORMAT_VERSION}"
+    return hashlib.sha256(raw.encode()).hexdigest()[:12]
+
+
+def export_dir(source: ModelSource, cache_dir: Path) -> Path:
+    readable = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(source.name).name)[-40:]
+    return cache_dir / "models" / f"{readable}-{export_key(source)}"
+
+
+def export_model(source: ModelSource, cache_dir: Path, quantize: str = "none") -> ExportedModel:
+    """Export (or reuse) ``source`` and make sure its ``quantize`` variant exists."""
+    if quantize not in QUANTIZATIONS:
+        raise ModelError(f"unknown quantization {quantize!r}; choose one of {', '.join(QUANTIZATIONS)}")
+    directory = export_dir(source, cache_dir)
+    if not (directory / "manifest.json").exists():
+        _export_fresh(source, directory)
+    exported = ExportedModel(directory, Manifest.load(directory))
+    if quantize != "none" and onnx_filename(quantize) not in exported.manifest.files:
+        path = quantize_model(exported.onnx_path(), quantize)
+        exported.manifest.files[path.name] = file_sha256(path)
+        exported.manifest.save(directory)
+    return exported
+
+
+def load_pretrained(source: ModelSource):
+    """Config, base model (fp32, eval mode) and tokenizer; clear errors when unreachable."""
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    try:
+        config = AutoConfig.from_pretrained(source.path, revision=source.revision)
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(
+            f"cannot load model {source.name!r} (revision {source.revision or 'default'}): {first} "
+            "(offline, a hub id must already be in the Hugging Face cache; or pass a local folder)"
+        ) from None
+    architecture = get_architecture(config.model_type)
+    import torch
+
+    model = AutoModel.from_pretrained(source.path, revision=source.revision, dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(source.path, revision=source.revision)
+    return architecture, model, tokenizer
+
+
+def _export_fresh(source: ModelSource, directory: Path) -> None:
+    from optimum.exporters.onnx import onnx_export_from_model
+
+    architecture, model, tokenizer = load_pretrained(source)
+    log.info("exporting %s to ONNX", source.name)
+    with atomic_dir(directory) as tmp:
+        with warnings.catch_warnings():  # the tracer's notes on constants are expected, not actionable
+            warnings.simplefilter("ignore")
+            onnx_export_from_model(model, tmp, task="feature-extraction", do_validation=False)
+        tokenizer.save_pretrained(tmp)
+        np.save(tmp / EMBEDDINGS, model.get_input_embeddings().weight.detach().float().numpy())
+
+        batch = make_batch(encode(tokenizer, PARITY_SENTENCES), range(len(PARITY_SENTENCES)), pad_id(tokenizer), PoolingOptions())
+        expected, expected_embedding = torch_responses(model, architecture, batch)
+        n_layers = model.config.num_hidden_layers
+        units = _units_per_layer(model, architecture, n_layers)
+        onnx_path = tmp / "model.onnx"
+        graph = onnx.load(onnx_path, load_external_data=False)
+        add_pooled_outputs(graph, [architecture.onnx_scope(i) for i in range(n_layers)], units, graph.graph.output[0].name)
+        onnx.save(graph, onnx_path)
+        diff = _parity(onnx_path, batch, n_layers, expected, expected_embedding)
+        if diff > PARITY_ATOL:
+            raise ParityError(f"exported {source.name} differs from PyTorch by {diff:.2e} > {PARITY_ATOL:.0e}")
+        opset = next(op.version for op in graph.opset_import if op.domain in ("", "ai.onnx"))
+        Manifest(
+            model=source.name,
+            revision=source.revision,
+            fingerprint=source.fingerprint,
+            architecture=architecture.name,
+            model_type=model.config.model_type,
+            causal=architecture.causal,
+            units_per_layer=units,
+            hidden_size=int(expected_embedding.shape[1]),
+            parity_max_abs_diff=diff,
+            opset=opset,
+            files={"model.onnx": file_sha256(onnx_path)},
+        ).save(tmp)
+
+
+def _units_per_layer(model, architecture: Architecture, n_layers: int) -> list[int]:
+    """Input width of each down-projection (``nn.Linear`` or GPT-2's transposed ``Conv1D``)."""
+    units = []
+    for layer in range(n_layers):
+        module = model.get_submodule(architecture.mlp_down_module(layer))
+        units.append(int(module.in_features if hasattr(module, "in_features") else module.weight.shape[0]))
+    return units
+
+
+def _parity(onnx_path: Path, batch: dict[str, np.ndarray], n_layers: int, expected: np.ndarray, expected_embedding: np.ndarray) -> float:
+    """Max |ONNX − PyTorch| over the pooled neurons and the sentence embedding."""
+    from ..runtime import create_session, feed_for
+
+    session = create_session(onnx_path, device="cpu")
+    names = [neuron_output(i, "max") for i in range(n_layers)] + [SENTENCE_EMBEDDING]
+    outputs = session.run(names, feed_for(session, batch))
+    got = np.concatenate(outputs[:-1], axis=1)
+    return float(max(np.abs(got - expected).max(), np.abs(outputs[-1] - expected_embedding).max()))
+
+
+__all__ = ["ExportedModel", "ParityError", "export_model", "load_pretrained", "POOL_MASK", "EMBEDDINGS"]

@@ -1,0 +1,57 @@
+"""The manifest of an exported model: what it is, where its neurons are, how it was checked."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from ..atomic import write_json
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+
+
+@dataclass
+class Manifest:
+    """Everything later stages need to know about an exported model.
+
+    ``units_per_layer[i]`` neurons of layer ``i`` occupy the response columns
+    ``sum(units_per_layer[:i]) ...`` in layer order. ``files`` maps each ONNX file
+    (one per quantization) to its SHA-256.
+    """
+
+    model: str
+    revision: str | None
+    fingerprint: str
+    architecture: str
+    model_type: str
+    causal: bool
+    units_per_layer: list[int]
+    hidden_size: int
+    parity_max_abs_diff: float
+    opset: int
+    files: dict[str, str] = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.units_per_layer)
+
+    @property
+    def n_neurons(self) -> int:
+        return sum(self.units_per_layer)
+
+    def layer_and_unit(self) -> tuple[list[int], list[int]]:
+        """Per response column, its layer and its unit index within the layer."""
+        layers = [layer for layer, n in enumerate(self.units_per_layer) for _ in range(n)]
+        units = [unit for n in self.units_per_layer for unit in range(n)]
+        return layers, units
+
+    def save(self, directory: Path) -> None:
+        write_json(directory / MANIFEST, asdict(self))
+
+    @classmethod
+    def load(cls, directory: Path) -> Manifest:
+        data = json.loads((directory / MANIFEST).read_text())
+        return cls(**data)

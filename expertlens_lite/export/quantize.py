@@ -1,0 +1,42 @@
+"""Quantized variants of an exported model, made from the fp32 graph with the pooled outputs.
+
+``int8``: ONNX Runtime's dynamic quantization of MatMul weights (activations stay
+float and are quantized on the fly), for the CPU. Only MatMul is quantized: the
+embedding table stays fp32, so the word-embedding baseline reads the same numbers.
+``fp16``: weights and activations in half precision with float32 inputs and
+outputs, for the CUDA provider. The neuron tensors keep their names and feed the
+same pooling nodes, so they stay exposed after either conversion.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx
+
+from ..atomic import atomic_path
+
+QUANTIZATIONS = ("none", "int8", "fp16")
+
+
+def onnx_filename(quantize: str) -> str:
+    return "model.onnx" if quantize == "none" else f"model.{quantize}.onnx"
+
+
+def quantize_model(fp32_path: Path, quantize: str) -> Path:
+    """Write the ``quantize`` variant of ``fp32_path`` next to it (atomically) and return its path."""
+    target = fp32_path.with_name(onnx_filename(quantize))
+    if quantize == "int8":
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        with atomic_path(target, suffix=".onnx") as tmp:
+            quantize_dynamic(fp32_path, tmp, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"])
+    elif quantize == "fp16":
+        from onnxruntime.transformers.float16 import convert_float_to_float16
+
+        model = convert_float_to_float16(onnx.load(fp32_path), keep_io_types=True)
+        with atomic_path(target, suffix=".onnx") as tmp:
+            onnx.save(model, tmp)
+    else:
+        raise ValueError(f"unknown quantization {quantize!r}")
+    return target

@@ -1,0 +1,56 @@
+"""PyTorch reference responses: forward hooks on the down-projections + NumPy pooling.
+
+This is how ml-selfcond reads responses, kept as the ground truth that every
+export is validated against (and the baseline of the inference benchmark). It
+needs PyTorch, which the rest of the package does not import.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import numpy as np
+
+from ..models import Architecture
+
+
+def pool_tokens(x: np.ndarray, pool_mask: np.ndarray, pooling: str) -> np.ndarray:
+    """Pool ``x`` ``[batch, seq, d]`` over tokens where ``pool_mask`` ``[batch, seq]`` is 1."""
+    keep = pool_mask.astype(bool)[:, :, None]
+    if pooling == "max":
+        return np.where(keep, x, -np.inf).max(axis=1)
+    return (x * keep).sum(axis=1) / keep.sum(axis=1)
+
+
+def torch_responses(model, architecture: Architecture, batch: dict[str, np.ndarray], pooling: str = "max") -> tuple[np.ndarray, np.ndarray]:
+    """Pooled neuron responses ``[batch, n_neurons]`` and sentence embeddings ``[batch, hidden]``.
+
+    ``model`` is the base (``AutoModel``) PyTorch model; ``batch`` comes from
+    :func:`expertlens_lite.batching.make_batch`.
+    """
+    import torch
+
+    captured: dict[int, np.ndarray] = {}
+    handles = []
+    n_layers = model.config.num_hidden_layers
+    for layer in range(n_layers):
+        module = model.get_submodule(architecture.mlp_down_module(layer))
+
+        def hook(_module, args, layer=layer):  # OPT passes [batch*seq, d]: view as [batch, seq, d]
+            captured[layer] = args[0].detach().float().reshape(*batch["input_ids"].shape, -1).numpy()
+
+        handles.append(module.register_forward_pre_hook(hook))
+    # The inputs of a feature-extraction export: position ids for decoders, token
+    # types for encoders. GPT-2 would add an embedding for token types it is given.
+    names = {"input_ids", "attention_mask", "position_ids" if architecture.causal else "token_type_ids"}
+    accepted = set(inspect.signature(model.forward).parameters)
+    inputs = {k: torch.from_numpy(v) for k, v in batch.items() if k in names & accepted}
+    try:
+        with torch.no_grad():
+            hidden = model(**inputs).last_hidden_state.float().numpy()
+    finally:
+        for handle in handles:
+            handle.remove()
+    mask = batch["pool_mask"]
+    neurons = np.concatenate([pool_tokens(captured[layer], mask, pooling) for layer in range(n_layers)], axis=1)
+    return neurons.astype(np.float32), pool_tokens(hidden, mask, "mean").astype(np.float32)

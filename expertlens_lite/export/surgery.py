@@ -1,0 +1,139 @@
+"""ONNX graph surgery: expose pooled MLP neurons as outputs.
+
+The exported feature-extraction graph computes every layer's neuron activations
+``[batch, seq, d_mlp]`` internally. We add one graph input, ``pool_mask``
+``[batch, seq]`` (1 where a token takes part in pooling), and per layer two outputs
+pooled over tokens *inside the graph*, so only ``[batch, d_mlp]`` leaves ONNX
+Runtime:
+
+- ``blocks.{i}.mlp.hook_post.max``: max over tokens where ``pool_mask`` is 1
+  (other positions are replaced by -inf first, so padding never wins the max);
+- ``blocks.{i}.mlp.hook_post.mean``: mean over the same tokens.
+
+ONNX Runtime only computes the outputs a caller asks for, so the unused pooling
+costs nothing. ``sentence_embedding`` (mean of the last hidden state over the same
+tokens) feeds the sentence-embedding baseline; ``last_hidden_state`` itself is no
+longer an output. ``pool_mask`` is separate from ``attention_mask`` so the runtime
+can leave out special tokens (BOS, CLS, SEP) without changing what the model sees.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from ..errors import ModelError
+
+POOL_MASK = "pool_mask"
+SENTENCE_EMBEDDING = "sentence_embedding"
+POOLINGS = ("max", "mean")
+
+
+def neuron_output(layer: int, pooling: str) -> str:
+    """Canonical output name of layer ``layer``'s pooled neurons."""
+    return f"blocks.{layer}.mlp.hook_post.{pooling}"
+
+
+def scope_input(graph: onnx.GraphProto, scope: str) -> str:
+    """The one activation tensor that enters the nodes named under ``scope``.
+
+    That is the input of the module the scope belongs to: for a down-projection,
+    the neuron layer, whether the module is a MatMul (Linear) or a Reshape+Gemm
+    (GPT-2's Conv1D). Initializers and constants are not activations.
+    """
+    nodes = [node for node in graph.node if node.name.startswith(scope)]
+    if not nodes:
+        raise ModelError(f"the exported graph has no nodes under {scope!r}; the architecture entry does not match")
+    inside = {out for node in nodes for out in node.output}
+    constants = _constant_tensors(graph)
+    entering = list(
+        dict.fromkeys(name for node in nodes for name in node.input if name and name not in inside and name not in constants)
+    )
+    if len(entering) != 1:
+        raise ModelError(f"expected one activation entering {scope!r}, found {entering}")
+    return entering[0]
+
+
+def _constant_tensors(graph: onnx.GraphProto) -> set[str]:
+    """Initializers and every tensor computed from them alone (Constant, Identity of a
+    shared weight, ...). Nodes are topologically sorted, so one pass suffices."""
+    constants = {init.name for init in graph.initializer}
+    for node in graph.node:
+        if all(name in constants for name in node.input if name):
+            constants.update(node.output)
+    return constants
+
+
+def _opset(model: onnx.ModelProto) -> int:
+    return next(op.version for op in model.opset_import if op.domain in ("", "ai.onnx"))
+
+
+class _Builder:
+    """Appends nodes with unique names; hides the opset differences of Reduce* ops."""
+
+    def __init__(self, model: onnx.ModelProto) -> None:
+        self.graph = model.graph
+        self.opset = _opset(model)
+
+    def node(self, op: str, inputs: list[str], name: str, **attrs: object) -> str:
+        output = f"/elens/{name}_output"
+        self.graph.node.append(helper.make_node(op, inputs, [output], name=f"/elens/{name}", **attrs))
+        return output
+
+    def constant(self, name: str, array: np.ndarray) -> str:
+        tensor = numpy_helper.from_array(array, name=f"/elens/{name}")
+        self.graph.initializer.append(tensor)
+        return tensor.name
+
+    def reduce(self, op: str, data: str, axis: int, name: str, keepdims: int) -> str:
+        # ReduceSum takes axes as an input from opset 13, ReduceMax from opset 18.
+        axes_as_input = self.opset >= (13 if op == "ReduceSum" else 18)
+        if axes_as_input:
+            axes = self.constant(f"{name}_axes", np.array([axis], dtype=np.int64))
+            return self.node(op, [data, axes], name, keepdims=keepdims)
+        return self.node(op, [data], name, axes=[axis], keepdims=keepdims)
+
+
+def add_pooled_outputs(model: onnx.ModelProto, scopes: list[str], units: list[int], hidden_output: str) -> None:
+    """Rewrite ``model`` in place: add ``pool_mask`` and the pooled outputs.
+
+    Args:
+        model: a feature-extraction export with ``attention_mask`` and ``hidden_output``.
+        scopes: per layer, the node-name scope of the MLP down-projection.
+        units: per layer, the number of neurons (``d_mlp``).
+        hidden_output: name of the last-hidden-state output, replaced by
+            ``sentence_embedding``.
+    """
+    graph = model.graph
+    if POOL_MASK in {i.name for i in graph.input}:
+        raise ModelError("this ONNX model has already been prepared by expertlens-lite")
+    b = _Builder(model)
+    graph.input.append(helper.make_tensor_value_info(POOL_MASK, TensorProto.FLOAT, ["batch_size", "sequence_length"]))
+    mask3 = b.node("Unsqueeze", [POOL_MASK, b.constant("axis_last", np.array([2], dtype=np.int64))], "mask3")
+    keep3 = b.node("Cast", [mask3], "keep3", to=TensorProto.BOOL)
+    count = b.reduce("ReduceSum", mask3, 1, "count", keepdims=0)  # [batch, 1]
+    neg_inf = b.constant("neg_inf", np.array(-np.inf, dtype=np.float32))
+
+    def masked_mean(x: str, name: str) -> str:
+        total = b.reduce("ReduceSum", b.node("Mul", [x, mask3], f"{name}_masked"), 1, f"{name}_sum", keepdims=0)
+        return b.node("Div", [total, count], f"{name}_mean")
+
+    # Some families (OPT) flatten tokens to [batch*seq, d] around the MLP; viewing every
+    # neuron tensor as [batch, seq, d] handles them without a special case.
+    batch_seq = b.node("Shape", [POOL_MASK], "batch_seq")
+    view_shape = b.node("Concat", [batch_seq, b.constant("minus_one", np.array([-1], dtype=np.int64))], "view_shape", axis=0)
+    outputs = []
+    for layer, (scope, d_mlp) in enumerate(zip(scopes, units)):
+        x = b.node("Reshape", [scope_input(graph, scope), view_shape], f"l{layer}_view")
+        masked = b.node("Where", [keep3, x, neg_inf], f"l{layer}_where")
+        pooled = {"max": b.reduce("ReduceMax", masked, 1, f"l{layer}_max", keepdims=0), "mean": masked_mean(x, f"l{layer}")}
+        for pooling in POOLINGS:
+            name = neuron_output(layer, pooling)
+            graph.node.append(helper.make_node("Identity", [pooled[pooling]], [name], name=f"/elens/{name}"))
+            outputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch_size", d_mlp]))
+    embedding = masked_mean(hidden_output, "sentence")
+    graph.node.append(helper.make_node("Identity", [embedding], [SENTENCE_EMBEDDING], name=f"/elens/{SENTENCE_EMBEDDING}"))
+    outputs.append(helper.make_tensor_value_info(SENTENCE_EMBEDDING, TensorProto.FLOAT, ["batch_size", None]))
+    del graph.output[:]
+    graph.output.extend(outputs)

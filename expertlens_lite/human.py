@@ -1,0 +1,65 @@
+"""Human similarity ratings (MEN and files of the same format).
+
+A ratings file has one pair per line: ``word1 word2 score`` separated by spaces or
+tabs. Blank lines and lines starting with ``#`` are ignored. Words are lower-cased,
+since concept matching is case-insensitive.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import InputError
+
+
+@dataclass(frozen=True)
+class HumanPairs:
+    """Rated word pairs: ``pairs[i] = (word_a, word_b)`` rated ``scores[i]``."""
+
+    source: str
+    pairs: tuple[tuple[str, str], ...]
+    scores: tuple[float, ...]
+
+    @property
+    def words(self) -> set[str]:
+        return {w for pair in self.pairs for w in pair}
+
+    def restricted_to(self, words: set[str]) -> HumanPairs:
+        """The pairs whose two words are both in ``words`` (same order)."""
+        keep = [i for i, (a, b) in enumerate(self.pairs) if a in words and b in words]
+        return HumanPairs(self.source, tuple(self.pairs[i] for i in keep), tuple(self.scores[i] for i in keep))
+
+
+def read_human_pairs(path: Path | str) -> HumanPairs:
+    """Read a ``word1 word2 score`` file; a malformed line raises with its line number."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"human ratings file not found: {path}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"human ratings file {path} is not UTF-8 text (byte {exc.start})") from None
+    pairs: list[tuple[str, str]] = []
+    scores: list[float] = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        fields = stripped.split()
+        try:
+            if len(fields) != 3:
+                raise ValueError
+            score = float(fields[2])
+            if not math.isfinite(score):
+                raise ValueError
+        except ValueError:
+            raise InputError(
+                f"{path}:{number}: expected 'word1 word2 score' with a numeric score, got {stripped[:60]!r}"
+            ) from None
+        pairs.append((fields[0].lower(), fields[1].lower()))
+        scores.append(score)
+    if not pairs:
+        raise InputError(f"human ratings file {path} has no rated pairs")
+    return HumanPairs(str(path), tuple(pairs), tuple(scores))

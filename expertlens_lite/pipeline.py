@@ -1,0 +1,233 @@
+"""The whole ExpertLens run as one function over plain data: :func:`run`.
+
+corpus + concepts → :class:`~expertlens_lite.concepts.ConceptSet` → export →
+responses → expertise (AP per concept and neuron) → similarity measures →
+alignment with human ratings → results folder. The CLI only builds a
+:class:`RunConfig` and calls :func:`run`; so can any pipeline that embeds the
+library.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from .alignment import Bootstrap
+from .batching import PoolingOptions
+from .concepts import ConceptSet, build_concept_set, read_concepts, read_corpus, word_index
+from .errors import InputError
+from .export import QUANTIZATIONS, ExportedModel, export_model
+from .human import HumanPairs, read_human_pairs
+from .kernels import average_precision_many
+from .measures import Measure, baseline_measures, expert_measures, score_all
+from .models.sources import resolve_model
+from .paths import DEFAULT_CORPUS, DEFAULT_HUMAN, bundled, cache_dir
+from .results import write_results, write_summary
+from .runtime import DEVICES, compute_responses
+from .selection import Selection
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "smollm2"
+
+Progress = Callable[[str, int, int], None]
+"""``progress(stage, done, total)``: called as a long stage advances."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Every input of a run. Paths left as None mean the bundled default."""
+
+    model: str = DEFAULT_MODEL
+    revision: str | None = None
+    corpus: Path | None = None
+    concepts: Path | None = None
+    human: Path | None = None
+    taus: tuple[float, ...] = (0.5,)
+    lifts: tuple[float, ...] = (10.0,)
+    topks: tuple[int, ...] = (200,)
+    top_fracs: tuple[float, ...] = (0.01,)
+    n_pos: int = 30
+    n_neg: int = 1000
+    min_pos: int = 20
+    seed: int = 0
+    quantize: str = "none"
+    device: str = "auto"
+    batch_size: int = 32
+    pooling: PoolingOptions = field(default_factory=PoolingOptions)
+    n_bootstrap: int = 1000
+    out: Path = Path("elens-results")
+
+    def selections(self) -> list[Selection]:
+        """Every selection rule of the run; the paper's τ comes first."""
+        return (
+            [Selection("tau", t) for t in self.taus]
+            + [Selection("lift", v) for v in self.lifts]
+            + [Selection("topk", k) for k in self.topks]
+            + [Selection("topfrac", f) for f in self.top_fracs]
+        )
+
+    def validate(self) -> None:
+        """Cheap checks of option values, before anything slow starts."""
+        if not self.taus:
+            raise InputError("give at least one --tau")
+        for tau in self.taus:
+            if not (0.0 <= tau <= 1.0) or math.isnan(tau):
+                raise InputError(f"--tau must be within [0, 1] (average precision), got {tau}")
+        self.selections()  # each rule checks its own parameter
+        if self.quantize not in QUANTIZATIONS:
+            raise InputError(f"--quantize must be one of {', '.join(QUANTIZATIONS)}")
+        if self.device not in DEVICES:
+            raise InputError(f"--device must be one of {', '.join(DEVICES)}")
+        if self.pooling.pooling not in ("max", "mean"):
+            raise InputError("--pooling must be 'max' or 'mean'")
+        if self.batch_size < 1:
+            raise InputError("--batch-size must be a positive integer")
+        if self.n_bootstrap < 100:
+            raise InputError("--n-bootstrap must be at least 100")
+        if self.out.exists() and not self.out.is_dir():
+            raise InputError(f"--out {self.out} exists and is not a directory")
+
+
+@dataclass
+class RunResult:
+    """What a run produced: the summary (as written to ``summary.json``) and the arrays."""
+
+    summary: dict
+    out: Path
+    concept_set: ConceptSet
+    ap: np.ndarray
+    measures: list[Measure]
+
+
+class _Timer:
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        log.info("stage %s", name)
+        try:
+            yield
+        finally:
+            self.seconds[name] = round(time.perf_counter() - start, 3)
+
+
+def load_inputs(config: RunConfig) -> tuple[ConceptSet, HumanPairs]:
+    """Read corpus, concepts and human ratings; sample the concept set."""
+    corpus = read_corpus(config.corpus or bundled(DEFAULT_CORPUS))
+    human = read_human_pairs(config.human or bundled(DEFAULT_HUMAN))
+    if config.concepts is not None:
+        words = read_concepts(config.concepts)
+    else:  # words of the human set that occur in the corpus at all
+        index = word_index(corpus)
+        words = sorted(w for w in human.words if w in index or w + "s" in index or w + "es" in index)
+    concept_set = build_concept_set(
+        corpus, words, n_pos=config.n_pos, n_neg=config.n_neg, min_pos=config.min_pos, seed=config.seed
+    )
+    rated = human.restricted_to(set(concept_set.concepts))
+    if len(rated.pairs) < 3:
+        raise InputError(
+            f"only {len(rated.pairs)} rated pair(s) of {human.source} have both words among the "
+            f"{len(concept_set.concepts)} concepts; need at least 3 to measure alignment"
+        )
+    return concept_set, rated
+
+
+def run(config: RunConfig, progress: Progress | None = None) -> RunResult:
+    """Run the whole pipeline and write the results folder ``config.out``."""
+    config.validate()
+    timer = _Timer()
+    cache = cache_dir()
+    with timer.stage("concepts"):
+        concept_set, rated = load_inputs(config)
+    with timer.stage("export"):
+        exported = export_model(resolve_model(config.model, config.revision, cache), cache, config.quantize)
+    with timer.stage("responses"):
+        responses = compute_responses(
+            exported,
+            concept_set.sentences,
+            concept_set.sentences_hash(),
+            cache,
+            options=config.pooling,
+            quantize=config.quantize,
+            device=config.device,
+            batch_size=config.batch_size,
+            progress=None if progress is None else lambda d, t: progress("responses", d, t),
+        )
+    with timer.stage("expertise"):
+        ap = average_precision_many(
+            responses.neurons,
+            concept_set.positives,
+            concept_set.pool,
+            concept_set.excluded,
+            progress=None if progress is None else lambda d, t: progress("expertise", d, t),
+        )
+    with timer.stage("analysis"):
+        measures = expert_measures(ap, concept_set, config.selections()) + baseline_measures(exported, responses, concept_set)
+        bootstrap = Bootstrap(rated, config.n_bootstrap, np.random.default_rng(config.seed))
+        score_all(measures, concept_set.concepts, rated, bootstrap)
+    summary = _summary(config, exported, concept_set, rated, measures, timer)
+    with timer.stage("write"):
+        write_results(config.out, summary, exported.manifest, concept_set, rated, ap, measures, min(config.taus))
+    summary["timings"] = timer.seconds
+    write_summary(config.out, summary)
+    return RunResult(summary, config.out, concept_set, ap, measures)
+
+
+def _summary(
+    config: RunConfig,
+    exported: ExportedModel,
+    concept_set: ConceptSet,
+    rated: HumanPairs,
+    measures: list[Measure],
+    timer: _Timer,
+) -> dict:
+    manifest = exported.manifest
+    experts = [m for m in measures if m.selection is not None and m.selection.rule == "tau"]
+    baselines = {m.name: m.alignment.as_dict() for m in measures if m.kind == "baseline"}
+    return {
+        "tool": f"expertlens-lite {__version__}",
+        "model": config.model,
+        "revision": config.revision,
+        "architecture": manifest.architecture,
+        "n_layers": manifest.n_layers,
+        "n_neurons": manifest.n_neurons,
+        "n_concepts": len(concept_set.concepts),
+        "n_sentences": len(concept_set.sentences),
+        "n_pairs": len(rated.pairs),
+        "human": rated.source,
+        "concepts": list(concept_set.concepts),
+        "skipped_concepts": concept_set.skipped,
+        "settings": {
+            "taus": list(config.taus),
+            "lifts": list(config.lifts),
+            "topks": list(config.topks),
+            "top_fracs": list(config.top_fracs),
+            "n_pos": config.n_pos,
+            "n_neg": config.n_neg,
+            "min_pos": config.min_pos,
+            "seed": config.seed,
+            "quantize": config.quantize,
+            "device": config.device,
+            "batch_size": config.batch_size,
+            "n_bootstrap": config.n_bootstrap,
+            "pooling": asdict(config.pooling),
+        },
+        "alignment": [
+            {"tau": m.selection.parameter, **m.alignment.as_dict(), "median_experts": m.median_size, "zero_overlap_fraction": m.zero_overlap}
+            for m in experts
+        ],
+        "comparison": [m.row() for m in measures],
+        "baselines": baselines,
+        "timings": timer.seconds,
+    }

@@ -1,0 +1,102 @@
+"""``report.html``: the run's human-facing view, one self-contained offline file.
+
+Plots are drawn with matplotlib (Agg) and embedded as base64 PNG, so the report
+needs no network and no companion files.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+
+import numpy as np
+
+from .export import Manifest
+from .human import HumanPairs
+from .measures import Measure
+
+_STYLE = """
+body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}
+table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}
+th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}tr.base td{color:#555;font-style:italic}
+.fig{display:inline-block;margin:0.5em}code{background:#f3f3f3;padding:1px 4px}
+"""
+
+
+def _png(fig) -> str:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return f'<img class="fig" alt="plot" src="data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}">'
+
+
+def _fmt(value, digits: int = 3) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}" if abs(value) >= 10 ** -digits or value == 0 else f"{value:.1e}"
+    return html.escape(str(value))
+
+
+def _scatter(measure: Measure, rated: HumanPairs) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.6, 3.6))
+    ax.scatter(rated.scores, measure.pair_values, s=10, alpha=0.6)
+    ax.set_xlabel("human score")
+    ax.set_ylabel(measure.name)
+    rho = measure.alignment.spearman if measure.alignment else float("nan")
+    ax.set_title(f"{measure.name}: Spearman ρ = {rho:.3f}")
+    return _png(fig)
+
+
+def _layer_histogram(ap: np.ndarray, manifest: Manifest, tau: float) -> str:
+    import matplotlib.pyplot as plt
+
+    layers = np.repeat(np.arange(manifest.n_layers), manifest.units_per_layer)
+    counts = np.bincount(layers[np.nonzero(ap >= tau)[1]], minlength=manifest.n_layers)
+    fig, ax = plt.subplots(figsize=(4.6, 3.6))
+    ax.bar(np.arange(manifest.n_layers), counts)
+    ax.set_xlabel("layer")
+    ax.set_ylabel(f"experts (AP ≥ {tau:g}), all concepts")
+    ax.set_title("Where the experts sit")
+    return _png(fig)
+
+
+def render_report(summary: dict, measures: list[Measure], rated: HumanPairs, paper: Measure, ap: np.ndarray, manifest: Manifest) -> str:
+    """The report as an HTML string; ``paper`` is the paper's τ-Jaccard measure."""
+    rows = []
+    for m in measures:
+        a = m.alignment
+        rows.append(
+            f'<tr class="{"base" if m.kind == "baseline" else ""}"><td>{html.escape(m.name)}</td>'
+            f"<td>{_fmt(a.spearman)}</td><td>[{_fmt(a.ci_low)}, {_fmt(a.ci_high)}]</td><td>{_fmt(a.p_value)}</td>"
+            f"<td>{_fmt(m.paired_p_value)}</td><td>{_fmt(m.median_size, 0)}</td><td>{_fmt(m.zero_overlap)}</td></tr>"
+        )
+    best = max((m for m in measures if m.kind == "experts" and m.alignment.spearman == m.alignment.spearman), key=lambda m: m.alignment.spearman, default=paper)
+    skipped = ", ".join(f"{html.escape(w)} ({n})" for w, n in summary["skipped_concepts"].items()) or "none"
+    timings = ", ".join(f"{k} {v:.1f} s" for k, v in summary["timings"].items())
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>expertlens-lite: {html.escape(summary['model'])}</title>
+<style>{_STYLE}</style></head><body>
+<h1>Expert neurons of <code>{html.escape(summary['model'])}</code></h1>
+<p>{summary['n_concepts']} concepts, {summary['n_sentences']} sentences, {summary['n_neurons']:,} MLP neurons
+({summary['n_layers']} layers, {html.escape(summary['architecture'])}); {summary['n_pairs']} rated pairs from
+<code>{html.escape(str(summary['human']))}</code>. Skipped concepts (positives found): {skipped}.</p>
+<h2>Alignment with human similarity</h2>
+<p>Spearman ρ between each measure and the human scores over the rated pairs, 95% bootstrap CI over pairs,
+and the paired bootstrap p-value of its difference from the paper's measure (<code>{html.escape(paper.name)}</code>).
+"Median experts" is the median expert-set size per concept; "zero overlap" the share of rated pairs whose expert sets
+share no neuron — a rule whose sets rarely overlap cannot rank pairs.</p>
+<table><tr><th>measure</th><th>ρ</th><th>95% CI</th><th>p</th><th>p vs paper</th><th>median experts</th><th>zero overlap</th></tr>
+{''.join(rows)}</table>
+<h2>Plots</h2>
+{_scatter(paper, rated)}{_scatter(best, rated) if best is not paper else ''}{_layer_histogram(ap, manifest, paper.selection.parameter)}
+<p>Timings: {timings}.</p>
+</body></html>
+"""

@@ -1,0 +1,75 @@
+"""The results folder of a run: plain, documented files (see the README).
+
+- ``summary.json``: settings, sizes, the alignment table, baselines, timings;
+- ``experts.csv``: ``concept, layer, unit, ap`` for every AP ≥ the smallest τ;
+- ``similarity.csv``: per rated pair, the human score and every measure's value
+  (``jaccard`` is the paper's τ-Jaccard at the first τ);
+- ``ap.npy``: the AP matrix ``float32 [n_concepts, n_neurons]`` (concepts in
+  ``summary.json`` order, neurons in layer order);
+- ``report.html``: the human-facing view, viewable offline.
+
+Each file is written atomically, so an interrupted run never leaves a torn file.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from .atomic import atomic_path, write_json, write_text
+from .concepts import ConceptSet
+from .export import Manifest
+from .human import HumanPairs
+from .measures import Measure
+from .report import render_report
+
+
+def _csv_text(header: Sequence[str], rows) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def experts_rows(ap: np.ndarray, concepts: Sequence[str], manifest: Manifest, min_tau: float):
+    """``(concept, layer, unit, ap)`` for each AP ≥ ``min_tau``, by concept then descending AP."""
+    layers, units = (np.asarray(a) for a in manifest.layer_and_unit())
+    for c, concept in enumerate(concepts):
+        columns = np.flatnonzero(ap[c] >= min_tau)
+        for m in columns[np.argsort(-ap[c, columns], kind="stable")]:
+            yield concept, int(layers[m]), int(units[m]), f"{ap[c, m]:.6f}"
+
+
+def write_summary(out: Path, summary: dict) -> None:
+    write_json(out / "summary.json", summary)
+
+
+def write_results(
+    out: Path,
+    summary: dict,
+    manifest: Manifest,
+    concept_set: ConceptSet,
+    rated: HumanPairs,
+    ap: np.ndarray,
+    measures: list[Measure],
+    min_tau: float,
+) -> None:
+    """Write every result file except ``summary.json`` (written last, with final timings)."""
+    out.mkdir(parents=True, exist_ok=True)
+    concepts = concept_set.concepts
+    write_text(out / "experts.csv", _csv_text(("concept", "layer", "unit", "ap"), experts_rows(ap, concepts, manifest, min_tau)))
+    paper, others = measures[0], measures[1:]
+    header = ["concept_a", "concept_b", "human", "jaccard", *(m.name for m in others)]
+    rows = (
+        [a, b, f"{score:g}", *(f"{m.pair_values[i]:.6f}" for m in measures)]
+        for i, ((a, b), score) in enumerate(zip(rated.pairs, rated.scores))
+    )
+    write_text(out / "similarity.csv", _csv_text(header, rows))
+    with atomic_path(out / "ap.npy", suffix=".npy") as tmp:
+        np.save(tmp, ap.astype(np.float32))
+    write_text(out / "report.html", render_report(summary, measures, rated, paper, ap, manifest))

@@ -1,0 +1,153 @@
+"""ONNX Runtime inference: pooled neuron responses for every sentence, cached on disk.
+
+Sentences are tokenized once, sorted into length buckets and run in batches; each
+batch's pooled outputs are written straight into a memory-mapped ``.npy`` file, so
+the response matrix ``[n_sentences, n_neurons]`` never has to fit in RAM. The file
+is only renamed into place when complete; an interrupted run keeps its finished
+batches and resumes from them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .atomic import write_json
+from .batching import PoolingOptions, encode, length_buckets, make_batch, pad_id
+from .errors import InputError
+from .export import ExportedModel
+from .export.surgery import SENTENCE_EMBEDDING, neuron_output
+
+log = logging.getLogger(__name__)
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def _onnxruntime():
+    try:
+        import onnxruntime
+    except ImportError:
+        raise InputError(
+            "ONNX Runtime is not installed; pip install 'expertlens-lite[cpu]' (or '[gpu]' for CUDA)"
+        ) from None
+    return onnxruntime
+
+
+def available_providers() -> list[str]:
+    return _onnxruntime().get_available_providers()
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` becomes ``cuda`` when ONNX Runtime has the CUDA provider, else ``cpu``."""
+    if device not in DEVICES:
+        raise InputError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}")
+    has_cuda = "CUDAExecutionProvider" in available_providers()
+    if device == "cuda" and not has_cuda:
+        raise InputError("--device cuda needs onnxruntime-gpu and a CUDA GPU; install the 'gpu' extra or use --device cpu")
+    if device == "auto":
+        return "cuda" if has_cuda else "cpu"
+    return device
+
+
+def create_session(path: Path, device: str = "cpu"):
+    """An ONNX Runtime session on ``device`` (``cpu`` or ``cuda``), all graph optimizations on."""
+    ort = _onnxruntime()
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
+    return ort.InferenceSession(str(path), options, providers=providers)
+
+
+def feed_for(session, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The subset of ``batch`` that the session takes as inputs."""
+    return {i.name: batch[i.name] for i in session.get_inputs()}
+
+
+@dataclass(frozen=True)
+class Responses:
+    """Pooled responses of one model on one sentence list.
+
+    Attributes:
+        neurons: ``[n_sentences, n_neurons]`` float32, memory-mapped from the cache.
+        sentence_embeddings: ``[n_sentences, hidden]`` float32, mean-pooled last hidden state.
+        directory: the cache folder holding both.
+    """
+
+    neurons: np.ndarray
+    sentence_embeddings: np.ndarray
+    directory: Path
+
+
+def responses_key(exported: ExportedModel, sentences_hash: str, options: PoolingOptions, quantize: str) -> str:
+    raw = f"{exported.directory.name}|{exported.manifest.files.get('model.onnx')}|{options.key()}|{quantize}|{sentences_hash}"
+    return hashlib.sha256(raw.encode()).hexdigest()[:16]
+
+
+def compute_responses(
+    exported: ExportedModel,
+    sentences: Sequence[str],
+    sentences_hash: str,
+    cache_dir: Path,
+    *,
+    options: PoolingOptions = PoolingOptions(),
+    quantize: str = "none",
+    device: str = "auto",
+    batch_size: int = 32,
+    progress: Callable[[int, int], None] | None = None,
+) -> Responses:
+    """Run every sentence once and return (or reuse) the cached response matrices.
+
+    ``progress(done, total)`` is called after each batch, in sentences.
+    """
+    if batch_size < 1:
+        raise InputError("--batch-size must be a positive integer")
+    directory = cache_dir / "responses" / responses_key(exported, sentences_hash, options, quantize)
+    final = directory / "neurons.npy", directory / "sentence_embeddings.npy"
+    if all(p.exists() for p in final):
+        return Responses(np.load(final[0], mmap_mode="r"), np.load(final[1], mmap_mode="r"), directory)
+
+    tokenizer = exported.tokenizer()
+    encoded = encode(tokenizer, sentences)
+    session = create_session(exported.onnx_path(quantize), resolve_device(device))
+    manifest = exported.manifest
+    names = [neuron_output(i, options.pooling) for i in range(manifest.n_layers)] + [SENTENCE_EMBEDDING]
+    shapes = (len(sentences), manifest.n_neurons), (len(sentences), manifest.hidden_size)
+    partial = [directory / f"{p.stem}.partial-b{batch_size}.npy" for p in final]
+    state_path = directory / f"progress-b{batch_size}.json"
+    done = json.loads(state_path.read_text())["batches_done"] if state_path.exists() and all(p.exists() for p in partial) else 0
+    directory.mkdir(parents=True, exist_ok=True)
+    arrays = [
+        np.lib.format.open_memmap(path, mode="r+" if done else "w+", dtype=np.float32, shape=shape)
+        for path, shape in zip(partial, shapes)
+    ]
+    if done:
+        log.info("resuming responses after %d finished batches", done)
+    buckets = length_buckets(encoded.lengths(), batch_size)
+    pad = pad_id(tokenizer)
+    finished = sum(len(rows) for rows in buckets[:done])
+    for number, rows in enumerate(buckets[done:], start=done):
+        batch = make_batch(encoded, rows, pad, options)
+        outputs = session.run(names, feed_for(session, batch))
+        order = np.argsort(rows)  # memmap fancy assignment wants sorted rows for locality
+        arrays[0][rows[order]] = np.concatenate(outputs[:-1], axis=1)[order]
+        arrays[1][rows[order]] = outputs[-1][order]
+        for array in arrays:
+            array.flush()
+        write_json(state_path, {"batches_done": number + 1})
+        finished += len(rows)
+        if progress is not None:
+            progress(finished, len(sentences))
+    del arrays
+    for src, dst in zip(partial, final):
+        os.replace(src, dst)
+    state_path.unlink(missing_ok=True)
+    return Responses(np.load(final[0], mmap_mode="r"), np.load(final[1], mmap_mode="r"), directory)

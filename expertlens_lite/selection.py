@@ -1,0 +1,62 @@
+"""Expert selection rules: which neurons count as a concept's experts.
+
+Each rule turns the AP matrix ``[n_concepts, n_neurons]`` into expert sets, stored
+as packed bitsets ``uint64 [n_concepts, ceil(n_neurons / 64)]``:
+
+- ``tau``: AP ≥ τ, the paper's absolute threshold.
+- ``lift``: AP / base rate ≥ λ, where the base rate P / (P + N) is the AP of a
+  random scorer for that concept; concepts with different positive counts become
+  comparable (an absolute τ favours concepts with many positives).
+- ``topk``: the k neurons of highest AP, per concept.
+- ``topfrac``: the top fraction f of all neurons (k = ceil(f · n_neurons)), so one
+  setting means the same across model sizes.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import InputError
+from .kernels import threshold_bitsets, topk_bitsets
+
+RULES = ("tau", "lift", "topk", "topfrac")
+
+
+@dataclass(frozen=True)
+class Selection:
+    """One selection rule with its parameter, e.g. ``Selection("topk", 200)``."""
+
+    rule: str
+    parameter: float
+
+    def __post_init__(self) -> None:
+        if self.rule not in RULES:
+            raise InputError(f"unknown selection rule {self.rule!r}; choose one of {', '.join(RULES)}")
+        low, high = {"tau": (0.0, 1.0), "lift": (0.0, math.inf), "topk": (1, math.inf), "topfrac": (0.0, 1.0)}[self.rule]
+        if not (low <= self.parameter <= high) or (self.rule == "topk" and self.parameter != int(self.parameter)):
+            raise InputError(f"{self.rule} must be within [{low}, {high}]" + (" and whole" if self.rule == "topk" else "") + f", got {self.parameter}")
+
+    @property
+    def label(self) -> str:
+        value = int(self.parameter) if self.rule == "topk" else self.parameter
+        return f"{self.rule}={value:g}"
+
+
+def base_rates(n_positives: np.ndarray, n_negatives: np.ndarray) -> np.ndarray:
+    """P / (P + N) per concept: the AP expected of a random scorer."""
+    p = np.asarray(n_positives, dtype=np.float64)
+    return p / (p + np.asarray(n_negatives, dtype=np.float64))
+
+
+def select(ap: np.ndarray, selection: Selection, base_rate: np.ndarray) -> np.ndarray:
+    """Expert bitsets ``uint64 [C, W]`` of ``selection`` applied to ``ap`` ``[C, N]``."""
+    if selection.rule == "tau":
+        return threshold_bitsets(ap, [selection.parameter])[0]
+    if selection.rule == "lift":
+        return threshold_bitsets(ap / base_rate[:, None], [selection.parameter])[0]
+    n_neurons = ap.shape[1]
+    k = int(selection.parameter) if selection.rule == "topk" else math.ceil(selection.parameter * n_neurons)
+    return topk_bitsets(ap, min(k, n_neurons))

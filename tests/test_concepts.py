@@ -1,0 +1,127 @@
+import json
+import re
+
+import numpy as np
+import pytest
+
+from expertlens_lite.concepts import build_concept_set, matching_sentences, read_concepts, read_corpus, word_index
+from expertlens_lite.errors import InputError
+from expertlens_lite.human import read_human_pairs
+from expertlens_lite.paths import bundled
+
+SENTENCES = [
+    "The cat sat on the mat.",
+    "Cats are curious animals.",
+    "A concatenation is not a cat.",  # 'cat' appears once as a word
+    "Dogs bark; a dog's bark is loud.",
+    "My DOG likes the Cat next door.",
+    "Nothing about pets here.",
+    "Boxes and a box.",
+    "The category is unrelated.",
+]
+
+
+def test_matching_is_whole_word_case_insensitive_with_simple_plurals():
+    index = word_index(SENTENCES)
+    for word in ("cat", "dog", "box", "pets"):
+        expected = {i for i, s in enumerate(SENTENCES) if re.search(rf"\b{word}(s|es)?\b", s, re.IGNORECASE)}
+        assert matching_sentences(word, index) == expected
+    assert matching_sentences("cat", index) == {0, 1, 2, 4}  # not 'concatenation', not 'category'
+
+
+def test_read_corpus_txt_and_jsonl(tmp_path):
+    txt = tmp_path / "c.txt"
+    txt.write_text("a b\n\n  c d  \na b\n")
+    assert read_corpus(txt) == ["a b", "c d"]  # blank dropped, stripped, deduplicated
+    jsonl = tmp_path / "c.jsonl"
+    jsonl.write_text(json.dumps({"text": "x y"}) + "\n" + json.dumps({"text": "z", "id": 2}) + "\n")
+    assert read_corpus(jsonl) == ["x y", "z"]
+
+
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("missing.txt", None, "not found"),
+        ("empty.txt", b"\n\n", "no sentences"),
+        ("latin1.txt", "caf\u00e9\n".encode("latin-1"), "not UTF-8"),
+        ("bad.jsonl", b'{"text": "ok"}\nnot json\n', ":2: not valid JSON"),
+        ("notext.jsonl", b'{"body": "x"}\n', ":1: expected an object"),
+    ],
+)
+def test_read_corpus_errors(tmp_path, name, content, message):
+    path = tmp_path / name
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(InputError, match=message):
+        read_corpus(path)
+
+
+def test_read_concepts_rejects_phrases(tmp_path):
+    path = tmp_path / "c.txt"
+    path.write_text("cat\n# comment\nDog\ncat\n")
+    assert read_concepts(path) == ["cat", "dog"]
+    path.write_text("cat\nice cream\n")
+    with pytest.raises(InputError, match=":2: a concept must be a single word"):
+        read_concepts(path)
+
+
+def _corpus():
+    return read_corpus(bundled("corpus.txt"))
+
+
+def test_concept_set_invariants():
+    corpus = _corpus()
+    words = ["birds", "kitchen", "soup", "happy", "zebra"]
+    cs = build_concept_set(corpus, words, n_pos=20, n_neg=300, min_pos=10, seed=3)
+    assert cs.concepts == ("birds", "kitchen", "soup", "happy")
+    assert cs.skipped == {"zebra": 0}
+    assert len(set(cs.sentences)) == len(cs.sentences)  # every sentence once
+    index = word_index(list(cs.sentences))
+    for c, word in enumerate(cs.concepts):
+        hits = matching_sentences(word, index)
+        assert len(cs.positives[c]) == 20
+        assert set(cs.positives[c].tolist()) <= hits
+        negatives = set(cs.pool.tolist()) - set(cs.excluded[c].tolist())
+        assert not negatives & hits  # no negative mentions the concept
+        assert set(cs.excluded[c].tolist()) == set(cs.pool.tolist()) & hits
+    used = set(np.concatenate([cs.pool, *cs.positives]).tolist())
+    assert used == set(range(len(cs.sentences)))  # nothing run that is not used
+    assert len(cs.pool) == 300
+
+
+def test_concept_set_is_reproducible_and_seeded():
+    corpus = _corpus()
+    a = build_concept_set(corpus, ["birds", "soup"], n_pos=10, n_neg=100, min_pos=5, seed=1)
+    b = build_concept_set(corpus, ["birds", "soup"], n_pos=10, n_neg=100, min_pos=5, seed=1)
+    c = build_concept_set(corpus, ["birds", "soup"], n_pos=10, n_neg=100, min_pos=5, seed=2)
+    assert a.sentences == b.sentences and all(np.array_equal(x, y) for x, y in zip(a.positives, b.positives))
+    assert a.sentences_hash() == b.sentences_hash() != c.sentences_hash()
+
+
+def test_too_few_concepts_is_an_error():
+    with pytest.raises(InputError, match="need 2 or more"):
+        build_concept_set(_corpus(), ["birds", "zebra"], n_pos=10, n_neg=100, min_pos=5, seed=0)
+
+
+def test_bundled_corpus_meets_its_spec():
+    """At least 60 MEN words with 30+ sentences each, covering at least 120 MEN pairs."""
+    corpus = _corpus()
+    index = word_index(corpus)
+    men = read_human_pairs(bundled("men.txt"))
+    covered = {w for w in men.words if len(matching_sentences(w, index)) >= 30}
+    assert len(covered) >= 60
+    assert len(men.restricted_to(covered).pairs) >= 120
+
+
+def test_human_pairs_parse_and_errors(tmp_path):
+    path = tmp_path / "h.txt"
+    path.write_text("# header\ncat dog 30\n\nCar  automobile\t50.5\n")
+    human = read_human_pairs(path)
+    assert human.pairs == (("cat", "dog"), ("car", "automobile")) and human.scores == (30.0, 50.5)
+    assert human.restricted_to({"cat", "dog"}).pairs == (("cat", "dog"),)
+    path.write_text("cat dog 30\ncat dog\n")
+    with pytest.raises(InputError, match=r"h.txt:2: expected 'word1 word2 score'"):
+        read_human_pairs(path)
+    path.write_text("cat dog many\n")
+    with pytest.raises(InputError, match=":1:"):
+        read_human_pairs(path)
