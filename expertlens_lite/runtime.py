@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,7 @@ import numpy as np
 
 from .atomic import write_json
 from .batching import PoolingOptions, encode, length_buckets, make_batch, pad_id
-from .errors import InputError
+from .errors import InputError, ResourceError
 from .export import ExportedModel
 from .export.surgery import SENTENCE_EMBEDDING, neuron_output
 
@@ -72,6 +73,36 @@ def feed_for(session, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {i.name: batch[i.name] for i in session.get_inputs()}
 
 
+def available_memory() -> int:
+    """Bytes of physical memory free now."""
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def check_resources(n_sentences: int, longest: int, batch_size: int, manifest, directory: Path) -> None:
+    """Refuse, before any work, a run whose responses cannot fit on disk or whose batches cannot fit in RAM.
+
+    Disk: the two float32 matrices. Memory: a batch's activations, roughly every
+    layer's neurons and a dozen hidden-size tensors per token, twice (ONNX Runtime
+    keeps inputs and outputs of a node alive together).
+    """
+    need_disk = 4 * n_sentences * (manifest.n_neurons + manifest.hidden_size)
+    directory.mkdir(parents=True, exist_ok=True)
+    free_disk = shutil.disk_usage(directory).free
+    if need_disk > free_disk:
+        raise ResourceError(
+            f"the responses need {need_disk / 1e9:.1f} GB in {directory} but only {free_disk / 1e9:.1f} GB are free; "
+            "use fewer sentences (--n-pos, --n-neg) or point ELENS_HOME at a larger disk"
+        )
+    rows = min(batch_size, n_sentences)
+    need_memory = 2 * 4 * rows * longest * (max(manifest.units_per_layer) + 12 * manifest.hidden_size)
+    free_memory = available_memory()
+    if need_memory > free_memory:
+        raise ResourceError(
+            f"--batch-size {batch_size} needs about {need_memory / 1e9:.1f} GB of memory for sentences of "
+            f"{longest} tokens, but {free_memory / 1e9:.1f} GB are free; lower --batch-size"
+        )
+
+
 @dataclass(frozen=True)
 class Responses:
     """Pooled responses of one model on one sentence list.
@@ -117,6 +148,7 @@ def compute_responses(
 
     tokenizer = exported.tokenizer()
     encoded = encode(tokenizer, sentences)
+    check_resources(len(sentences), int(encoded.lengths().max()), batch_size, exported.manifest, directory)
     session = create_session(exported.onnx_path(quantize), resolve_device(device))
     manifest = exported.manifest
     names = [neuron_output(i, options.pooling) for i in range(manifest.n_layers)] + [SENTENCE_EMBEDDING]
@@ -124,7 +156,6 @@ def compute_responses(
     partial = [directory / f"{p.stem}.partial-b{batch_size}.npy" for p in final]
     state_path = directory / f"progress-b{batch_size}.json"
     done = json.loads(state_path.read_text())["batches_done"] if state_path.exists() and all(p.exists() for p in partial) else 0
-    directory.mkdir(parents=True, exist_ok=True)
     arrays = [
         np.lib.format.open_memmap(path, mode="r+" if done else "w+", dtype=np.float32, shape=shape)
         for path, shape in zip(partial, shapes)

@@ -12,17 +12,22 @@ from ..errors import ElensError
 
 
 class _Group(click.Group):
-    """Turns library errors into ``error: …`` on stderr with exit status 2, never a traceback."""
+    """Every user mistake — a bad option or a library :class:`ElensError` — becomes one
+    ``error: …`` line on stderr and exit status 2, never a traceback or a usage dump."""
 
-    def invoke(self, ctx: click.Context):
+    def main(self, *args, **kwargs):
         try:
-            return super().invoke(ctx)
+            status = super().main(*args, standalone_mode=False, **kwargs)
+        except click.ClickException as exc:
+            click.echo(f"error: {exc.format_message()}", err=True)
+            sys.exit(exc.exit_code)
         except ElensError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(2)
-        except KeyboardInterrupt:
+        except click.Abort:
             click.echo("interrupted; finished work is cached and a rerun resumes", err=True)
             sys.exit(130)
+        sys.exit(status if isinstance(status, int) else 0)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import logging
 import mmap
+import os
 from collections.abc import Callable, Sequence
 
 import numba
@@ -49,13 +50,14 @@ log = logging.getLogger(__name__)
 
 _DIGIT_BITS = 11
 _N_BUCKETS = 1 << _DIGIT_BITS
-# Bytes of response data one block should hold when block_size is not given.
-_BLOCK_BYTES = 256 * 2**20
+# Bytes of the transposed block ("panel") when block_size is not given.
+_PANEL_BYTES = 64 * 2**20
+# Columns copied per pass over a task's rows when filling a panel.
+_STRIPE = 256
 # Float dtypes read in place (no conversion); anything else is converted per block.
 _NATIVE_FLOATS = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
-# Row codes carried through the sort (see _Plan): >= 0 a concept's positive only.
-_POOL = -1
-_GENERAL = -2
+# Row code of a row in several roles is _GENERAL - row (see _Plan).
+_GENERAL = -1
 _BITS_DTYPE = {2: np.uint16, 4: np.uint32, 8: np.uint64}
 _EXPONENT_BITS = {2: 5, 4: 8, 8: 11}
 
@@ -99,7 +101,9 @@ def _column_keys(bits, codes, sign, exponent, key_shift, keys):  # pragma: no co
         if b == sign:
             b = np.uint64(0)
         k = b ^ all_ones if b & sign else b | sign
-        keys[i] = (k << key_shift) | np.uint64(np.uint32(codes[i]))
+        if key_shift:
+            k = (k << key_shift) | np.uint64(np.uint32(codes[i]))
+        keys[i] = k
     return not bad
 
 
@@ -121,14 +125,14 @@ def _radix_sort(keys, codes, tmp_keys, tmp_codes, hist, key_shift):  # pragma: n
     for i in range(n):
         k = keys[i] >> key_shift
         for p in range(n_passes):
-            hist[p, (k >> np.uint64(_DIGIT_BITS * p)) & digit_mask] += 1
+            hist[p, (k >> np.uint64(_DIGIT_BITS * p)) & digit_mask] += np.uint32(1)
     src_k, src_c, dst_k, dst_c = keys, codes, tmp_keys, tmp_codes
     for p in range(n_passes):
         shift = key_shift + np.uint64(_DIGIT_BITS * p)
         h = hist[p]
         if h[(src_k[0] >> shift) & digit_mask] == n:
             continue
-        total = 0
+        total = np.uint32(0)
         for b in range(_N_BUCKETS):
             count = h[b]
             h[b] = total
@@ -137,10 +141,10 @@ def _radix_sort(keys, codes, tmp_keys, tmp_codes, hist, key_shift):  # pragma: n
             k = src_k[i]
             d = (k >> shift) & digit_mask
             at = h[d]
-            h[d] = at + 1
-            dst_k[at] = k
+            h[d] = at + np.uint32(1)
+            dst_k[np.uint64(at)] = k
             if carry:
-                dst_c[at] = src_c[i]
+                dst_c[np.uint64(at)] = src_c[i]
         src_k, dst_k = dst_k, src_k
         src_c, dst_c = dst_c, src_c
     return src_k, src_c
@@ -153,12 +157,14 @@ def _walk(
 ):  # pragma: no cover - numba
     """AP of every concept from one neuron's rows sorted ascending.
 
-    Row codes (see ``_Plan``) are the low 32 bits of ``s_keys`` when
-    ``key_shift`` is 32, else ``s_codes``. Walks down the order a tie group at a
-    time, keeping per concept its positives seen (``tp``) and excluded pool rows
-    seen (``ex``); the pool rows seen (``neg``) minus ``ex`` are its false
-    positives. Writes ``out[c]``.
+    Row codes (see ``_Plan``) are the low 32 bits of ``s_keys`` when ``key_shift``
+    is 32, else ``s_codes``. Walks down the order a tie group at a time, keeping
+    per concept its positives seen (``tp``) and excluded pool rows seen (``ex``);
+    the pool rows seen (``neg``) minus ``ex`` are its false positives. A pool
+    row's code is the dummy concept C, so ``tp``, ``ex``, ``acc`` have C + 1
+    entries and plain rows need no branch on their kind. Writes ``out[c]``.
     """
+    n_concepts = n_pos.shape[0]
     in_keys = key_shift != 0
     tp[:] = 0
     ex[:] = 0
@@ -166,18 +172,26 @@ def _walk(
     neg = 0
     i = s_keys.shape[0] - 1
     while i >= 0:
-        # Tie group [j + 1 .. i]: count everything in it first, so that each
-        # positive sees the precision at its (shared) threshold.
         top = s_keys[i] >> key_shift
+        code = np.int32(s_keys[i]) if in_keys else s_codes[i]
+        if code >= 0 and (i == 0 or s_keys[i - 1] >> key_shift != top):
+            # Untied row that is a plain positive or plain pool row.
+            neg += code == n_concepts
+            t = tp[code] + 1
+            tp[code] = t
+            acc[code] += t / (t + neg - ex[code])
+            i -= 1
+            continue
+        # Tie group [j + 1 .. i], or a row in several roles: count everything
+        # first, so that each positive sees the precision at its threshold.
         j = i - 1
         while j >= 0 and s_keys[j] >> key_shift == top:
             j -= 1
         for t in range(j + 1, i + 1):
             code = np.int32(s_keys[t]) if in_keys else s_codes[t]
             if code >= 0:
+                neg += code == n_concepts
                 tp[code] += 1
-            elif code == _POOL:
-                neg += 1
             else:
                 r = _GENERAL - code
                 neg += is_pool[r]
@@ -189,13 +203,13 @@ def _walk(
             code = np.int32(s_keys[t]) if in_keys else s_codes[t]
             if code >= 0:
                 acc[code] += tp[code] / (tp[code] + neg - ex[code])
-            elif code != _POOL:
+            else:
                 r = _GENERAL - code
                 for e in range(pos_ptr[r], pos_ptr[r + 1]):
                     c = pos_concepts[e]
                     acc[c] += tp[c] / (tp[c] + neg - ex[c])
         i = j
-    for c in range(n_pos.shape[0]):
+    for c in range(n_concepts):
         out[c] = acc[c] / n_pos[c]
 
 
@@ -224,10 +238,10 @@ def _ap_panel(
         tmp_keys = np.empty(n_rows, np.uint64)
         s_codes = np.empty(n_rows, np.int32)
         tmp_codes = np.empty(n_rows, np.int32)
-        hist = np.empty((n_passes, _N_BUCKETS), np.int64)
-        tp = np.empty(n_concepts, np.int64)
-        ex = np.empty(n_concepts, np.int64)
-        acc = np.empty(n_concepts, np.float64)
+        hist = np.empty((n_passes, _N_BUCKETS), np.uint32)
+        tp = np.empty(n_concepts + 1, np.int64)
+        ex = np.empty(n_concepts + 1, np.int64)
+        acc = np.empty(n_concepts + 1, np.float64)
         for m in range(chunk * n_cols // n_chunks, (chunk + 1) * n_cols // n_chunks):
             if not _column_keys(panel[m], codes, sign, exponent, key_shift, keys):
                 bad[m] = 1
@@ -342,42 +356,53 @@ def average_precision_many(
     x = _as_responses(responses)
     n_sentences, n_neurons = x.shape
     plan = _Plan(positives, pool, excluded, n_sentences)
+    n_rows = plan.rows.size
+    source = _Source(x, plan.rows)
+    itemsize = source.itemsize
     if block_size is None:
-        per_column = max(1, plan.rows.size * x.dtype.itemsize)
-        block_size = max(64, (_BLOCK_BYTES // per_column) // 64 * 64)
-    elif int(block_size) != block_size or block_size < 1:
+        block_size = max(64, _PANEL_BYTES // (n_rows * itemsize) // 64 * 64)
+    elif isinstance(block_size, bool) or int(block_size) != block_size or block_size < 1:
         raise InputError(f"block_size must be a positive integer; got {block_size!r}")
     block_size = int(min(block_size, max(n_neurons, 1)))
 
+    mantissa = 8 * itemsize - 1 - _EXPONENT_BITS[itemsize]
+    sign = np.uint64(1 << (8 * itemsize - 1))
+    exponent = np.uint64(((1 << _EXPONENT_BITS[itemsize]) - 1) << mantissa)
+    key_shift = np.uint64(32 if itemsize <= 4 else 0)
+    n_passes = -(-8 * itemsize // _DIGIT_BITS)
+    threads = numba.get_num_threads()
+
     out = np.empty((plan.n_concepts, n_neurons), np.float64)
-    reader = _BlockReader(x, plan.rows)
-    for col0 in range(0, n_neurons, block_size):
-        n_cols = min(block_size, n_neurons - col0)
-        bits, bits_col0, rows = reader.block(col0, n_cols)
-        itemsize = bits.dtype.itemsize
-        sign = np.uint64(1) << np.uint64(8 * itemsize - 1)
-        mantissa = 8 * itemsize - 1 - _EXPONENT_BITS[itemsize]
-        exponent = np.uint64(((1 << _EXPONENT_BITS[itemsize]) - 1) << mantissa)
-        n_passes = -(-8 * itemsize // _DIGIT_BITS)
-        block_out = np.empty((n_cols, plan.n_concepts), np.float64)
-        bad = np.zeros(n_cols, np.uint8)
-        tile = max(1, 64 // itemsize)
-        n_chunks = min(-(-n_cols // tile), 4 * numba.get_num_threads())
-        _ap_block(
-            bits, bits_col0, n_cols, rows, plan.codes, plan.is_pool, plan.pos_ptr,
-            plan.pos_concepts, plan.exc_ptr, plan.exc_concepts, plan.n_pos,
-            sign, exponent, n_passes, tile, n_chunks, block_out, bad,
-        )
-        reader.release()
-        if bad.any():
-            col = col0 + int(np.argmax(bad))
-            raise InputError(
-                f"responses of neuron {col} (column {col}) contain NaN or inf; "
-                "recompute or clean the response matrix"
-            )
-        out[:, col0 : col0 + n_cols] = block_out.T
-        if progress is not None:
-            progress(col0 + n_cols, n_neurons)
+    panel_buffer = np.empty((block_size, n_rows), _BITS_DTYPE[itemsize])
+    read_size = source.read_size(block_size)
+    try:
+        for read0 in range(0, n_neurons, read_size):
+            bits, bits_col0, rows = source.read(read0, min(read_size, n_neurons - read0))
+            for col0 in range(read0, min(read0 + read_size, n_neurons), block_size):
+                n_cols = min(block_size, n_neurons - col0)
+                panel = panel_buffer[:n_cols]
+                _gather_panel(
+                    bits, rows, bits_col0 + col0 - read0, panel, min(n_rows, 4 * threads)
+                )
+                block_out = np.empty((n_cols, plan.n_concepts), np.float64)
+                bad = np.zeros(n_cols, np.uint8)
+                _ap_panel(
+                    panel, plan.codes, plan.is_pool, plan.pos_ptr, plan.pos_concepts,
+                    plan.exc_ptr, plan.exc_concepts, plan.n_pos, sign, exponent,
+                    key_shift, n_passes, min(n_cols, 4 * threads), block_out, bad,
+                )
+                if bad.any():
+                    col = col0 + int(np.argmax(bad))
+                    raise InputError(
+                        f"responses of neuron {col} (column {col}) contain NaN or inf; "
+                        "recompute or clean the response matrix"
+                    )
+                out[:, col0 : col0 + n_cols] = block_out.T
+                if progress is not None:
+                    progress(col0 + n_cols, n_neurons)
+            source.release()
+    finally:
+        source.close()
     return out
 
 
@@ -465,15 +490,17 @@ class _Plan:
         self.pos_ptr, self.pos_concepts = _csr(pos_local, n_rows)
         self.exc_ptr, self.exc_concepts = _csr(exc_local, n_rows)
         self.n_pos = np.array([p.size for p in pos], np.float64)
-        # What the kernel carries through the sort for each local row: the concept
-        # c when the row is a positive of c only (and not in the pool), _POOL for
-        # a pool row no concept excludes, else _GENERAL - row (look up the CSRs).
+        # What the kernel carries through the sort for each local row: concept c
+        # when the row is a positive of c only (and not in the pool); C (a dummy
+        # concept) for a pool row that no concept excludes; else _GENERAL - row,
+        # and the kernel looks the row up in the CSR arrays.
         n_pos_of = np.diff(self.pos_ptr)
         n_exc_of = np.diff(self.exc_ptr)
         self.codes = _GENERAL - np.arange(n_rows, dtype=np.int32)
         only_pos = (n_pos_of == 1) & (n_exc_of == 0) & (self.is_pool == 0)
         self.codes[only_pos] = self.pos_concepts[self.pos_ptr[:-1][only_pos]]
-        self.codes[(n_pos_of == 0) & (n_exc_of == 0) & (self.is_pool == 1)] = _POOL
+        only_pool = (n_pos_of == 0) & (n_exc_of == 0) & (self.is_pool == 1)
+        self.codes[only_pool] = self.n_concepts
 
 
 def _csr(lists: list[np.ndarray], n_rows: int) -> tuple[np.ndarray, np.ndarray]:
@@ -486,52 +513,149 @@ def _csr(lists: list[np.ndarray], n_rows: int) -> tuple[np.ndarray, np.ndarray]:
     return ptr, concepts[order]
 
 
-class _BlockReader:
-    """Column blocks of the responses as unsigned-int views of IEEE floats.
+class _Source:
+    """Reads column blocks of the responses, as unsigned-int views of IEEE floats.
 
-    C-order float16/32/64 arrays are handed to the kernel whole (no copy; the
-    kernel reads the block's columns of the rows in use). Other layouts and
-    dtypes are copied one block at a time, rows in use only. For a memory map,
-    ``release`` drops the mapped pages from this process after each block.
+    Three ways, picked once:
+
+    - in place: a native-order float16/32/64 array in memory (any strides) is
+      handed to the kernel as it is; the kernel copies the block's columns of
+      the rows in use into its panel.
+    - file: an array memory-mapped from a file (``np.memmap``, ``np.load(...,
+      mmap_mode=...)``) whose rows are contiguous is read with ``os.preadv``,
+      one call per row in use, at least 4 KiB of each row at a time. Nothing is
+      mapped into this process, so resident memory stays bounded by the read
+      buffer whatever the file size (reading the same array through the mapping
+      would keep every touched page resident, and the kernel maps up to 64 KiB
+      around each one).
+    - converted: anything else (other dtypes or byte orders, copy-on-write or
+      column-major memory maps) is copied one block at a time, rows in use
+      only, to the float of the same size or, for integers, float64; pages of a
+      memory map are released after each block.
     """
 
     def __init__(self, x: np.ndarray, rows: np.ndarray) -> None:
         self._x = x
         self._rows = rows
-        self._in_place = x.dtype in _NATIVE_FLOATS and x.dtype.isnative and x.flags.c_contiguous
-        if self._in_place:
-            self._bits = x.view(_BITS_DTYPE[x.dtype.itemsize])
         self._compact_rows = np.arange(rows.size, dtype=np.int64)
-        self._mapping = _writable_safe_mapping(x)
-
-    def block(self, col0: int, n_cols: int) -> tuple[np.ndarray, int, np.ndarray]:
-        """Return (bits, first column of the block in bits, rows of bits to read)."""
-        if self._in_place:
-            return self._bits, col0, self._rows
-        x = self._x
         if x.dtype.kind == "f" and x.dtype.itemsize in _BITS_DTYPE:
-            work = x.dtype.newbyteorder("=")
+            self._work = x.dtype.newbyteorder("=")
         else:
-            work = np.dtype(np.float64)
-        block = np.ascontiguousarray(x[self._rows, col0 : col0 + n_cols], dtype=work)
-        return block.view(_BITS_DTYPE[work.itemsize]), 0, self._compact_rows
+            self._work = np.dtype(np.float64)
+        self.itemsize = self._work.itemsize
+        self._bits = self._work if x.dtype == self._work else None
+        mapping, root = _mapping_of(x)
+        self._file = _open_rows(x, mapping, root) if mapping is not None else None
+        self._mapping = mapping if self._file is None and _droppable(root) else None
+
+    def read_size(self, block_size: int) -> int:
+        """Columns per read: a multiple of block_size, >= 4 KiB per row for files."""
+        if self._file is None:
+            return block_size
+        per_page = -(-mmap.PAGESIZE // self._x.dtype.itemsize)
+        return block_size * -(-per_page // block_size)
+
+    def read(self, col0: int, n_cols: int) -> tuple[np.ndarray, int, np.ndarray]:
+        """(bits, column of ``col0`` in bits, rows of bits to use) for a block."""
+        if self._file is None and self._bits is not None:
+            return self._x.view(_BITS_DTYPE[self.itemsize]), col0, self._rows
+        if self._file is not None:
+            block = self._file.read(self._rows, col0, n_cols)
+        else:
+            block = self._x[self._rows, col0 : col0 + n_cols]
+        block = np.ascontiguousarray(block, dtype=self._work)
+        return block.view(_BITS_DTYPE[self.itemsize]), 0, self._compact_rows
 
     def release(self) -> None:
+        """Drop this process's mapped pages of the last block (file stays cached)."""
         if self._mapping is not None:
             self._mapping.madvise(mmap.MADV_DONTNEED)
 
+    def close(self) -> None:
+        self.release()
+        if self._file is not None:
+            self._file.close()
 
-def _writable_safe_mapping(x: np.ndarray) -> mmap.mmap | None:
-    """The mmap behind ``x`` if its pages can be dropped without losing data.
 
-    Shared mappings (modes "r", "r+", "w+") are backed by the file, so dropping
-    their pages only means re-reading them; copy-on-write ("c") pages are not.
-    """
+class _RowFile:
+    """Positioned reads of row segments of a row-major array stored in a file."""
+
+    def __init__(self, path: str, first: int, row_stride: int, dtype: np.dtype) -> None:
+        self._fd = os.open(path, os.O_RDONLY)
+        self._first = first
+        self._row_stride = row_stride
+        self._dtype = dtype
+
+    def read(self, rows: np.ndarray, col0: int, n_cols: int) -> np.ndarray:
+        """[len(rows), n_cols] array of the file's values."""
+        out = np.empty((rows.size, n_cols), self._dtype)
+        start = self._first + col0 * self._dtype.itemsize
+        for i, r in enumerate(rows.tolist()):
+            self.read_into(out[i], start + r * self._row_stride)
+        return out
+
+    def read_into(self, buffer: np.ndarray, offset: int) -> None:
+        if os.preadv(self._fd, [buffer], offset) != buffer.nbytes:
+            raise InputError(
+                f"response file ended early (offset {offset}); it is truncated or "
+                "was rewritten while in use"
+            )
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
+def _mapping_of(x: np.ndarray) -> tuple[mmap.mmap | None, np.memmap | None]:
+    """The mmap behind ``x`` and the outermost ``np.memmap`` on it, if any."""
+    root = None
     base = x
     while base is not None:
-        if isinstance(base, np.memmap) and base.mode == "c":
-            return None
+        if isinstance(base, np.memmap):
+            root = base
         if isinstance(base, mmap.mmap):
-            return base if hasattr(base, "madvise") else None
+            return base, root
         base = getattr(base, "base", None)
-    return None
+    return None, None
+
+
+def _droppable(root: np.memmap | None) -> bool:
+    """Whether mapped pages can be dropped without losing data.
+
+    Shared mappings (modes "r", "r+", "w+") are backed by the file, so dropping
+    their pages only means reading them again; copy-on-write ("c") pages are not.
+    """
+    return root is not None and root.mode != "c"
+
+
+def _open_rows(x: np.ndarray, mapping: mmap.mmap, root: np.memmap | None) -> _RowFile | None:
+    """A reader of ``x``'s rows straight from its file, or None if that is unsafe.
+
+    Needs a shared mapping made by ``np.memmap`` of a named file, contiguous
+    rows, and a file offset that checks out against the mapped bytes.
+    """
+    if (
+        root is None
+        or root.mode == "c"
+        or not isinstance(root.filename, str)
+        or x.shape[0] == 0
+        or x.shape[1] == 0
+        or x.strides[1] != x.dtype.itemsize
+        or x.strides[0] < 0
+    ):
+        return None
+    # np.memmap maps the file from the offset rounded down to the allocation
+    # granularity; x's first element sits that far into the mapping.
+    mapped_at = np.frombuffer(mapping, np.uint8).ctypes.data
+    map_start = root.offset - root.offset % mmap.ALLOCATIONGRANULARITY
+    first = map_start + x.ctypes.data - mapped_at
+    reader = _RowFile(root.filename, first, x.strides[0], x.dtype)
+    probe = np.empty(x.shape[1], x.dtype)
+    try:
+        reader.read_into(probe, first)
+    except (InputError, OSError):
+        reader.close()
+        return None
+    if probe.tobytes() != x[0].tobytes():
+        reader.close()
+        return None
+    return reader

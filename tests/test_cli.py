@@ -1,0 +1,197 @@
+"""``elens-lite`` end to end on a slice of the bundled default, and every bad-input case."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from sklearn.metrics import average_precision_score
+
+from expertlens_lite.cli import main
+from expertlens_lite.concepts import build_concept_set, read_corpus
+from expertlens_lite.paths import bundled
+
+SLICE_WORDS = ["birds", "feathers", "hummingbird", "kitchen", "breakfast", "soup", "salad", "dessert", "red", "pink", "purple", "yellow"]
+
+
+def invoke(*args: str):
+    result = CliRunner().invoke(main, list(args), catch_exceptions=False)
+    return result
+
+
+@pytest.fixture(scope="module")
+def slice_files(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("slice")
+    (folder / "concepts.txt").write_text("\n".join(SLICE_WORDS) + "\n")
+    return folder
+
+
+def run_slice(out: Path, concepts: Path, model: str = "minilm", *extra: str):
+    return invoke(
+        "run", "--model", model, "--concepts", str(concepts), "--n-pos", "16", "--n-neg", "200", "--min-pos", "10",
+        "--tau", "0.3", "--tau", "0.5", "--topk", "50", "--n-bootstrap", "200", "--out", str(out), *extra,
+    )
+
+
+@pytest.fixture(scope="module")
+def minilm_run(slice_files, tmp_path_factory, elens_home):
+    import os
+
+    os.environ["ELENS_HOME"] = str(elens_home)
+    out = tmp_path_factory.mktemp("run") / "results"
+    result = run_slice(out, slice_files / "concepts.txt")
+    return result, out
+
+
+def test_run_writes_the_documented_results(minilm_run):
+    result, out = minilm_run
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    for key in ("model", "revision", "n_concepts", "n_pairs", "n_neurons", "alignment", "baselines", "timings"):
+        assert key in summary
+    assert summary["model"] == "minilm" and summary["n_neurons"] == 9216 and summary["n_concepts"] == len(SLICE_WORDS)
+    assert [row["tau"] for row in summary["alignment"]] == [0.3, 0.5]
+    for row in summary["alignment"] + list(summary["baselines"].values()):
+        assert set(row) >= {"spearman", "p_value", "ci_low", "ci_high", "n_pairs"}
+        assert row["n_pairs"] == summary["n_pairs"]
+    assert set(summary["baselines"]) == {"sentence_embedding", "word_embedding"}
+    assert set(summary["timings"]) >= {"concepts", "export", "responses", "expertise", "analysis"}
+    # The closing table names every measure.
+    for row in summary["comparison"]:
+        assert row["measure"] in result.output
+    html = (out / "report.html").read_text()
+    assert "<img" in html and "Spearman" in html and "tau=0.3 jaccard" in html
+
+
+def test_experts_and_similarity_files_agree_with_the_ap_matrix(minilm_run):
+    _, out = minilm_run
+    summary = json.loads((out / "summary.json").read_text())
+    ap = np.load(out / "ap.npy")
+    concepts = summary["concepts"]
+    assert ap.shape == (len(concepts), summary["n_neurons"])
+    with (out / "experts.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == int((ap >= 0.3).sum())
+    sets: dict[str, set[int]] = {c: set() for c in concepts}
+    for row in rows:
+        column = int(row["layer"]) * 1536 + int(row["unit"])
+        assert float(row["ap"]) >= 0.3
+        assert abs(float(row["ap"]) - ap[concepts.index(row["concept"]), column]) < 1e-6
+        sets[row["concept"]].add(column)
+    with (out / "similarity.csv").open() as handle:
+        pairs = list(csv.DictReader(handle))
+    assert len(pairs) == summary["n_pairs"] > 0
+    for pair in pairs:  # 'jaccard' is τ = 0.3 (the first τ), recomputed from experts.csv
+        a, b = sets[pair["concept_a"]], sets[pair["concept_b"]]
+        expected = len(a & b) / len(a | b) if a | b else 0.0
+        assert abs(float(pair["jaccard"]) - expected) < 1e-6
+
+
+def test_run_ap_matches_sklearn_on_cached_responses(minilm_run, elens_home):
+    _, out = minilm_run
+    summary = json.loads((out / "summary.json").read_text())
+    settings = summary["settings"]
+    concept_set = build_concept_set(
+        read_corpus(bundled("corpus.txt")), SLICE_WORDS, n_pos=settings["n_pos"], n_neg=settings["n_neg"],
+        min_pos=settings["min_pos"], seed=settings["seed"],
+    )
+    matches = [np.load(p, mmap_mode="r") for p in elens_home.glob("responses/*/neurons.npy")]
+    responses = next(r for r in matches if r.shape[0] == len(concept_set.sentences))
+    ap = np.load(out / "ap.npy")
+    rng = np.random.default_rng(0)
+    for c in (0, 5, 11):
+        negatives = np.setdiff1d(concept_set.pool, concept_set.excluded[c])
+        rows = np.concatenate([concept_set.positives[c], negatives])
+        labels = np.r_[np.ones(len(concept_set.positives[c])), np.zeros(len(negatives))]
+        for m in rng.choice(responses.shape[1], 25, replace=False):
+            assert abs(average_precision_score(labels, responses[rows, m]) - ap[c, m]) < 1e-6  # ap.npy is float32
+
+
+def test_rerun_reuses_export_and_responses(minilm_run, slice_files, tmp_path):
+    _, first_out = minilm_run
+    result = run_slice(tmp_path / "again", slice_files / "concepts.txt")
+    assert result.exit_code == 0
+    first = json.loads((first_out / "summary.json").read_text())
+    again = json.loads((tmp_path / "again" / "summary.json").read_text())
+    assert again["alignment"] == first["alignment"] and again["baselines"] == first["baselines"]
+    assert again["timings"]["export"] < 5 and again["timings"]["responses"] < 5  # cached: no export, no inference
+
+
+@pytest.mark.slow
+def test_run_on_smollm2_slice(slice_files, tmp_path, smollm2):
+    result = run_slice(tmp_path / "smol", slice_files / "concepts.txt", "smollm2", "--quantize", "int8")
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "smol" / "summary.json").read_text())
+    assert summary["architecture"] == "llama" and summary["n_neurons"] == 46080
+
+
+# --- bad input: one line on stderr, exit status 2, no traceback ---------------------------
+
+
+def assert_user_error(result, *fragments: str) -> None:
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert "Traceback" not in result.output
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+def test_missing_corpus(tmp_path):
+    assert_user_error(invoke("run", "--model", "minilm", "--corpus", str(tmp_path / "nope.txt")), "corpus file not found")
+
+
+def test_empty_corpus(tmp_path):
+    (tmp_path / "c.txt").write_text("\n  \n")
+    assert_user_error(invoke("run", "--model", "minilm", "--corpus", str(tmp_path / "c.txt")), "has no sentences")
+
+
+def test_undecodable_corpus(tmp_path):
+    (tmp_path / "c.txt").write_bytes(b"a fine line\n\xff\xfe broken\n")
+    assert_user_error(invoke("run", "--model", "minilm", "--corpus", str(tmp_path / "c.txt")), "not UTF-8")
+
+
+def test_too_few_concepts_remaining(tmp_path):
+    (tmp_path / "k.txt").write_text("birds\nzebra\nunicorn\n")
+    assert_user_error(invoke("run", "--model", "minilm", "--concepts", str(tmp_path / "k.txt")), "need 2 or more")
+
+
+def test_malformed_human_file(tmp_path):
+    (tmp_path / "h.txt").write_text("birds feathers 40\nsoup salad\n")
+    assert_user_error(invoke("run", "--model", "minilm", "--human", str(tmp_path / "h.txt")), "h.txt:2:")
+
+
+def test_unknown_architecture(tmp_path):
+    (tmp_path / "t5").mkdir()
+    (tmp_path / "t5" / "config.json").write_text(json.dumps({"model_type": "t5"}))
+    assert_user_error(invoke("export", "--model", str(tmp_path / "t5"), "--out", str(tmp_path / "x")), "'t5'", "supported: bert")
+
+
+@pytest.mark.parametrize("tau", ["1.5", "-0.1", "nan"])
+def test_tau_outside_unit_interval(tau):
+    assert_user_error(invoke("run", "--model", "minilm", "--tau", tau), "--tau must be within [0, 1]")
+
+
+def test_unreachable_model_id_offline(tmp_path):
+    assert_user_error(
+        invoke("run", "--model", "no-such-org/no-such-model", "--out", str(tmp_path / "r")), "cannot load model 'no-such-org/no-such-model'"
+    )
+
+
+def test_out_of_memory_sized_request(monkeypatch, tmp_path, slice_files, minilm):
+    monkeypatch.setattr("expertlens_lite.runtime.available_memory", lambda: 10**6)
+    result = run_slice(tmp_path / "r", slice_files / "concepts.txt", "minilm", "--batch-size", "512", "--seed", "9")
+    assert_user_error(result, "--batch-size 512 needs about", "lower --batch-size")
+
+
+def test_bad_option_value_is_one_line():
+    assert_user_error(invoke("run", "--quantize", "bogus"), "--quantize")
+
+
+def test_export_refuses_to_overwrite(tmp_path):
+    (tmp_path / "x").mkdir()
+    assert_user_error(invoke("export", "--model", "minilm", "--out", str(tmp_path / "x")), "pass --force")

@@ -1,0 +1,270 @@
+"""Average-precision kernels against sklearn and an independent slow implementation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sklearn.metrics import average_precision_score
+
+from expertlens_lite.errors import InputError
+from expertlens_lite.kernels import average_precision, average_precision_many
+
+ATOL = 1e-9
+
+
+def slow_ap(labels: list[int], scores: list[float]) -> float:
+    """AP by its definition: one threshold per distinct score, in pure Python."""
+    n_pos = sum(labels)
+    ap = 0.0
+    previous_tp = 0
+    for threshold in sorted(set(scores), reverse=True):
+        tp = sum(1 for y, s in zip(labels, scores) if s >= threshold and y == 1)
+        fp = sum(1 for y, s in zip(labels, scores) if s >= threshold and y == 0)
+        ap += (tp - previous_tp) / n_pos * tp / (tp + fp)
+        previous_tp = tp
+    return ap
+
+
+def sklearn_columns(responses: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    return np.array(
+        [average_precision_score(labels, responses[:, m]) for m in range(responses.shape[1])]
+    )
+
+
+def sklearn_many(responses, positives, pool, excluded):
+    """One sklearn call per (concept, neuron) on positives + (pool - excluded - positives)."""
+    out = np.empty((len(positives), responses.shape[1]))
+    for c, pos in enumerate(positives):
+        dropped = set(excluded[c]) | set(pos) if excluded is not None else set(pos)
+        neg = [r for r in pool if r not in dropped]
+        rows = list(pos) + neg
+        labels = np.r_[np.ones(len(pos), int), np.zeros(len(neg), int)]
+        out[c] = sklearn_columns(responses[rows], labels)
+    return out
+
+
+def random_labels(rng: np.random.Generator, n: int) -> np.ndarray:
+    labels = (rng.random(n) < 0.3).astype(int)
+    labels[:2] = [1, 0]
+    return labels
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_random_scores_match_sklearn(dtype):
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(400, 30)).astype(dtype)
+    y = random_labels(rng, 400)
+    np.testing.assert_allclose(average_precision(x, y), sklearn_columns(x, y), rtol=0, atol=ATOL)
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_heavy_ties_match_sklearn_and_slow(dtype):
+    rng = np.random.default_rng(2)
+    x = rng.integers(-2, 3, size=(150, 25)).astype(dtype)
+    x[rng.random(x.shape) < 0.2] = -0.0  # -0.0 ties with 0.0, as in sklearn
+    y = random_labels(rng, 150)
+    got = average_precision(x, y)
+    np.testing.assert_allclose(got, sklearn_columns(x, y), rtol=0, atol=ATOL)
+    slow = [slow_ap(y.tolist(), x[:, m].astype(float).tolist()) for m in range(x.shape[1])]
+    np.testing.assert_allclose(got, slow, rtol=0, atol=ATOL)
+
+
+def test_constant_columns_score_positive_rate():
+    rng = np.random.default_rng(3)
+    x = np.tile(rng.normal(size=(1, 6)), (80, 1))
+    y = random_labels(rng, 80)
+    got = average_precision(x, y)
+    np.testing.assert_allclose(got, sklearn_columns(x, y), rtol=0, atol=ATOL)
+    np.testing.assert_allclose(got, y.mean(), rtol=0, atol=ATOL)
+
+
+def test_single_positive_matches_sklearn_and_slow():
+    rng = np.random.default_rng(4)
+    x = rng.integers(0, 6, size=(50, 40)).astype(np.float32)
+    y = np.zeros(50, int)
+    y[17] = 1
+    got = average_precision(x, y)
+    np.testing.assert_allclose(got, sklearn_columns(x, y), rtol=0, atol=ATOL)
+    slow = [slow_ap(y.tolist(), x[:, m].tolist()) for m in range(x.shape[1])]
+    np.testing.assert_allclose(got, slow, rtol=0, atol=ATOL)
+
+
+def test_integer_and_bool_inputs_match_sklearn():
+    rng = np.random.default_rng(5)
+    x = rng.integers(-5, 5, size=(60, 8))
+    y = random_labels(rng, 60).astype(bool)
+    np.testing.assert_allclose(average_precision(x, y), sklearn_columns(x, y), rtol=0, atol=ATOL)
+
+
+def test_invariant_to_positive_scaling_and_shifting():
+    rng = np.random.default_rng(6)
+    # Dyadic values, so scaling by 3 and shifting by 100 are exact and keep ties.
+    x = rng.integers(0, 400, size=(120, 12)) / 8.0
+    y = random_labels(rng, 120)
+    base = average_precision(x, y)
+    np.testing.assert_allclose(average_precision(3.0 * x, y), base, rtol=0, atol=ATOL)
+    np.testing.assert_allclose(average_precision(x + 100.0, y), base, rtol=0, atol=ATOL)
+    np.testing.assert_allclose(average_precision(0.5 * x - 7.0, y), base, rtol=0, atol=ATOL)
+
+
+def test_layouts_give_identical_results():
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(90, 70)).astype(np.float32)
+    y = random_labels(rng, 90)
+    base = average_precision(x, y)
+    np.testing.assert_array_equal(average_precision(np.asfortranarray(x), y), base)
+    np.testing.assert_array_equal(average_precision(x.astype(">f4"), y), base)
+    wide = np.concatenate([x, x], axis=1)
+    np.testing.assert_array_equal(average_precision(wide[:, ::2], y), base[::2].tolist() * 2)
+
+
+@st.composite
+def concept_sets(draw):
+    """Responses, positives, pool and excluded rows in the shapes a run makes."""
+    seed = draw(st.integers(0, 2**32 - 1))
+    n_sentences = draw(st.integers(2, 120))
+    n_neurons = draw(st.integers(1, 6))
+    n_concepts = draw(st.integers(1, 5))
+    levels = draw(st.sampled_from([2, 4, 0]))  # 0: continuous scores, else tied ones
+    dtype = draw(st.sampled_from([np.float16, np.float32, np.float64]))
+    rng = np.random.default_rng(seed)
+    if levels:
+        x = rng.integers(0, levels, size=(n_sentences, n_neurons)).astype(dtype)
+    else:
+        x = rng.normal(size=(n_sentences, n_neurons)).astype(dtype)
+    pool_size = draw(st.integers(0, n_sentences))
+    pool = rng.permutation(n_sentences)[:pool_size]
+    positives, excluded = [], []
+    for _ in range(n_concepts):
+        n_pos = int(rng.integers(1, min(n_sentences, 30) + 1))
+        positives.append(rng.choice(n_sentences, n_pos, replace=False))
+        # Excluded rows: some pool rows, and possibly rows outside the pool.
+        n_exc = int(rng.integers(0, min(n_sentences, 8) + 1))
+        excluded.append(rng.choice(n_sentences, n_exc, replace=False))
+    return x, positives, pool, excluded
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(concept_sets())
+def test_many_matches_sklearn_per_concept(case):
+    x, positives, pool, excluded = case
+    got = average_precision_many(x, positives, pool, excluded, block_size=4)
+    np.testing.assert_allclose(got, sklearn_many(x, positives, pool, excluded), rtol=0, atol=ATOL)
+
+
+def test_many_large_pool_matches_sklearn():
+    rng = np.random.default_rng(8)
+    x = rng.normal(size=(3000, 5)).astype(np.float32)
+    x[:, 0] = np.round(x[:, 0], 1)  # many ties
+    pool = np.arange(2500)
+    positives = [2500 + 100 * c + np.arange(100) for c in range(5)]
+    positives[1] = np.r_[positives[1], [3, 4]]  # pool rows that are also positives
+    excluded = [rng.choice(pool, 40, replace=False) for _ in range(5)]
+    got = average_precision_many(x, positives, pool, excluded)
+    np.testing.assert_allclose(got, sklearn_many(x, positives, pool, excluded), rtol=0, atol=ATOL)
+
+
+def test_concept_without_negatives_scores_one_like_sklearn():
+    rng = np.random.default_rng(9)
+    x = rng.normal(size=(20, 4))
+    pool = np.arange(10)
+    got = average_precision_many(x, [np.arange(10, 15), np.arange(15, 20)], pool, [pool, []])
+    np.testing.assert_array_equal(got[0], 1.0)
+    np.testing.assert_allclose(got[0], [average_precision_score(np.ones(5), x[10:15, m])
+                                        for m in range(4)], rtol=0, atol=ATOL)
+    assert np.all(got[1] < 1.0)
+
+
+def test_memmap_blocks_match_in_memory(tmp_path):
+    rng = np.random.default_rng(10)
+    x = rng.normal(size=(700, 300)).astype(np.float16)
+    pool = np.arange(0, 700, 2)
+    positives = [np.arange(1, 700, 2)[c::5] for c in range(5)]
+    excluded = [pool[c::7] for c in range(5)]
+    expected = average_precision_many(x, positives, pool, excluded)
+    np.save(tmp_path / "r.npy", x)
+    mapped = np.load(tmp_path / "r.npy", mmap_mode="r")
+    seen = []
+    got = average_precision_many(
+        mapped, positives, pool, excluded, block_size=64, progress=lambda d, n: seen.append((d, n))
+    )
+    np.testing.assert_array_equal(got, expected)
+    assert seen == [(min(d, 300), 300) for d in range(64, 364, 64)]
+    np.testing.assert_array_equal(
+        average_precision_many(mapped[:, 50:250], positives, pool, excluded, block_size=16),
+        expected[:, 50:250],
+    )
+    np.testing.assert_array_equal(
+        average_precision_many(np.load(tmp_path / "r.npy", mmap_mode="c"), positives, pool,
+                               excluded, block_size=64),
+        expected,
+    )
+    np.save(tmp_path / "big_endian.npy", x.astype(">f4"))
+    np.testing.assert_array_equal(
+        average_precision_many(np.load(tmp_path / "big_endian.npy", mmap_mode="r"), positives,
+                               pool, excluded, block_size=100),
+        expected,
+    )
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_response_names_the_neuron(bad, tmp_path):
+    rng = np.random.default_rng(11)
+    x = rng.normal(size=(40, 150)).astype(np.float32)
+    x[5, 137] = bad
+    y = random_labels(rng, 40)
+    with pytest.raises(InputError, match=r"neuron 137\b"):
+        average_precision(x, y)
+    np.save(tmp_path / "r.npy", x)
+    with pytest.raises(InputError, match=r"neuron 137\b"):
+        average_precision_many(
+            np.load(tmp_path / "r.npy", mmap_mode="r"), [np.arange(3)], np.arange(3, 40),
+            block_size=64,
+        )
+
+
+@pytest.mark.parametrize(
+    "labels",
+    [
+        [0, 1, 2, 1],  # not binary
+        [0, 0, 0, 0],  # no positive
+        [1, 1, 1, 1],  # no negative
+        [0, 1, 1],  # wrong length
+        [[0, 1], [1, 0]],  # not 1-D
+        ["a", "b", "a", "b"],  # not numbers
+    ],
+)
+def test_bad_labels_raise(labels):
+    with pytest.raises(InputError):
+        average_precision(np.zeros((4, 3)), np.array(labels))
+
+
+@pytest.mark.parametrize(
+    "responses",
+    [np.zeros(4), np.zeros((4, 2, 2)), np.array([["a", "b"]] * 4), np.zeros((4, 2), complex)],
+)
+def test_bad_responses_raise(responses):
+    with pytest.raises(InputError):
+        average_precision(responses, np.array([0, 1, 0, 1]))
+
+
+@pytest.mark.parametrize(
+    "positives, pool, excluded, block_size",
+    [
+        ([[]], [0, 1], None, None),  # concept without positives
+        ([[0, 0]], [1, 2], None, None),  # repeated positive
+        ([[9]], [1, 2], None, None),  # out of range
+        ([[-1]], [1, 2], None, None),  # negative index
+        ([[0.0]], [1, 2], None, None),  # not integers
+        ([[0]], [1, 1], None, None),  # repeated pool row
+        ([[0]], [1, 2], [[1], [2]], None),  # excluded of the wrong length
+        ([], [1, 2], None, None),  # no concepts
+        (np.array([0, 1]), [2, 3], None, None),  # flat array instead of one per concept
+        ([[0]], [1, 2], None, 0),  # bad block size
+    ],
+)
+def test_bad_concept_sets_raise(positives, pool, excluded, block_size):
+    with pytest.raises(InputError):
+        average_precision_many(np.zeros((5, 3)), positives, pool, excluded, block_size=block_size)

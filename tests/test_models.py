@@ -1,0 +1,37 @@
+"""The architecture registry and the canonical names of the neuron outputs."""
+
+import pytest
+
+from expertlens_lite.errors import ModelError
+from expertlens_lite.export.surgery import neuron_output
+from expertlens_lite.models import Architecture, get_architecture, register, supported_model_types
+
+
+def test_supported_families_are_pinned():
+    assert supported_model_types() == ["bert", "gpt2", "gpt_neox", "llama", "mistral", "opt", "qwen2", "roberta", "xlm-roberta"]
+
+
+def test_unknown_architecture_lists_the_supported_ones():
+    with pytest.raises(ModelError, match=r"unsupported model architecture 't5'; supported: bert, gpt2, gpt_neox"):
+        get_architecture("t5")
+
+
+def test_onnx_scope_follows_the_torchscript_exporter():
+    assert get_architecture("bert").onnx_scope(3) == "/encoder/layer.3/output/dense/"
+    assert get_architecture("llama").onnx_scope(0) == "/layers.0/mlp/down_proj/"
+    assert get_architecture("opt").onnx_scope(11) == "/decoder/layers.11/fc2/"
+
+
+def test_canonical_neuron_output_names():
+    assert [neuron_output(i, "max") for i in range(3)] == [
+        "blocks.0.mlp.hook_post.max",
+        "blocks.1.mlp.hook_post.max",
+        "blocks.2.mlp.hook_post.max",
+    ]
+
+
+def test_register_rejects_a_claimed_type_and_a_template_without_layer():
+    with pytest.raises(ValueError, match="already registered"):
+        register(Architecture("other", ("llama",), "x.{layer}.y", causal=True))
+    with pytest.raises(ValueError, match="{layer}"):
+        Architecture("bad", ("bad",), "layers.mlp", causal=True)

@@ -1,0 +1,67 @@
+"""Responses: length-bucketed batches give the same rows as one-by-one runs; an
+interrupted run resumes from its finished batches; padding never wins the max."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from expertlens_lite.batching import PoolingOptions, encode, length_buckets, make_batch, pad_id
+from expertlens_lite.concepts import read_corpus
+from expertlens_lite.paths import bundled
+from expertlens_lite.runtime import compute_responses
+
+SENTENCES = read_corpus(bundled("corpus.txt"))[::97][:20]
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_buckets_cover_every_row_once_sorted_by_length():
+    lengths = np.array([5, 3, 9, 3, 7, 1, 8])
+    buckets = length_buckets(lengths, 3)
+    assert sorted(np.concatenate(buckets).tolist()) == list(range(7))
+    assert [lengths[b].tolist() for b in buckets] == [[1, 3, 3], [5, 7, 8], [9]]
+
+
+def test_pool_mask_leaves_out_padding_special_and_first_tokens(minilm):
+    tokenizer = minilm.tokenizer()
+    encoded = encode(tokenizer, ["Birds sing.", "The long kitchen table was covered in flour."])
+    batch = make_batch(encoded, [0, 1], pad_id(tokenizer), PoolingOptions())
+    n0 = len(encoded.input_ids[0])
+    assert batch["attention_mask"][0, n0:].sum() == 0 and batch["pool_mask"][0, n0:].sum() == 0
+    assert batch["pool_mask"][0, 0] == 0 and batch["pool_mask"][0, n0 - 1] == 0  # [CLS], [SEP]
+    skip = make_batch(encoded, [0, 1], pad_id(tokenizer), PoolingOptions(skip_first_token=True))
+    assert skip["pool_mask"][0, 1] == 0 and skip["pool_mask"][0, 2] == 1
+    keep = make_batch(encoded, [0, 1], pad_id(tokenizer), PoolingOptions(keep_special_tokens=True))
+    assert (keep["pool_mask"] == keep["attention_mask"]).all()
+
+
+def test_batched_rows_equal_single_sentence_rows(minilm, tmp_path):
+    batched = compute_responses(minilm, SENTENCES, "batched", tmp_path, batch_size=7, device="cpu")
+    single = compute_responses(minilm, SENTENCES, "single", tmp_path, batch_size=1, device="cpu")
+    assert np.abs(np.asarray(batched.neurons) - np.asarray(single.neurons)).max() < 1e-4
+    assert np.abs(np.asarray(batched.sentence_embeddings) - np.asarray(single.sentence_embeddings)).max() < 1e-4
+
+
+def test_interrupted_run_resumes(minilm, tmp_path):
+    calls = []
+
+    def stop_after_two_batches(done, total):
+        calls.append(done)
+        if len(calls) == 2:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        compute_responses(minilm, SENTENCES, "resume", tmp_path, batch_size=4, device="cpu", progress=stop_after_two_batches)
+    assert not list(tmp_path.glob("responses/*/neurons.npy"))  # nothing final after a crash
+    resumed_calls = []
+    resumed = compute_responses(
+        minilm, SENTENCES, "resume", tmp_path, batch_size=4, device="cpu", progress=lambda d, t: resumed_calls.append(d)
+    )
+    assert len(resumed_calls) == 5 - 2  # only the unfinished batches ran
+    fresh = compute_responses(minilm, SENTENCES, "fresh", tmp_path, batch_size=4, device="cpu")
+    np.testing.assert_array_equal(np.asarray(resumed.neurons), np.asarray(fresh.neurons))
+    again = compute_responses(minilm, SENTENCES, "resume", tmp_path, batch_size=4, device="cpu", progress=lambda d, t: pytest.fail("recomputed"))
+    np.testing.assert_array_equal(np.asarray(again.neurons), np.asarray(fresh.neurons))

@@ -1,0 +1,89 @@
+"""Selection rules and similarity measures against direct Python computations."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from expertlens_lite.alignment import Bootstrap, pair_values
+from expertlens_lite.errors import InputError
+from expertlens_lite.human import HumanPairs
+from expertlens_lite.kernels import jaccard_matrix, unpack_masks
+from expertlens_lite.selection import Selection, base_rates, select
+from expertlens_lite.similarity import profile_similarity
+
+RNG = np.random.default_rng(7)
+AP = RNG.random((6, 150)) ** 3
+AP[2, :10] = AP[2, 10]  # ties
+RATES = base_rates(np.array([10, 20, 30, 10, 5, 40]), np.array([200, 190, 180, 300, 100, 160]))
+
+
+def python_sets(selection: Selection) -> list[set[int]]:
+    n = AP.shape[1]
+    out = []
+    for c, row in enumerate(AP):
+        if selection.rule == "tau":
+            out.append({m for m in range(n) if row[m] >= selection.parameter})
+        elif selection.rule == "lift":
+            out.append({m for m in range(n) if row[m] / RATES[c] >= selection.parameter})
+        else:
+            k = int(selection.parameter) if selection.rule == "topk" else math.ceil(selection.parameter * n)
+            ranked = sorted(range(n), key=lambda m: (-row[m], m))  # ties: lower index first
+            out.append(set(ranked[:k]))
+    return out
+
+
+@pytest.mark.parametrize(
+    "selection", [Selection("tau", 0.2), Selection("lift", 4.0), Selection("topk", 17), Selection("topfrac", 0.05)]
+)
+def test_selection_rules_match_python(selection):
+    masks = unpack_masks(select(AP, selection, RATES), AP.shape[1])
+    assert [set(np.flatnonzero(m).tolist()) for m in masks] == python_sets(selection)
+
+
+def test_jaccard_of_selection_matches_python_sets():
+    sets = python_sets(Selection("topk", 30))
+    got = jaccard_matrix(select(AP, Selection("topk", 30), RATES))
+    for a in range(6):
+        for b in range(6):
+            assert got[a, b] == pytest.approx(len(sets[a] & sets[b]) / len(sets[a] | sets[b]))
+
+
+@pytest.mark.parametrize("rule, value", [("tau", 1.5), ("topk", 0), ("topk", 2.5), ("topfrac", 2.0), ("lift", -1.0), ("best", 1.0)])
+def test_bad_selection_parameters(rule, value):
+    with pytest.raises(InputError):
+        Selection(rule, value)
+
+
+def test_profile_similarities_match_python():
+    cos = profile_similarity(AP, "cosine")
+    pearson = profile_similarity(AP, "pearson")
+    wj = profile_similarity(AP, "weighted_jaccard")
+    for a in range(6):
+        for b in range(6):
+            x, y = AP[a], AP[b]
+            assert cos[a, b] == pytest.approx(float(x @ y / np.linalg.norm(x) / np.linalg.norm(y)))
+            assert pearson[a, b] == pytest.approx(stats.pearsonr(x, y).statistic)
+            assert wj[a, b] == pytest.approx(sum(min(p, q) for p, q in zip(x, y)) / sum(max(p, q) for p, q in zip(x, y)))
+
+
+def test_alignment_matches_scipy_and_bootstrap_is_sane():
+    concepts = ("a", "b", "c", "d", "e", "f")
+    pairs = tuple((concepts[i], concepts[j]) for i in range(6) for j in range(i + 1, 6))
+    human = HumanPairs("test", pairs, tuple(float(s) for s in RNG.random(len(pairs))))
+    matrix = RNG.random((6, 6))
+    matrix = matrix + matrix.T
+    values = pair_values(matrix, concepts, human)
+    assert values.tolist() == [matrix[concepts.index(a), concepts.index(b)] for a, b in pairs]
+    boot = Bootstrap(human, 500, np.random.default_rng(0))
+    result = boot.align(values)
+    expected = stats.spearmanr(values, human.scores)
+    assert result.spearman == pytest.approx(expected.statistic) and result.p_value == pytest.approx(expected.pvalue)
+    assert result.ci_low <= result.spearman <= result.ci_high and result.n_pairs == len(pairs)
+    # A measure equal to the human scores beats a noise measure in the paired test.
+    assert boot.paired_p_value(np.asarray(human.scores), RNG.random(len(pairs))) < 0.05
+    assert boot.paired_p_value(values, values) == 1.0
+    assert math.isnan(boot.align(np.zeros(len(pairs))).spearman)  # constant: undefined, not an error

@@ -1,0 +1,100 @@
+"""The real causal LLM: SmolLM2-135M-Instruct from its GGUF file (issue: GGUF as a model source).
+
+Slow (GGUF dequantization and export take tens of seconds), but CI runs it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from expertlens_lite.batching import PoolingOptions, encode, make_batch, pad_id
+from expertlens_lite.errors import ModelError
+from expertlens_lite.export import load_pretrained
+from expertlens_lite.export.reference import torch_responses
+from expertlens_lite.models.sources import gguf_to_folder, resolve_model
+
+from .test_parity import ATOL, onnx_responses, sample_batch
+
+pytestmark = pytest.mark.slow
+
+
+def test_gguf_loads_as_llama_and_exports(smollm2, elens_home):
+    manifest = smollm2.manifest
+    assert manifest.architecture == "llama" and manifest.causal
+    assert manifest.units_per_layer == [1536] * 30 and manifest.n_neurons == 46080
+    assert manifest.parity_max_abs_diff <= ATOL
+    source = resolve_model("smollm2", None, elens_home)
+    assert source.path == str(gguf_to_folder(resolve_model.__globals__["BUNDLED_MODELS"]["smollm2"].path(), elens_home))
+
+
+def test_smollm2_parity_on_padded_batch(smollm2, elens_home):
+    architecture, model, tokenizer = load_pretrained(resolve_model("smollm2", None, elens_home))
+    assert tokenizer.pad_token_id is None or tokenizer.pad_token_id >= 0
+    for options in (PoolingOptions("max"), PoolingOptions("mean"), PoolingOptions("max", keep_special_tokens=True)):
+        batch = sample_batch(tokenizer, n=10, seed=4, options=options)
+        assert (batch["attention_mask"] == 0).any()
+        expected, expected_emb = torch_responses(model, architecture, batch, options.pooling)
+        got, got_emb = onnx_responses(smollm2, batch, options.pooling)
+        if options.keep_special_tokens:
+            # With BOS kept, some maxima are BOS outliers in the thousands, where float32
+            # itself resolves only ~3e-4: the bound is relative there.
+            assert (np.abs(got - expected) <= ATOL * np.maximum(1.0, np.abs(expected))).all()
+        else:
+            assert np.abs(got - expected).max() <= ATOL
+        assert np.abs(got_emb - expected_emb).max() <= ATOL
+
+
+def test_bos_exclusion_changes_only_maxima_on_bos(smollm2, elens_home):
+    import torch
+
+    architecture, model, tokenizer = load_pretrained(resolve_model("smollm2", None, elens_home))
+    encoded = encode(tokenizer, ["Birds sing at dawn.", "The soup was far too salty for me.", "Rain."])
+    assert all(ids[0] == tokenizer.bos_token_id and special[0] for ids, special in zip(encoded.input_ids, encoded.special))
+    pad = pad_id(tokenizer)
+    kept = make_batch(encoded, range(3), pad, PoolingOptions(keep_special_tokens=True))
+    dropped = make_batch(encoded, range(3), pad, PoolingOptions())
+    assert (kept["pool_mask"][:, 0] == 1).all() and (dropped["pool_mask"][:, 0] == 0).all()
+    with_bos, _ = onnx_responses(smollm2, kept)
+    without_bos, _ = onnx_responses(smollm2, dropped)
+
+    captured = []
+    hooks = [
+        model.get_submodule(architecture.mlp_down_module(i)).register_forward_pre_hook(lambda m, a: captured.append(a[0][..., :].detach()))
+        for i in range(model.config.num_hidden_layers)
+    ]
+    with torch.no_grad():
+        model(input_ids=torch.from_numpy(kept["input_ids"]), attention_mask=torch.from_numpy(kept["attention_mask"]))
+    for h in hooks:
+        h.remove()
+    acts = torch.cat(captured, dim=-1).numpy()  # [batch, seq, neurons]
+    real = kept["attention_mask"].astype(bool)
+    others = np.where(real[:, 1:, None], acts[:, 1:], -np.inf).max(axis=1)
+    bos_wins = acts[:, 0] > others + 1e-3  # BOS strictly holds the max
+    bos_loses = acts[:, 0] < others - 1e-3
+    changed = np.abs(with_bos - without_bos) > 1e-4
+    assert bos_wins.any(), "some neuron should peak on the BOS token"
+    assert changed[bos_wins].all()
+    assert not changed[bos_loses].any()
+
+
+def test_non_gguf_file_named_gguf(tmp_path, elens_home):
+    fake = tmp_path / "model.gguf"
+    fake.write_bytes(b"PK\x03\x04 this is a zip, not a model")
+    with pytest.raises(ModelError, match="is not a GGUF file"):
+        resolve_model(str(fake), None, elens_home)
+
+
+def test_gguf_of_unsupported_architecture(tmp_path, elens_home):
+    import gguf
+
+    path = tmp_path / "rwkv.gguf"
+    writer = gguf.GGUFWriter(path, "rwkv6")
+    writer.add_block_count(1)
+    writer.add_tensor("token_embd.weight", np.zeros((4, 4), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    with pytest.raises(ModelError, match=r"GGUF architecture 'rwkv6' .* cannot be read by transformers; readable: .*llama"):
+        resolve_model(str(path), None, elens_home)
