@@ -73,6 +73,21 @@ def feed_for(session, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {i.name: batch[i.name] for i in session.get_inputs()}
 
 
+def run_batch(session, names: list[str], batch: dict[str, np.ndarray], device: str) -> list[np.ndarray]:
+    """Run one batch. On CUDA through I/O binding: the inputs are copied to the GPU once,
+    and only the small pooled outputs come back (the per-token activations never
+    leave the device)."""
+    if device != "cuda":
+        return session.run(names, feed_for(session, batch))
+    binding = session.io_binding()
+    for name, array in feed_for(session, batch).items():
+        binding.bind_cpu_input(name, array)
+    for name in names:
+        binding.bind_output(name, "cuda")
+    session.run_with_iobinding(binding)
+    return binding.copy_outputs_to_cpu()
+
+
 def available_memory() -> int:
     """Bytes of physical memory free now."""
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
@@ -149,7 +164,10 @@ def compute_responses(
     tokenizer = exported.tokenizer()
     encoded = encode(tokenizer, sentences)
     check_resources(len(sentences), int(encoded.lengths().max()), batch_size, exported.manifest, directory)
-    session = create_session(exported.onnx_path(quantize), resolve_device(device))
+    device = resolve_device(device)
+    if quantize == "fp16" and device == "cpu":
+        log.warning("--quantize fp16 is meant for the CUDA provider; on the CPU it is slower than fp32 (use int8)")
+    session = create_session(exported.onnx_path(quantize), device)
     manifest = exported.manifest
     names = [neuron_output(i, options.pooling) for i in range(manifest.n_layers)] + [SENTENCE_EMBEDDING]
     shapes = (len(sentences), manifest.n_neurons), (len(sentences), manifest.hidden_size)
@@ -167,7 +185,7 @@ def compute_responses(
     finished = sum(len(rows) for rows in buckets[:done])
     for number, rows in enumerate(buckets[done:], start=done):
         batch = make_batch(encoded, rows, pad, options)
-        outputs = session.run(names, feed_for(session, batch))
+        outputs = run_batch(session, names, batch, device)
         order = np.argsort(rows)  # memmap fancy assignment wants sorted rows for locality
         arrays[0][rows[order]] = np.concatenate(outputs[:-1], axis=1)[order]
         arrays[1][rows[order]] = outputs[-1][order]

@@ -128,13 +128,10 @@ def _export_fresh(source: ModelSource, directory: Path) -> None:
         n_layers = model.config.num_hidden_layers
         units = _units_per_layer(model, architecture, n_layers)
         onnx_path = tmp / "model.onnx"
-        graph = onnx.load(onnx_path, load_external_data=False)
-        add_pooled_outputs(graph, [architecture.onnx_scope(i) for i in range(n_layers)], units, graph.graph.output[0].name)
-        onnx.save(graph, onnx_path)
+        opset = prepare_graph(onnx_path, [architecture.onnx_scope(i) for i in range(n_layers)], units)
         diff, scaled = _parity(onnx_path, batch, n_layers, expected, expected_embedding)
         if scaled > PARITY_ATOL:
             raise ParityError(f"exported {source.name} differs from PyTorch by {diff:.2e} (scaled {scaled:.2e} > {PARITY_ATOL:.0e})")
-        opset = next(op.version for op in graph.opset_import if op.domain in ("", "ai.onnx"))
         Manifest(
             model=source.name,
             revision=source.revision,
@@ -148,6 +145,19 @@ def _export_fresh(source: ModelSource, directory: Path) -> None:
             opset=opset,
             files={"model.onnx": file_sha256(onnx_path)},
         ).save(tmp)
+
+
+def prepare_graph(onnx_path: Path, scopes: list[str], units: list[int]) -> int:
+    """Add the pooled outputs to the ONNX file in place; returns its opset.
+
+    Weights are not loaded: a model over 2 GB, which Optimum saves with its weights
+    in a separate ``.onnx_data`` file, keeps referring to that file, so the graph is
+    rewritten without ever holding the weights in memory.
+    """
+    graph = onnx.load(onnx_path, load_external_data=False)
+    add_pooled_outputs(graph, scopes, units, graph.graph.output[0].name)
+    onnx.save(graph, onnx_path)
+    return next(op.version for op in graph.opset_import if op.domain in ("", "ai.onnx"))
 
 
 def _units_per_layer(model, architecture: Architecture, n_layers: int) -> list[int]:

@@ -1,8 +1,11 @@
 """Quantized variants of an exported model, made from the fp32 graph with the pooled outputs.
 
-``int8``: ONNX Runtime's dynamic quantization of MatMul weights (activations stay
-float and are quantized on the fly), for the CPU. Only MatMul is quantized: the
-embedding table stays fp32, so the word-embedding baseline reads the same numbers.
+``int8``: ONNX Runtime's dynamic quantization of MatMul weights (activations are
+quantized on the fly), for the CPU. Weights are quantized per output channel: on
+MiniLM, per-tensor scales let the pooled responses of later layers drift to a
+correlation of 0.94-0.96 with fp32, per-channel keeps them at 0.98-0.99, which
+the expert sets need. Only MatMul is quantized: the embedding table stays fp32, so
+the word-embedding baseline reads the same numbers.
 ``fp16``: weights and activations in half precision with float32 inputs and
 outputs, for the CUDA provider. The neuron tensors keep their names and feed the
 same pooling nodes, so they stay exposed after either conversion.
@@ -23,20 +26,38 @@ def onnx_filename(quantize: str) -> str:
     return "model.onnx" if quantize == "none" else f"model.{quantize}.onnx"
 
 
+def uses_external_data(path: Path) -> bool:
+    """Whether the ONNX file keeps its weights in a separate file (models over 2 GB)."""
+    model = onnx.load(path, load_external_data=False)
+    return any(init.data_location == onnx.TensorProto.EXTERNAL for init in model.graph.initializer)
+
+
 def quantize_model(fp32_path: Path, quantize: str) -> Path:
-    """Write the ``quantize`` variant of ``fp32_path`` next to it (atomically) and return its path."""
+    """Write the ``quantize`` variant of ``fp32_path`` next to it (atomically) and return its path.
+
+    A model with external data gets a quantized variant with external data too
+    (``<name>.data`` beside it), since it may still exceed protobuf's 2 GB limit.
+    """
     target = fp32_path.with_name(onnx_filename(quantize))
+    external = uses_external_data(fp32_path)
     if quantize == "int8":
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
         with atomic_path(target, suffix=".onnx") as tmp:
-            quantize_dynamic(fp32_path, tmp, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"])
+            quantize_dynamic(
+                fp32_path,
+                tmp,
+                weight_type=QuantType.QInt8,
+                per_channel=True,
+                op_types_to_quantize=["MatMul"],
+                use_external_data_format=external,
+            )
     elif quantize == "fp16":
         from onnxruntime.transformers.float16 import convert_float_to_float16
 
         model = convert_float_to_float16(onnx.load(fp32_path), keep_io_types=True)
         with atomic_path(target, suffix=".onnx") as tmp:
-            onnx.save(model, tmp)
+            onnx.save(model, tmp, save_as_external_data=external, all_tensors_to_one_file=True, location=f"{target.name}.data")
     else:
         raise ValueError(f"unknown quantization {quantize!r}")
     return target

@@ -585,10 +585,15 @@ class _RowFile:
         self._first = first
         self._row_stride = row_stride
         self._dtype = dtype
+        self._buffer: np.ndarray | None = None
 
     def read(self, rows: np.ndarray, col0: int, n_cols: int) -> np.ndarray:
-        """[len(rows), n_cols] array of the file's values."""
-        out = np.empty((rows.size, n_cols), self._dtype)
+        """[len(rows), n_cols] array of the file's values, valid until the next read."""
+        if self._buffer is None or self._buffer.shape[0] != rows.size or (
+            self._buffer.shape[1] < n_cols
+        ):
+            self._buffer = np.empty((rows.size, n_cols), self._dtype)
+        out = self._buffer[:, :n_cols]
         start = self._first + col0 * self._dtype.itemsize
         for i, r in enumerate(rows.tolist()):
             self.read_into(out[i], start + r * self._row_stride)

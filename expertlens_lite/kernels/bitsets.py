@@ -169,7 +169,7 @@ def topk_bitsets(scores: np.ndarray, k: int) -> np.ndarray:
 def popcount(bits: np.ndarray) -> np.ndarray:
     """Set sizes: number of 1 bits along the last axis, uint64 [..., W] -> int64 [...]."""
     b = _check_bits(bits)
-    flat = np.ascontiguousarray(b.reshape(-1, b.shape[-1]))
+    flat = np.ascontiguousarray(b.reshape(int(np.prod(b.shape[:-1])), b.shape[-1]))
     return _row_popcounts(flat).reshape(b.shape[:-1])
 
 

@@ -1,0 +1,76 @@
+"""Big models (weights as ONNX external data) and the CUDA provider (skipped without one)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+
+from expertlens_lite.batching import PoolingOptions, encode, make_batch, pad_id
+from expertlens_lite.export import load_pretrained
+from expertlens_lite.export.exporter import prepare_graph
+from expertlens_lite.export.quantize import quantize_model, uses_external_data
+from expertlens_lite.export.reference import torch_responses
+from expertlens_lite.export.surgery import neuron_output
+from expertlens_lite.models.sources import ModelSource, resolve_model
+from expertlens_lite.runtime import available_providers, compute_responses, create_session, feed_for
+
+from .test_parity import ATOL
+
+
+def test_external_data_survives_surgery_and_quantization(tmp_path, elens_home):
+    """A model whose weights live in an external file (as Optimum saves models over
+    2 GB) gets its pooled outputs without loading the weights, and quantizes."""
+    from optimum.exporters.onnx import onnx_export_from_model
+
+    source = resolve_model("minilm", None, elens_home)
+    architecture, model, tokenizer = load_pretrained(source)
+    onnx_export_from_model(model, tmp_path, task="feature-extraction", do_validation=False)
+    path = tmp_path / "model.onnx"
+    onnx.save(onnx.load(path), path, save_as_external_data=True, all_tensors_to_one_file=True, location="model.onnx_data", size_threshold=0)
+    assert uses_external_data(path) and path.stat().st_size < 2_000_000  # the graph only
+    n_layers = model.config.num_hidden_layers
+    prepare_graph(path, [architecture.onnx_scope(i) for i in range(n_layers)], [1536] * n_layers)
+    assert uses_external_data(path)
+
+    batch = make_batch(encode(tokenizer, ["Birds sing at dawn.", "Soup."]), [0, 1], pad_id(tokenizer), PoolingOptions())
+    expected, _ = torch_responses(model, architecture, batch)
+    session = create_session(path)
+    got = np.concatenate(session.run([neuron_output(i, "max") for i in range(n_layers)], feed_for(session, batch)), axis=1)
+    assert np.abs(got - expected).max() <= ATOL
+    int8 = quantize_model(path, "int8")
+    assert uses_external_data(int8)
+    session = create_session(int8)
+    got8 = np.concatenate(session.run([neuron_output(i, "max") for i in range(n_layers)], feed_for(session, batch)), axis=1)
+    assert np.corrcoef(got8.ravel(), expected.ravel())[0, 1] > 0.98
+
+
+@pytest.mark.parametrize("quantize", ["int8", "fp16"])
+def test_quantized_variants_keep_neurons_exposed_and_close(minilm, quantize, tmp_path):
+    from expertlens_lite.export import export_model
+
+    exported = export_model(ModelSource("minilm", "", None, minilm.manifest.fingerprint), minilm.directory.parent.parent, quantize)
+    assert exported.directory == minilm.directory and exported.onnx_path(quantize).exists()
+    outputs = {o.name for o in onnx.load(exported.onnx_path(quantize), load_external_data=False).graph.output}
+    assert {neuron_output(i, "max") for i in range(6)} <= outputs
+    sentences = ["Birds sing at dawn.", "The soup was far too salty.", "A red kitchen door."]
+    fp32 = np.asarray(compute_responses(exported, sentences, "q", tmp_path, device="cpu").neurons)
+    quant = np.asarray(compute_responses(exported, sentences, "q", tmp_path, device="cpu", quantize=quantize).neurons)
+    assert quant.shape == fp32.shape
+    # Measured: per-channel int8 0.989, fp16 > 0.9999; per-tensor int8 would give 0.956.
+    assert np.corrcoef(quant.ravel(), fp32.ravel())[0, 1] > {"int8": 0.98, "fp16": 0.999}[quantize]
+
+
+needs_cuda = pytest.mark.skipif(
+    "CUDAExecutionProvider" not in available_providers(), reason="needs onnxruntime-gpu and a CUDA GPU"
+)
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("quantize", ["none", "fp16"])
+def test_cuda_matches_cpu(minilm, tmp_path, quantize):
+    sentences = ["Birds sing at dawn.", "The soup was far too salty.", "A red kitchen door."]
+    cpu = np.asarray(compute_responses(minilm, sentences, "cpu", tmp_path, device="cpu").neurons)
+    gpu = np.asarray(compute_responses(minilm, sentences, "gpu", tmp_path, device="cuda", quantize=quantize).neurons)
+    assert np.abs(gpu - cpu).max() <= (ATOL if quantize == "none" else 2e-2)
