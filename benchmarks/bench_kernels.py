@@ -307,7 +307,8 @@ def print_table(report: dict) -> None:
     if "memmap" in report:
         r = report["memmap"]
         shape = (f"{r['n_sentences']} x {r['n_neurons']} f16 file ({gib(r['file_bytes'])}), "
-                 f"{r['n_concepts']} concepts x {r['positives_per_concept']} pos, pool {r['pool']}")
+                 f"{r['n_concepts']} concepts x {r['positives_per_concept']} pos, "
+                 f"pool {r['pool']}")
         rows += [
             ("memmap run (cold cache)", shape,
              f"{r['kernel_s']:.1f} s, {r['aps_per_s']:.3g} APs/s"),

@@ -138,6 +138,32 @@ def responses_key(exported: ExportedModel, sentences_hash: str, options: Pooling
     return hashlib.sha256(raw.encode()).hexdigest()[:16]
 
 
+class _RowWriter:
+    """Writes rows of a float32 ``.npy`` matrix in place with ``os.pwrite``.
+
+    Why not a writable memmap: pages written through a shared mapping stay in the
+    process's resident set until it is unmapped, so a memmap writer's memory grows
+    with the matrix. Positioned writes leave them to the kernel's page cache, which
+    keeps resident memory at one batch however many neurons a model has.
+    """
+
+    def __init__(self, path: Path, shape: tuple[int, int], fresh: bool) -> None:
+        if fresh:  # writes the header and sizes the (sparse) file
+            header = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=shape)
+            del header
+        self.offset = np.load(path, mmap_mode="r").offset  # header size, whatever its .npy version
+        self.row_bytes = 4 * shape[1]
+        self.fd = os.open(path, os.O_WRONLY)
+
+    def write(self, rows: np.ndarray, values: np.ndarray) -> None:
+        values = np.ascontiguousarray(values, dtype=np.float32)
+        for row, data in zip(rows, values):
+            os.pwrite(self.fd, data.tobytes(), self.offset + int(row) * self.row_bytes)
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
 def compute_responses(
     exported: ExportedModel,
     sentences: Sequence[str],
@@ -174,28 +200,24 @@ def compute_responses(
     partial = [directory / f"{p.stem}.partial-b{batch_size}.npy" for p in final]
     state_path = directory / f"progress-b{batch_size}.json"
     done = json.loads(state_path.read_text())["batches_done"] if state_path.exists() and all(p.exists() for p in partial) else 0
-    arrays = [
-        np.lib.format.open_memmap(path, mode="r+" if done else "w+", dtype=np.float32, shape=shape)
-        for path, shape in zip(partial, shapes)
-    ]
+    writers = [_RowWriter(path, shape, fresh=not done) for path, shape in zip(partial, shapes)]
     if done:
         log.info("resuming responses after %d finished batches", done)
     buckets = length_buckets(encoded.lengths(), batch_size)
     pad = pad_id(tokenizer)
     finished = sum(len(rows) for rows in buckets[:done])
-    for number, rows in enumerate(buckets[done:], start=done):
-        batch = make_batch(encoded, rows, pad, options)
-        outputs = run_batch(session, names, batch, device)
-        order = np.argsort(rows)  # memmap fancy assignment wants sorted rows for locality
-        arrays[0][rows[order]] = np.concatenate(outputs[:-1], axis=1)[order]
-        arrays[1][rows[order]] = outputs[-1][order]
-        for array in arrays:
-            array.flush()
-        write_json(state_path, {"batches_done": number + 1})
-        finished += len(rows)
-        if progress is not None:
-            progress(finished, len(sentences))
-    del arrays
+    try:
+        for number, rows in enumerate(buckets[done:], start=done):
+            outputs = run_batch(session, names, make_batch(encoded, rows, pad, options), device)
+            writers[0].write(rows, np.concatenate(outputs[:-1], axis=1))
+            writers[1].write(rows, outputs[-1])
+            write_json(state_path, {"batches_done": number + 1})  # only after the rows are written
+            finished += len(rows)
+            if progress is not None:
+                progress(finished, len(sentences))
+    finally:
+        for writer in writers:
+            writer.close()
     for src, dst in zip(partial, final):
         os.replace(src, dst)
     state_path.unlink(missing_ok=True)

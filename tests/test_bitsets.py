@@ -64,7 +64,9 @@ def test_threshold_bitsets_match_sets(n_neurons):
             assert members(bits[t, c], n_neurons) == expected
 
 
-@pytest.mark.parametrize("n_neurons, k", [(1, 0), (1, 1), (70, 5), (130, 64), (1000, 999), (100, 100)])
+@pytest.mark.parametrize(
+    "n_neurons, k", [(1, 0), (1, 1), (70, 5), (130, 64), (1000, 999), (100, 100)]
+)
 def test_topk_bitsets_break_ties_by_lower_index(n_neurons, k):
     rng = np.random.default_rng(k)
     scores = rng.integers(0, 4, size=(5, n_neurons)).astype(float)  # heavy ties

@@ -54,8 +54,6 @@ _N_BUCKETS = 1 << _DIGIT_BITS
 _PANEL_BYTES = 64 * 2**20
 # Columns copied per pass over a task's rows when filling a panel.
 _STRIPE = 256
-# Float dtypes read in place (no conversion); anything else is converted per block.
-_NATIVE_FLOATS = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
 # Row code of a row in several roles is _GENERAL - row (see _Plan).
 _GENERAL = -1
 _BITS_DTYPE = {2: np.uint16, 4: np.uint32, 8: np.uint64}
@@ -108,24 +106,33 @@ def _column_keys(bits, codes, sign, exponent, key_shift, keys):  # pragma: no co
 
 
 @njit(cache=True)
-def _radix_sort(keys, codes, tmp_keys, tmp_codes, hist, key_shift):  # pragma: no cover - numba
+def _radix_sort(keys, codes, tmp_keys, tmp_codes, hist, n_passes, key_shift):
+    # pragma: no cover - numba
     """Sort ``keys`` ascending by their bits from ``key_shift`` up (LSD radix).
 
-    Digits are 11 bits, one pass per row of ``hist`` ([passes, 2048] scratch);
-    a pass in which all keys share the digit is skipped. With ``key_shift`` 0,
+    Digits are 11 bits, ``n_passes`` of them. ``hist`` is [3 * ceil(n_passes / 3),
+    2048] uint32 scratch: the digit histograms are counted three per read of the
+    keys, which keeps increments of a busy bucket from waiting on each other. A
+    pass in which all keys share the digit is skipped. With ``key_shift`` 0,
     ``codes`` are moved along with the keys; otherwise they are already in the
     low bits of the keys and ``codes`` is not touched. Returns the (keys, codes)
     buffers that hold the result: the inputs or the temporaries.
     """
     n = keys.shape[0]
-    n_passes = hist.shape[0]
     digit_mask = np.uint64(_N_BUCKETS - 1)
+    one = np.uint32(1)
     carry = key_shift == 0
     hist[:, :] = 0
-    for i in range(n):
-        k = keys[i] >> key_shift
-        for p in range(n_passes):
-            hist[p, (k >> np.uint64(_DIGIT_BITS * p)) & digit_mask] += np.uint32(1)
+    for p in range(0, hist.shape[0], 3):
+        h0 = hist[p]
+        h1 = hist[p + 1]
+        h2 = hist[p + 2]
+        shift = key_shift + np.uint64(_DIGIT_BITS * p)
+        for i in range(n):
+            k = keys[i] >> shift
+            h0[k & digit_mask] += one
+            h1[(k >> np.uint64(_DIGIT_BITS)) & digit_mask] += one
+            h2[(k >> np.uint64(2 * _DIGIT_BITS)) & digit_mask] += one
     src_k, src_c, dst_k, dst_c = keys, codes, tmp_keys, tmp_codes
     for p in range(n_passes):
         shift = key_shift + np.uint64(_DIGIT_BITS * p)
@@ -141,7 +148,7 @@ def _radix_sort(keys, codes, tmp_keys, tmp_codes, hist, key_shift):  # pragma: n
             k = src_k[i]
             d = (k >> shift) & digit_mask
             at = h[d]
-            h[d] = at + np.uint32(1)
+            h[d] = at + one
             dst_k[np.uint64(at)] = k
             if carry:
                 dst_c[np.uint64(at)] = src_c[i]
@@ -238,7 +245,7 @@ def _ap_panel(
         tmp_keys = np.empty(n_rows, np.uint64)
         s_codes = np.empty(n_rows, np.int32)
         tmp_codes = np.empty(n_rows, np.int32)
-        hist = np.empty((n_passes, _N_BUCKETS), np.uint32)
+        hist = np.empty((3 * -(-n_passes // 3), _N_BUCKETS), np.uint32)
         tp = np.empty(n_concepts + 1, np.int64)
         ex = np.empty(n_concepts + 1, np.int64)
         acc = np.empty(n_concepts + 1, np.float64)
@@ -248,7 +255,9 @@ def _ap_panel(
                 continue
             if not key_shift:
                 s_codes[:] = codes
-            s_keys, s_c = _radix_sort(keys, s_codes, tmp_keys, tmp_codes, hist, key_shift)
+            s_keys, s_c = _radix_sort(
+                keys, s_codes, tmp_keys, tmp_codes, hist, n_passes, key_shift
+            )
             _walk(
                 s_keys, s_c, key_shift, is_pool, pos_ptr, pos_concepts, exc_ptr,
                 exc_concepts, n_pos, tp, ex, acc, out[m],
@@ -324,14 +333,15 @@ def average_precision_many(
     automatically). A concept with no negatives left gets AP 1.0 for every
     neuron, as sklearn returns when all labels are positive (a warning is logged).
 
-    Memory: the response matrix is read a block of ``block_size`` columns at a
-    time and, for a C-order float16/32/64 array, without a copy; only the rows in
-    use (pool and positives) are read. For a memory-mapped array (``np.memmap``
-    or ``np.load(..., mmap_mode="r")``) the pages of each block are released after
-    use, so resident memory stays near ``rows in use x (block_size x itemsize,
-    rounded up to 4 KiB pages)`` plus 24 bytes per row in use per thread, whatever
-    the file size. NaN/inf is looked for in the rows in use only, block by block;
-    the first one found stops the run.
+    Memory: the responses are processed ``block_size`` neurons at a time; each
+    block's responses on the rows in use (pool and positives; other rows are
+    never read) are copied, transposed, into a buffer of ``block_size x rows in
+    use`` values (the largest allocation besides the result). An array
+    memory-mapped from a file (``np.memmap``, ``np.load(..., mmap_mode="r")``)
+    is read with positioned reads of at least 4 KiB per row in use instead of
+    through the mapping, so resident memory stays near ``rows in use x
+    (4 KiB + 2 x block_size x itemsize)`` however large the file. NaN/inf is
+    looked for in the rows in use only; the first one found stops the run.
 
     Args:
         responses: [n_sentences, n_neurons] real scores, any real dtype (float16/
@@ -341,8 +351,8 @@ def average_precision_many(
         excluded: None, or C integer arrays: rows dropped from concept c's
             negatives (typically the pool sentences containing the concept).
             Rows that are not in ``pool`` are ignored.
-        block_size: columns per block; default: about 256 MiB of responses of
-            the rows in use, a multiple of 64.
+        block_size: neurons per block; default: a multiple of 64 that makes the
+            transposed block about 64 MiB.
         progress: called as ``progress(n_done, n_neurons)`` after each block.
 
     Returns:
@@ -378,6 +388,8 @@ def average_precision_many(
     try:
         for read0 in range(0, n_neurons, read_size):
             bits, bits_col0, rows = source.read(read0, min(read_size, n_neurons - read0))
+            if read0 + read_size < n_neurons:
+                source.prefetch(read0 + read_size, min(read_size, n_neurons - read0 - read_size))
             for col0 in range(read0, min(read0 + read_size, n_neurons), block_size):
                 n_cols = min(block_size, n_neurons - col0)
                 panel = panel_buffer[:n_cols]
@@ -418,7 +430,7 @@ def _as_responses(responses: np.ndarray) -> np.ndarray:
 
 
 def _index_array(values: np.ndarray, what: str, n_sentences: int) -> np.ndarray:
-    """Validate row indices: 1-D integers in [0, n_sentences), no repeats."""
+    """Validate row indices: 1-D integers in [0, n_sentences); as int64."""
     a = np.asarray(values)
     if a.size == 0:
         return np.zeros(0, np.int64)
@@ -446,7 +458,9 @@ class _Plan:
         excluded: Sequence[np.ndarray] | None,
         n_sentences: int,
     ) -> None:
-        if isinstance(positives, np.ndarray) and positives.dtype.kind in "iu" and positives.ndim == 1:
+        if isinstance(positives, np.ndarray) and positives.ndim == 1 and (
+            positives.dtype.kind in "iu"
+        ):
             raise InputError("positives must be a sequence of index arrays, one per concept")
         pos = [_index_array(p, f"positives[{c}]", n_sentences) for c, p in enumerate(positives)]
         if not pos:
@@ -516,22 +530,23 @@ def _csr(lists: list[np.ndarray], n_rows: int) -> tuple[np.ndarray, np.ndarray]:
 class _Source:
     """Reads column blocks of the responses, as unsigned-int views of IEEE floats.
 
-    Three ways, picked once:
+    One of three ways, picked once:
 
-    - in place: a native-order float16/32/64 array in memory (any strides) is
-      handed to the kernel as it is; the kernel copies the block's columns of
-      the rows in use into its panel.
     - file: an array memory-mapped from a file (``np.memmap``, ``np.load(...,
-      mmap_mode=...)``) whose rows are contiguous is read with ``os.preadv``,
-      one call per row in use, at least 4 KiB of each row at a time. Nothing is
-      mapped into this process, so resident memory stays bounded by the read
-      buffer whatever the file size (reading the same array through the mapping
-      would keep every touched page resident, and the kernel maps up to 64 KiB
-      around each one).
-    - converted: anything else (other dtypes or byte orders, copy-on-write or
-      column-major memory maps) is copied one block at a time, rows in use
-      only, to the float of the same size or, for integers, float64; pages of a
-      memory map are released after each block.
+      mmap_mode="r")``) whose rows are contiguous is read with ``os.preadv``,
+      one call per row in use, at least 4 KiB of each row per block, and the
+      next block is announced to the OS (``POSIX_FADV_WILLNEED``) so that disk
+      reads overlap the work. Nothing is mapped into this process, so resident
+      memory stays bounded by the read buffer whatever the file size; reading
+      through the mapping instead would keep each touched page resident, and
+      Linux maps up to 64 KiB around each one.
+    - in place: any other native-order float16/32/64 array (any strides) is
+      handed to the kernel as it is; the kernel copies the block's columns of
+      the rows in use. If it is a shared memory map, its mapped pages are
+      dropped after each block (they stay in the page cache).
+    - converted: other dtypes and byte orders are copied one block at a time,
+      rows in use only, to the float of the same size or, for integers and
+      bools, to float64.
     """
 
     def __init__(self, x: np.ndarray, rows: np.ndarray) -> None:
@@ -543,7 +558,7 @@ class _Source:
         else:
             self._work = np.dtype(np.float64)
         self.itemsize = self._work.itemsize
-        self._bits = self._work if x.dtype == self._work else None
+        self._in_place = x.dtype == self._work
         mapping, root = _mapping_of(x)
         self._file = _open_rows(x, mapping, root) if mapping is not None else None
         self._mapping = mapping if self._file is None and _droppable(root) else None
@@ -557,7 +572,7 @@ class _Source:
 
     def read(self, col0: int, n_cols: int) -> tuple[np.ndarray, int, np.ndarray]:
         """(bits, column of ``col0`` in bits, rows of bits to use) for a block."""
-        if self._file is None and self._bits is not None:
+        if self._file is None and self._in_place:
             return self._x.view(_BITS_DTYPE[self.itemsize]), col0, self._rows
         if self._file is not None:
             block = self._file.read(self._rows, col0, n_cols)
@@ -565,6 +580,11 @@ class _Source:
             block = self._x[self._rows, col0 : col0 + n_cols]
         block = np.ascontiguousarray(block, dtype=self._work)
         return block.view(_BITS_DTYPE[self.itemsize]), 0, self._compact_rows
+
+    def prefetch(self, col0: int, n_cols: int) -> None:
+        """Hint that the block at ``col0`` comes next, so its disk reads overlap work."""
+        if self._file is not None:
+            self._file.prefetch(self._rows, col0, n_cols)
 
     def release(self) -> None:
         """Drop this process's mapped pages of the last block (file stays cached)."""
@@ -598,6 +618,16 @@ class _RowFile:
         for i, r in enumerate(rows.tolist()):
             self.read_into(out[i], start + r * self._row_stride)
         return out
+
+    def prefetch(self, rows: np.ndarray, col0: int, n_cols: int) -> None:
+        """Ask the OS to start reading a later block now (no-op where unsupported)."""
+        if not hasattr(os, "posix_fadvise"):
+            return
+        start = self._first + col0 * self._dtype.itemsize
+        length = n_cols * self._dtype.itemsize
+        for r in rows.tolist():
+            os.posix_fadvise(self._fd, start + r * self._row_stride, length,
+                             os.POSIX_FADV_WILLNEED)
 
     def read_into(self, buffer: np.ndarray, offset: int) -> None:
         if os.preadv(self._fd, [buffer], offset) != buffer.nbytes:

@@ -50,7 +50,7 @@ def _row_popcounts(bits):  # pragma: no cover - numba
     for i in prange(n_rows):
         total = 0
         for w in range(n_words):
-            total += _ctpop(bits[i, w])
+            total += np.int64(_ctpop(bits[i, w]))
         out[i] = total
     return out
 
@@ -71,7 +71,7 @@ def _intersections(bits):  # pragma: no cover - numba
             for i in range(i0, min(i1, j + 1)):
                 total = 0
                 for w in range(n_words):
-                    total += _ctpop(bits[i, w] & bits[j, w])
+                    total += np.int64(_ctpop(bits[i, w] & bits[j, w]))
                 inter[i, j] = total
                 inter[j, i] = total
     return inter
@@ -102,7 +102,7 @@ def pack_masks(mask: np.ndarray) -> np.ndarray:
 def unpack_masks(bits: np.ndarray, n_neurons: int) -> np.ndarray:
     """Inverse of :func:`pack_masks`: uint64 [..., W] -> bool [..., n_neurons]."""
     b = _check_bits(bits)
-    if not 0 <= n_neurons <= 64 * b.shape[-1]:
+    if not isinstance(n_neurons, (int, np.integer)) or not 0 <= n_neurons <= 64 * b.shape[-1]:
         raise InputError(
             f"n_neurons must be in [0, {64 * b.shape[-1]}] for {b.shape[-1]} words; "
             f"got {n_neurons}"

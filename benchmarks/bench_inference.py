@@ -1,0 +1,106 @@
+"""Inference speed on the default sentence pool: PyTorch eager with forward hooks and
+NumPy max-pooling (how ml-selfcond reads responses) vs ONNX Runtime fp32 and int8.
+
+Usage::
+
+    python benchmarks/bench_inference.py [--model smollm2] [--limit N] [--json out.json]
+
+All three read the same tokenized, length-bucketed, padded batches and produce the
+same pooled responses; the time covers the model call and the pooling. Speeds are
+reported as ratios to PyTorch measured in the same run (targets: issue 4 asks
+ORT fp32 ≥ 1.5× and int8 ≥ 2.5× on the default model; issue 9 asks ≥ 1.25× and
+≥ 3× on SmolLM2), and as GFLOP/s (2 × non-embedding parameters per processed token,
+attention scores left out) against a float32 GEMM peak measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _machine import gemm_peak_gflops, machine  # noqa: E402
+
+from expertlens_lite import RunConfig  # noqa: E402
+from expertlens_lite.batching import PoolingOptions, encode, iter_batches, pad_id  # noqa: E402
+from expertlens_lite.export import export_model, load_pretrained  # noqa: E402
+from expertlens_lite.export.reference import torch_responses  # noqa: E402
+from expertlens_lite.export.surgery import neuron_output  # noqa: E402
+from expertlens_lite.models.sources import resolve_model  # noqa: E402
+from expertlens_lite.paths import cache_dir  # noqa: E402
+from expertlens_lite.pipeline import load_inputs  # noqa: E402
+from expertlens_lite.runtime import create_session, run_batch  # noqa: E402
+
+
+def time_engine(batches, run_one) -> tuple[float, np.ndarray]:
+    run_one(batches[0][1])  # warm-up (allocations, thread pools)
+    out = []
+    start = time.perf_counter()
+    for _, batch in batches:
+        out.append(run_one(batch))
+    return time.perf_counter() - start, np.concatenate(out)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=RunConfig().model)
+    parser.add_argument("--limit", type=int, default=None, help="Use only the first N sentences of the pool.")
+    parser.add_argument("--batch-size", type=int, default=RunConfig().batch_size)
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+
+    import torch
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    cache = cache_dir()
+    source = resolve_model(args.model, None, cache)
+    exported = export_model(source, cache, "int8")
+    architecture, model, tokenizer = load_pretrained(source)
+    concept_set, _ = load_inputs(RunConfig(model=args.model))
+    sentences = list(concept_set.sentences)[: args.limit]
+    encoded = encode(tokenizer, sentences)
+    batches = list(iter_batches(encoded, args.batch_size, pad_id(tokenizer), PoolingOptions()))
+    processed_tokens = sum(b["input_ids"].size for _, b in batches)
+    embedding = model.get_input_embeddings().weight.numel()
+    flops = 2 * (sum(p.numel() for p in model.parameters()) - embedding) * processed_tokens
+
+    names = [neuron_output(i, "max") for i in range(exported.manifest.n_layers)]
+    results = {}
+    results["pytorch"] = time_engine(batches, lambda b: torch_responses(model, architecture, b)[0])
+    for quantize in ("none", "int8"):
+        session = create_session(exported.onnx_path(quantize), "cpu")
+        results[f"ort_{quantize}"] = time_engine(
+            batches, lambda b, s=session: np.concatenate(run_batch(s, names, b, "cpu"), axis=1)
+        )
+    gemm = gemm_peak_gflops()
+    base = results["pytorch"][0]
+    reference = results["pytorch"][1]
+    rows = {}
+    for name, (seconds, responses) in results.items():
+        rows[name] = {
+            "seconds": round(seconds, 2),
+            "sentences_per_s": round(len(sentences) / seconds, 1),
+            "speedup_vs_pytorch": round(base / seconds, 2),
+            "gflops": round(flops / seconds / 1e9, 1),
+            "fraction_of_gemm_peak": round(flops / seconds / 1e9 / gemm, 3),
+            "max_abs_diff_vs_pytorch": float(np.abs(responses - reference).max()),
+        }
+    report = {"machine": machine(), "model": args.model, "sentences": len(sentences), "processed_tokens": processed_tokens,
+              "batch_size": args.batch_size, "gemm_peak_gflops": round(gemm, 1), "engines": rows}
+    print(f"{args.model}: {len(sentences)} sentences, {processed_tokens} processed tokens, GEMM peak {gemm:.0f} GFLOP/s")
+    print(f"{'engine':10} {'s':>7} {'sent/s':>8} {'× torch':>8} {'GFLOP/s':>8} {'of peak':>8} {'max|Δ|':>9}")
+    for name, row in rows.items():
+        print(f"{name:10} {row['seconds']:7.2f} {row['sentences_per_s']:8.1f} {row['speedup_vs_pytorch']:8.2f} "
+              f"{row['gflops']:8.1f} {row['fraction_of_gemm_peak']:8.3f} {row['max_abs_diff_vs_pytorch']:9.2e}")
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
