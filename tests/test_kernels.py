@@ -201,12 +201,13 @@ def test_memmap_blocks_match_in_memory(tmp_path):
                                excluded, block_size=64),
         expected,
     )
-    np.save(tmp_path / "big_endian.npy", x.astype(">f4"))
-    np.testing.assert_array_equal(
-        average_precision_many(np.load(tmp_path / "big_endian.npy", mmap_mode="r"), positives,
-                               pool, excluded, block_size=100),
-        expected,
-    )
+    for name, stored in [("big_endian", x.astype(">f4")), ("fortran", np.asfortranarray(x))]:
+        np.save(tmp_path / f"{name}.npy", stored)
+        np.testing.assert_array_equal(
+            average_precision_many(np.load(tmp_path / f"{name}.npy", mmap_mode="r"), positives,
+                                   pool, excluded, block_size=100),
+            expected,
+        )
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])

@@ -1,0 +1,43 @@
+"""The bundled default run (SmolLM2 on the bundled corpus, MEN): the comparison table,
+and the finding that motivates the selection rules beyond a fixed τ."""
+
+from __future__ import annotations
+
+import pytest
+
+from expertlens_lite import RunConfig, run
+from expertlens_lite.similarity import PROFILE_SIMILARITIES
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def default_run(smollm2, tmp_path_factory):
+    return run(RunConfig(out=tmp_path_factory.mktemp("default")))
+
+
+def test_comparison_table_has_every_measure(default_run):
+    config = RunConfig()
+    rows = default_run.summary["comparison"]
+    expected = [s.label + " jaccard" for s in config.selections()]
+    expected += [f"profile {name}" for name in PROFILE_SIMILARITIES] + ["sentence_embedding", "word_embedding"]
+    assert [row["measure"] for row in rows] == expected
+    n_pairs = default_run.summary["n_pairs"]
+    for row in rows:
+        assert row["n_pairs"] == n_pairs >= 120
+        assert row["ci_low"] <= row["spearman"] <= row["ci_high"]
+        is_set = row["selection"] is not None
+        assert (row["median_experts"] is not None) == is_set and (row["zero_overlap_fraction"] is not None) == is_set
+    assert rows[0]["paired_p_vs_paper"] is None and all(r["paired_p_vs_paper"] is not None for r in rows[1:])
+    html = (default_run.out / "report.html").read_text()
+    assert all(row["measure"] in html for row in rows)
+
+
+def test_topk_jaccard_is_not_worse_than_tau_jaccard(default_run):
+    rows = {row["measure"]: row for row in default_run.summary["comparison"]}
+    tau = rows["tau=0.5 jaccard"]
+    k = RunConfig().topks[0]
+    topk = rows[f"topk={k} jaccard"]
+    assert topk["spearman"] >= tau["spearman"]
+    # ... and the reason: the τ sets are small and rarely overlap, the top-k sets do.
+    assert tau["zero_overlap_fraction"] > topk["zero_overlap_fraction"]
