@@ -12,8 +12,12 @@ Four measurements, printed as a table (and written as JSON with ``--json``):
 3. Bytes of responses processed per second by the kernel against a plain
    ``np.sum`` over the same array (a memory-bandwidth yardstick).
 4. A float16 response file on disk processed through ``np.load(mmap_mode="r")``,
-   in a child process whose peak resident memory is reported next to the file
-   size. The page cache is emptied for the file first, so it is read from disk.
+   in a child process whose peak resident memory during the run (VmHWM) is
+   reported next to the file size. The page cache is emptied for the file
+   first, so it is read from disk; a second run shows the warm-cache time.
+
+The machine may be shared: the 1-minute load average before and after each
+part is recorded, since other processes slow the kernels down.
 
 Run: ``python benchmarks/bench_kernels.py [--json out.json]``; ``--help`` lists
 the sizes that can be changed.
@@ -248,14 +252,15 @@ def bench_memmap(args, rng) -> dict:
     start = time.perf_counter()
     write_npy(path, rng, args.memmap_sentences, args.memmap_neurons, chunk_rows=256)
     t_write = time.perf_counter() - start
+    command = [sys.executable, __file__, "--memmap-child", str(path),
+               "--memmap-pool", str(args.memmap_pool),
+               "--memmap-concepts", str(args.memmap_concepts)]
     try:
-        child = subprocess.run(
-            [sys.executable, __file__, "--memmap-child", str(path),
-             "--memmap-pool", str(args.memmap_pool),
-             "--memmap-concepts", str(args.memmap_concepts)],
-            check=True, capture_output=True, text=True,
-        )
+        child = subprocess.run(command, check=True, capture_output=True, text=True)
         result = json.loads(child.stdout.strip().splitlines()[-1])
+        # Again, with whatever of the file the page cache kept from the first run.
+        child = subprocess.run(command, check=True, capture_output=True, text=True)
+        result["warm"] = json.loads(child.stdout.strip().splitlines()[-1])
         result["file_bytes"] = path.stat().st_size
         result["write_s"] = t_write
         t_read = sequential_read_sum(path)
@@ -330,6 +335,8 @@ def print_table(report: dict) -> None:
             ("peak RSS during the run", "",
              f"{gib(r['peak_rss_bytes'])} (before it: {gib(r['rss_before_run_bytes'])}; the "
              f"result alone: {gib(r['result_bytes'])}); file {gib(r['file_bytes'])}"),
+            ("memmap run again (warm cache)", "",
+             f"{r['warm']['kernel_s']:.1f} s, peak RSS {gib(r['warm']['peak_rss_bytes'])}"),
             ("bytes/s: kernel vs read+np.sum", "same file, cold",
              f"{r['bytes_per_s'] / 1e9:.2f} vs "
              f"{r['sequential_read_sum_bytes_per_s'] / 1e9:.2f} GB/s "
@@ -340,6 +347,9 @@ def print_table(report: dict) -> None:
     width = [max(len(row[i]) for row in rows) for i in range(2)]
     for name, shape, value in rows:
         print(f"{name:<{width[0]}}  {shape:<{width[1]}}  {value}")
+    loads = [f"{key} {report[key]['loadavg_1min'][0]:.1f}->{report[key]['loadavg_1min'][1]:.1f}"
+             for key in ("vs_sklearn", "scale", "memmap") if key in report]
+    print("1-min load average before->after each part: " + ", ".join(loads))
 
 
 def main() -> None:
@@ -378,12 +388,12 @@ def main() -> None:
     rng = np.random.default_rng(args.seed)
     report = {"command": " ".join([Path(sys.executable).name] + sys.argv),
               "date": time.strftime("%Y-%m-%d"), "machine": machine()}
-    if "vs-sklearn" in parts:
-        report["vs_sklearn"] = bench_vs_sklearn(args, rng)
-    if "scale" in parts:
-        report["scale"] = bench_scale(args, rng)
-    if "memmap" in parts:
-        report["memmap"] = bench_memmap(args, rng)
+    for part, key, bench in [("vs-sklearn", "vs_sklearn", bench_vs_sklearn),
+                             ("scale", "scale", bench_scale), ("memmap", "memmap", bench_memmap)]:
+        if part in parts:
+            load_before = os.getloadavg()[0]
+            report[key] = bench(args, rng)
+            report[key]["loadavg_1min"] = [load_before, os.getloadavg()[0]]
     report["machine"]["loadavg_end"] = os.getloadavg()
     print_table(report)
     if args.json:

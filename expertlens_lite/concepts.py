@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError
+from .userfiles import read_text_file
 
 log = logging.getLogger(__name__)
 
@@ -61,13 +62,7 @@ def read_corpus(path: Path | str) -> list[str]:
 
     Blank lines are ignored and duplicate sentences kept once (first occurrence).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"corpus file not found: {path}")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise InputError(f"corpus {path} is not UTF-8 text (undecodable byte at offset {exc.start})") from None
+    path, text = read_text_file(path, "corpus")
     if path.suffix == ".jsonl":
         sentences = _parse_jsonl(path, text)
     else:
@@ -95,13 +90,8 @@ def _parse_jsonl(path: Path, text: str) -> list[str]:
 
 def read_concepts(path: Path | str) -> list[str]:
     """Read concept words, one per line (blank lines and ``#`` comments ignored)."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"concepts file not found: {path}")
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError:
-        raise InputError(f"concepts file {path} is not UTF-8 text") from None
+    path, text = read_text_file(path, "concepts")
+    lines = text.splitlines()
     words = []
     for number, line in enumerate(lines, start=1):
         word = line.strip().lower()

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import InputError
+from .userfiles import read_text_file
 
 
 @dataclass(frozen=True)
@@ -34,13 +35,7 @@ class HumanPairs:
 
 def read_human_pairs(path: Path | str) -> HumanPairs:
     """Read a ``word1 word2 score`` file; a malformed line raises with its line number."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"human ratings file not found: {path}")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise InputError(f"human ratings file {path} is not UTF-8 text (byte {exc.start})") from None
+    path, text = read_text_file(path, "human ratings")
     pairs: list[tuple[str, str]] = []
     scores: list[float] = []
     for number, line in enumerate(text.splitlines(), start=1):
