@@ -42,7 +42,7 @@ settings in ``--json``, and the write-up in ``--results-md``.
 Usage (from the repository root)::
 
     ELENS_HOME=/tmp/elens_study HF_HUB_OFFLINE=1 \\
-        /work/venv/bin/python benchmarks/study_measures.py --models smollm2 minilm
+        python benchmarks/study_measures.py --models smollm2 minilm
 
 ``--quick`` is a smoke run (small grid, 200 resamples, default pooling only) that
 writes its JSON and Markdown under the output root instead of the repository.
@@ -414,6 +414,7 @@ def _intro(data: dict) -> list[str]:
                   "conversion and ONNX export" if not cache["exists"] or not cache["entries"] else
                   f"the model cache was not empty at the start ({cache['cached_responses']} cached response sets)")
     vals = [v for pair in split["per_word_counts"].values() for v in pair]
+    g, n_set = data["grid"], len(names_of(records, "set"))
     return [
         "# Which expert-selection rule and similarity align best with MEN?",
         "",
@@ -445,14 +446,18 @@ def _intro(data: dict) -> list[str]:
         f"n_neg=1000). **Half A / half B** ({split['n_sentences']['halfA']} / {split['n_sentences']['halfB']} sentences, "
         f"{split['shared_sentences']} shared; n_pos=16, min_pos=12, n_neg=500): seeded split (seed {split['seed']}) "
         f"giving each word half of its sentences in each half ({span_g(vals)} per word and half; "
-        f"{split['n_without_concept_word']} sentences contain none of the words). Seed 0 for sampling; 1000 bootstrap "
-        "resamples of the rated pairs for the 95% CIs and the paired tests.",
-        "- Grid, all in one run per model × corpus × pooling: τ ∈ {0.5, 0.3, 0.7} (0.5 = the paper's rule, reference "
-        "of the paired tests), lift ∈ {3, 5, 10, 20}, top-k ∈ {50, 100, 200, 500, 1000}, top fraction ∈ {0.002, 0.005, "
-        "0.01, 0.02, 0.05} (17 set-based measures, each scored by the Jaccard of expert sets), profile cosine / Pearson "
-        "/ weighted Jaccard, and the sentence- and word-embedding baselines (cosine).",
+        f"{split['n_without_concept_word']} sentences contain none of the words). Seed 0 for sampling; "
+        f"{data['n_bootstrap']} bootstrap resamples of the rated pairs for the 95% CIs and the paired tests.",
+        f"- Grid, all in one run per model × corpus × pooling: τ ∈ {_set(g['taus'])} ({g['taus'][0]:g} = the paper's "
+        f"rule, reference of the paired tests), lift ∈ {_set(g['lifts'])}, top-k ∈ {_set(g['topks'])}, top fraction ∈ "
+        f"{_set(g['top_fracs'])} ({n_set} set-based measures, each scored by the Jaccard of expert sets), profile "
+        "cosine / Pearson / weighted Jaccard, and the sentence- and word-embedding baselines (cosine).",
         "",
     ]
+
+
+def _set(values: list[float]) -> str:
+    return "{" + ", ".join(f"{v:g}" for v in values) + "}"
 
 
 def _summary(data: dict) -> list[str]:
@@ -510,10 +515,12 @@ def _embedding_lines(data: dict) -> list[str]:
         ps = [ch["paired"][f"{m}/{c}"][set_rule]["sentence_embedding"] for c in CORPORA]
         pw = [ch["paired"][f"{m}/{c}"][set_rule]["word_embedding"] for c in CORPORA]
         wins_s = sum(a > b for a, b in zip(s, se))
-        verdict_s = ("beats" if wins_s == 3 else "loses to" if wins_s == 0 else "is level with")
-        verdict_w = "beats" if all(a > we for a in s) else "loses to" if all(a < we for a in s) else "is level with"
+        verdict_s = ("is above the sentence-embedding baseline on every corpus" if wins_s == 3 else
+                     "is below the sentence-embedding baseline on every corpus" if wins_s == 0 else
+                     f"is above the sentence-embedding baseline on {wins_s} of 3 corpora")
+        verdict_w = "is above" if all(a > we for a in s) else "is below" if all(a < we for a in s) else "is level with"
         L.append(
-            f"- Embeddings, {m}: `{short(set_rule)}` {verdict_s} the sentence-embedding baseline ({span(se)}; paired "
+            f"- Embeddings, {m}: `{short(set_rule)}` {verdict_s} ({span(se)}; paired "
             f"p {', '.join(fmt_p(p) for p in ps)} on full, A, B) and {verdict_w} the word-embedding baseline ({f3(we)}; "
             f"p {', '.join(fmt_p(p) for p in pw)}).")
     return L
@@ -555,7 +562,7 @@ def _choice_section(data: dict) -> list[str]:
     rob = ch["robustness"]
     conf = ch["confirmation"]
     L = ["## Choice of defaults", "",
-         "Rule, fixed before looking at half B or the full corpus: among the 17 set-based measures, and separately "
+         f"Rule, fixed before looking at half B or the full corpus: among the {len(names_of(records, 'set'))} set-based measures, and separately "
          "among the 3 profile similarities, take the one with the highest ρ **averaged over both models on half A**; "
          "then check it on half B and the full corpus, which took no part in the choice.", ""]
     L += ["| measure | half A (choice) | half B | full | mean of all cells | worst cell |", "|---|---:|---:|---:|---:|---:|"]
@@ -592,6 +599,8 @@ def _choice_section(data: dict) -> list[str]:
         med = lambda m, c, n: f"{_row(_find(records, m, c), n)['median_experts']:g}"  # noqa: E731
         ks = [n for n in names_of(records, "set") if n.startswith("topk=") and rob[n]["all"] is not None]
         k_all = short(max(ks, key=lambda n: rob[n]["all"])).split("=")[1]
+        sig = [f"{m} {CORPUS_LABEL[c]}" for m in models for c in CORPORA
+               if (ch["paired"][f"{m}/{c}"][set_rule][runner] or 1.0) < 0.05]
         L += [
             "Why a fraction rather than a fixed count or a threshold: the best expert-set size grows with the number "
             "of neurons. The best top-k on the full corpus is "
@@ -607,7 +616,9 @@ def _choice_section(data: dict) -> list[str]:
             + " (AP estimated from 16 rather than 30 positives is noisier, so more neurons pass) — and their ρ moves with it. "
             f"The paired test against the half-A runner-up `{short(runner)}` gives p "
             + ", ".join(f"{fmt_p(ch['paired'][f'{m}/{c}'][set_rule][runner])} ({m} {CORPUS_LABEL[c]})" for m in models for c in CORPORA)
-            + ": the pick is the best point of a plateau, not a sharp optimum.",
+            + (": " + (f"significant (p < 0.05) only for {', '.join(sig)}; elsewhere the two are within noise, so the pick "
+                       "is the best point of a plateau rather than a sharp optimum." if sig else
+                       "never significant, so the pick is the best point of a plateau rather than a sharp optimum.")),
             "",
         ]
     # profile verdict
@@ -630,7 +641,8 @@ def _choice_section(data: dict) -> list[str]:
         + ("" if _profile_confirmed(ch) else f"We keep `{short(profile)}`: it has the best worst cell of the three ({f3(rob[profile]['worst'])}, vs "
            + ", ".join(f"{short(o)} {f3(rob[o]['worst'])}" for o in others)
            + f"); its mean over cells ({f3(rob[profile]['all'])}) is within "
-           f"{max(abs(rob[o]['all'] - rob[profile]['all']) for o in others):.3f} of the others'. "
+           f"{max(abs(rob[o]['all'] - rob[profile]['all']) for o in others):.3f} of the others'; the differences between "
+           "profile similarities are significant in both directions in some cells, so this choice is weak."
            if best_worst == profile else
            "The half-A pick is kept as the protocol says, but on this evidence no profile similarity is reliably "
            "better than the others. ")
@@ -641,7 +653,7 @@ def _choice_section(data: dict) -> list[str]:
         "Chosen measures per model and corpus, with the paper's measure and the baselines (ρ [95% CI]; rank = place "
         "within its family in that run):",
         "",
-        f"| model | corpus | `{short(set_rule)}` | rank /17 | `{short(profile)}` | rank /3 | τ=0.5 | sentence emb. | word emb. |",
+        f"| model | corpus | `{short(set_rule)}` | rank /{len(names_of(records, 'set'))} | `{short(profile)}` | rank /3 | τ=0.5 | sentence emb. | word emb. |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for m in models:
@@ -710,7 +722,7 @@ def _pooling_section(data: dict) -> list[str]:
          "tokens included (SmolLM2's tokenizer prepends `<|im_start|>`, MiniLM's adds [CLS] … [SEP]); skip_first = "
          "default minus the first non-special token. Δ = change from default; p = paired bootstrap p-value of that "
          "change (same pairs and resamples). The word-embedding baseline does not depend on pooling. \"best set rule\" "
-         "is the best of the 17 set-based measures in that run (picked on the same data, so optimistic).", "",
+         f"is the best of the {len(names_of(records, 'set'))} set-based measures in that run (picked on the same data, so optimistic).", "",
          "| model | pooling | " + " | ".join(f"`{short(c)}`" for c in cols) + " | best set rule | τ=0.5 med. / zero |",
          "|---|---|" + "---:|" * (len(cols) + 2)]
     for m in models:
@@ -851,7 +863,7 @@ def main(argv: list[str] | None = None) -> None:
                 extras[(model, corpus, pooling)] = extra
     total = time.perf_counter() - t0
 
-    command = ("ELENS_HOME=/tmp/elens_study HF_HUB_OFFLINE=1 /work/venv/bin/python benchmarks/study_measures.py "
+    command = ("ELENS_HOME=/tmp/elens_study HF_HUB_OFFLINE=1 python benchmarks/study_measures.py "
                + " ".join(sys.argv[1:] if argv is None else argv)).strip()
     data = {
         "protocol": __doc__,

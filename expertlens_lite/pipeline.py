@@ -66,6 +66,13 @@ class RunConfig:
     n_bootstrap: int = 1000
     out: Path = Path("elens-results")
 
+    def headline(self) -> str:
+        """The measure a run leads with: Jaccard of the first top-fraction rule, chosen by
+        measurement on two models and three corpora (RESULTS.md); the paper's τ-Jaccard
+        when no top fraction is asked for."""
+        first = Selection("topfrac", self.top_fracs[0]) if self.top_fracs else Selection("tau", self.taus[0])
+        return f"{first.label} jaccard"
+
     def selections(self) -> list[Selection]:
         """Every selection rule of the run; the paper's τ comes first."""
         return (
@@ -227,6 +234,7 @@ def _summary(
             {"tau": m.selection.parameter, **m.alignment.as_dict(), "median_experts": m.median_size, "zero_overlap_fraction": m.zero_overlap}
             for m in experts
         ],
+        "default_measure": config.headline(),
         "comparison": [m.row() for m in measures],
         "baselines": baselines,
         "timings": timer.seconds,

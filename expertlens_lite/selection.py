@@ -51,8 +51,11 @@ def base_rates(n_positives: np.ndarray, n_negatives: np.ndarray) -> np.ndarray:
     return p / (p + np.asarray(n_negatives, dtype=np.float64))
 
 
-def select(ap: np.ndarray, selection: Selection, base_rate: np.ndarray) -> np.ndarray:
-    """Expert bitsets ``uint64 [C, W]`` of ``selection`` applied to ``ap`` ``[C, N]``."""
+def select(ap: np.ndarray, selection: Selection, base_rate: np.ndarray | None) -> np.ndarray:
+    """Expert bitsets ``uint64 [C, W]`` of ``selection`` applied to ``ap`` ``[C, N]``.
+
+    ``base_rate`` ``[C]`` is needed by the ``lift`` rule only.
+    """
     if selection.rule == "tau":
         return threshold_bitsets(ap, [selection.parameter])[0]
     if selection.rule == "lift":

@@ -11,18 +11,20 @@ def _num(value, fmt: str = ".3f") -> str:
 
 
 def print_alignment_table(summary: dict) -> None:
-    """ρ with the human set per measure (τ rules, other rules, baselines), with CIs."""
+    """ρ with the human set per measure (τ rules, other rules, baselines), with CIs; the
+    default measure in bold, the paper's τ-Jaccard first."""
     table = Table(title=f"Alignment with {summary['n_pairs']} human-rated pairs ({summary['model']}, {summary['n_concepts']} concepts)")
     for column in ("measure", "ρ", "95% CI", "p vs paper", "median experts", "zero overlap"):
         table.add_column(column, justify="left" if column == "measure" else "right")
     for row in summary["comparison"]:
+        default = row["measure"] == summary["default_measure"]
         table.add_row(
-            row["measure"],
+            row["measure"] + (" (default)" if default else ""),
             _num(row["spearman"]),
             f"[{_num(row['ci_low'])}, {_num(row['ci_high'])}]",
             _num(row["paired_p_vs_paper"]),
             _num(row["median_experts"], ".0f"),
             _num(row["zero_overlap_fraction"], ".2f"),
-            style="italic" if row["kind"] == "baseline" else None,
+            style="bold" if default else "italic" if row["kind"] == "baseline" else None,
         )
     Console(width=120).print(table)
