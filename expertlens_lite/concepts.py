@@ -134,6 +134,7 @@ def build_concept_set(
     n_neg: int,
     min_pos: int,
     seed: int,
+    warn_skipped: bool = True,
 ) -> ConceptSet:
     """Sample positives per concept and one shared negative pool, reproducibly.
 
@@ -165,7 +166,10 @@ def build_concept_set(
     if skipped:
         shown = ", ".join(f"{w} ({n})" for w, n in list(skipped.items())[:8])
         more = f" and {len(skipped) - 8} more (listed in summary.json)" if len(skipped) > 8 else ""
-        log.warning("skipped %d concept(s) with fewer than %d positive sentences: %s%s", len(skipped), min_pos, shown, more)
+        log.log(
+            logging.WARNING if warn_skipped else logging.INFO,
+            "skipped %d concept(s) with fewer than %d positive sentences: %s%s", len(skipped), min_pos, shown, more,
+        )
     if len(kept) < 2:
         raise InputError(
             f"only {len(kept)} concept(s) have at least {min_pos} positive sentences in the corpus; "

@@ -139,7 +139,8 @@ def load_inputs(config: RunConfig) -> tuple[ConceptSet, HumanPairs]:
         index = word_index(corpus)
         words = sorted(w for w in human.words if w in index or w + "s" in index or w + "es" in index)
     concept_set = build_concept_set(
-        corpus, words, n_pos=config.n_pos, n_neg=config.n_neg, min_pos=config.min_pos, seed=config.seed
+        corpus, words, n_pos=config.n_pos, n_neg=config.n_neg, min_pos=config.min_pos, seed=config.seed,
+        warn_skipped=config.concepts is not None,
     )
     rated = human.restricted_to(set(concept_set.concepts))
     if len(rated.pairs) < 3:
