@@ -478,7 +478,7 @@ def _summary(data: dict) -> list[str]:
         f"- **Recommended profile similarity: {short(profile)}** (chosen on half A; see below — its confirmation is "
         f"{'clean' if _profile_confirmed(ch) else 'mixed'}). ρ averaged over all model × corpus cells: "
         + ", ".join(f"{short(n)} {f3(rob[n]['all'])}" for n in names_of(records, "profile"))
-        + (f"; every profile similarity is below" if all(rob[n]["all"] < rob[set_rule]["all"] for n in names_of(records, "profile"))
+        + ("; every profile similarity is below" if all(rob[n]["all"] < rob[set_rule]["all"] for n in names_of(records, "profile"))
            else "; compare") + f" `{short(set_rule)}` Jaccard ({f3(rob[set_rule]['all'])}).",
         f"- The paper's **τ = 0.5 fails** on every model and corpus: ρ {paper} (full, half A, half B), because it keeps a median "
         f"of {span_g([_row(_find(records, m, c), PAPER)['median_experts'] for m in models for c in CORPORA])} experts "
@@ -792,7 +792,7 @@ def _mostly_zero(records: list[dict]) -> list[str]:
 
 
 def _caveats(data: dict) -> list[str]:
-    records, models = data["runs"], data["models"]
+    records = data["runs"]
     n_pairs = records[0]["n_pairs"]
     widths = [r["ci_high"] - r["ci_low"] for rec in records if rec["pooling"] == "default" for r in rec["comparison"]
               if r["spearman"] is not None and (r["zero_overlap_fraction"] or 0) < 0.5]
