@@ -38,6 +38,7 @@ def main() -> None:
     parser.add_argument("--units", type=int, default=262_144)
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--sentences", type=int, default=400)
+    parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
 
@@ -69,14 +70,14 @@ def main() -> None:
         samples: list[tuple[int, float]] = []
         start = time.perf_counter()
         responses = compute_responses(
-            exported, sentences, "big", tmp / "home", batch_size=16, device="cpu",
+            exported, sentences, "big", tmp / "home", batch_size=args.batch_size, device="cpu",
             progress=lambda done, total: samples.append((done, round(rss_mb()))),
         )
         seconds = time.perf_counter() - start
         matrix_mb = responses.neurons.nbytes / 1e6
         quarters = [samples[0]] + [samples[min(len(samples) - 1, round(q * len(samples)) - 1)] for q in (0.25, 0.5, 0.75, 1.0)]
         report = {
-            "machine": machine(), "neurons": exported.manifest.n_neurons, "sentences": len(sentences),
+            "machine": machine(), "neurons": exported.manifest.n_neurons, "sentences": len(sentences), "batch_size": args.batch_size,
             "matrix_mb": round(matrix_mb), "rss_mb_before_responses": round(before),
             "rss_mb_after_sentences": {done: rss for done, rss in quarters},
             "peak_rss_mb_process": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
