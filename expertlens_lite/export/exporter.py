@@ -85,7 +85,9 @@ def export_model(source: ModelSource, cache_dir: Path, quantize: str = "none") -
         _export_fresh(source, directory)
     exported = ExportedModel(directory, Manifest.load(directory))
     if quantize != "none" and onnx_filename(quantize) not in exported.manifest.files:
-        path = quantize_model(exported.onnx_path(), quantize)
+        architecture = get_architecture(exported.manifest.model_type)
+        down = [architecture.onnx_scope(i) for i in range(exported.manifest.n_layers)]
+        path = quantize_model(exported.onnx_path(), quantize, down)
         exported.manifest.files[path.name] = file_sha256(path)
         exported.manifest.save(directory)
     return exported
