@@ -292,6 +292,13 @@ def gib(n: float) -> str:
     return f"{n / 2**30:.2f} GiB"
 
 
+def _bandwidth_row(r: dict) -> tuple[str, str, str]:
+    """The table row comparing the kernel's read rate with a plain np.sum over the same array."""
+    return ("bytes/s: kernel vs np.sum", "same array",
+            f"{r['kernel_bytes_per_s'] / 1e9:.2f} vs {r['numpy_sum_bytes_per_s'] / 1e9:.1f} GB/s"
+            f" ({r['bandwidth_fraction']:.3f} of np.sum)")
+
+
 def print_table(report: dict) -> None:
     m = report["machine"]
     print(f"machine: {m['cpu']}, {m['nproc']} CPUs ({m['numba_threads']} numba threads), "
@@ -310,9 +317,7 @@ def print_table(report: dict) -> None:
             ("average_precision_many", shape, f"{r['kernel_s']:.3f} s"),
             ("speed-up", "", f"{r['speedup']:.0f}x"),
             ("max |AP - sklearn|", "timed subset", f"{r['max_abs_diff_vs_sklearn']:.1e}"),
-            ("bytes/s: kernel vs np.sum", "same array",
-             f"{r['kernel_bytes_per_s'] / 1e9:.2f} vs {r['numpy_sum_bytes_per_s'] / 1e9:.1f} GB/s"
-             f" ({r['bandwidth_fraction']:.3f} of np.sum)"),
+            _bandwidth_row(r),
         ]
     if "scale" in report:
         r = report["scale"]
@@ -320,9 +325,7 @@ def print_table(report: dict) -> None:
                  f"{r['positives_per_concept']} pos, pool {r['pool']}")
         rows += [
             ("APs per second", shape, f"{r['aps_per_s']:.3g} /s ({r['kernel_s']:.1f} s)"),
-            ("bytes/s: kernel vs np.sum", "same array",
-             f"{r['kernel_bytes_per_s'] / 1e9:.2f} vs {r['numpy_sum_bytes_per_s'] / 1e9:.1f} GB/s"
-             f" ({r['bandwidth_fraction']:.3f} of np.sum)"),
+            _bandwidth_row(r),
         ]
     if "memmap" in report:
         r = report["memmap"]

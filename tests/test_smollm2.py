@@ -12,7 +12,7 @@ from expertlens_lite.batching import PoolingOptions, encode, make_batch, pad_id
 from expertlens_lite.errors import ModelError
 from expertlens_lite.export import load_pretrained
 from expertlens_lite.export.reference import torch_responses
-from expertlens_lite.models.sources import gguf_to_folder, resolve_model
+from expertlens_lite.models.sources import BUNDLED_MODELS, gguf_to_folder, resolve_model
 
 from .test_parity import ATOL, onnx_responses, sample_batch
 
@@ -25,7 +25,7 @@ def test_gguf_loads_as_llama_and_exports(smollm2, elens_home):
     assert manifest.units_per_layer == [1536] * 30 and manifest.n_neurons == 46080
     assert manifest.parity_max_abs_diff <= ATOL
     source = resolve_model("smollm2", None, elens_home)
-    assert source.path == str(gguf_to_folder(resolve_model.__globals__["BUNDLED_MODELS"]["smollm2"].path(), elens_home))
+    assert source.path == str(gguf_to_folder(BUNDLED_MODELS["smollm2"].path(), elens_home))
 
 
 def test_smollm2_parity_on_padded_batch(smollm2, elens_home):

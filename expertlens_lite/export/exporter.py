@@ -28,7 +28,7 @@ from ..models.sources import ModelSource, file_sha256
 from .manifest import FORMAT_VERSION, Manifest
 from .quantize import QUANTIZATIONS, onnx_filename, quantize_model
 from .reference import torch_responses
-from .surgery import POOL_MASK, SENTENCE_EMBEDDING, add_pooled_outputs, neuron_output
+from .surgery import SENTENCE_EMBEDDING, add_pooled_outputs, neuron_output
 
 log = logging.getLogger(__name__)
 
@@ -188,4 +188,4 @@ def _parity(
     return absolute, scaled
 
 
-__all__ = ["ExportedModel", "ParityError", "export_model", "load_pretrained", "POOL_MASK", "EMBEDDINGS"]
+__all__ = ["EMBEDDINGS", "ExportedModel", "ParityError", "export_model", "load_pretrained", "prepare_graph"]

@@ -48,9 +48,9 @@ class BundledModel:
         path = self.path()
         if path.is_file():
             size = path.stat().st_size
-            arch = gguf_architecture(path)
-            fields = _gguf_fields(path, [f"{arch}.block_count", f"{arch}.feed_forward_length"])
-            layers, units = fields
+            fields = _gguf_metadata(path)
+            arch = _field_value(fields, "general.architecture")
+            layers, units = (_field_value(fields, f"{arch}.{key}") for key in ("block_count", "feed_forward_length"))
         else:
             size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
             config = json.loads((path / "config.json").read_text())
@@ -142,25 +142,30 @@ def file_sha256(path: Path, chunk: int = 1 << 24) -> str:
     return digest.hexdigest()
 
 
-def _gguf_fields(path: Path, keys: list[str]) -> list[int]:
-    from gguf import GGUFReader
-
-    fields = GGUFReader(path).fields
-    return [int(fields[key].parts[fields[key].data[0]][0]) for key in keys]
-
-
-def gguf_architecture(path: Path) -> str:
-    """The ``general.architecture`` of a GGUF file; a non-GGUF file raises ModelError."""
+def _gguf_metadata(path: Path) -> dict:
+    """The metadata fields of a GGUF file; a non-GGUF or unreadable file raises ModelError."""
     with path.open("rb") as handle:
         if handle.read(4) != _GGUF_MAGIC:
             raise ModelError(f"{path} is not a GGUF file (it does not start with the GGUF magic bytes)")
     from gguf import GGUFReader
 
     try:
-        field = GGUFReader(path).fields["general.architecture"]
+        return GGUFReader(path).fields
     except (KeyError, ValueError, IndexError) as exc:
         raise ModelError(f"{path} is not a readable GGUF model file: {exc}") from None
-    return bytes(field.parts[field.data[0]]).decode("utf-8")
+
+
+def _field_value(fields: dict, key: str):
+    """A scalar metadata value (a string, or the first number of a numeric field)."""
+    if key not in fields:
+        raise ModelError(f"the GGUF file has no {key!r} metadata")
+    part = fields[key].parts[fields[key].data[0]]
+    return bytes(part).decode("utf-8") if part.dtype == "uint8" else int(part[0])
+
+
+def gguf_architecture(path: Path) -> str:
+    """The ``general.architecture`` of a GGUF file; a non-GGUF file raises ModelError."""
+    return _field_value(_gguf_metadata(path), "general.architecture")
 
 
 def gguf_to_folder(path: Path, cache_dir: Path) -> Path:
