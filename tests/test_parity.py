@@ -74,26 +74,38 @@ def _tiny(model_type: str):
     return AutoConfig.for_model(model_type, **params)
 
 
-@pytest.mark.parametrize("model_type", ["gpt_neox", "gpt2", "llama", "mistral", "qwen2", "opt", "bert", "roberta"])
-def test_tiny_random_family_parity(model_type, tmp_path, elens_home):
+def tiny_source(model_type: str, folder, edit=None) -> ModelSource:
+    """A tiny random model of ``model_type`` with a word-level tokenizer (words ``w0``..``w989``),
+    saved to ``folder``; ``edit(model)`` may change its weights first."""
     import torch
     from transformers import AutoModel, PreTrainedTokenizerFast
     from tokenizers import Tokenizer, models, pre_tokenizers
 
     torch.manual_seed(0)
-    folder = tmp_path / model_type
-    AutoModel.from_config(_tiny(model_type)).save_pretrained(folder)
+    model = AutoModel.from_config(_tiny(model_type))
+    if edit is not None:
+        edit(model)
+    model.save_pretrained(folder)
     vocab = {f"w{i}": i for i in range(990)} | {"[UNK]": 990, "[PAD]": 991, "[BOS]": 992}
     backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", pad_token="[PAD]", bos_token="[BOS]")
     tokenizer.save_pretrained(folder)
-    source = ModelSource(model_type, str(folder), None, f"tiny-{model_type}")
+    return ModelSource(model_type, str(folder), None, f"tiny-{model_type}-{edit.__name__ if edit else 'random'}")
+
+
+def tiny_sentences(n: int = 10, seed: int = 1) -> list[str]:
+    rng = np.random.default_rng(seed)
+    return [" ".join(f"w{j}" for j in rng.integers(0, 990, size=rng.integers(2, 14))) for _ in range(n)]
+
+
+@pytest.mark.parametrize("model_type", ["gpt_neox", "gpt2", "llama", "mistral", "qwen2", "opt", "bert", "roberta"])
+def test_tiny_random_family_parity(model_type, tmp_path, elens_home):
+    source = tiny_source(model_type, tmp_path / model_type)
     exported = export_model(source, elens_home)
     assert exported.manifest.model_type == model_type
     architecture, model, tok = load_pretrained(source)
-    rng = np.random.default_rng(1)
-    sentences = [" ".join(f"w{j}" for j in rng.integers(0, 990, size=rng.integers(2, 14))) for _ in range(10)]
+    sentences = tiny_sentences()
     for pooling in ("max", "mean"):
         batch = make_batch(encode(tok, sentences), range(10), pad_id(tok), PoolingOptions(pooling))
         expected, expected_emb = torch_responses(model, architecture, batch, pooling)

@@ -21,10 +21,12 @@ import numpy as np
 import onnx
 
 from ..atomic import atomic_dir
-from ..batching import PoolingOptions, encode, make_batch, pad_id
+from ..batching import PoolingOptions, encode, iter_batches, make_batch, pad_id
+from ..concepts import read_corpus
 from ..errors import ModelError
 from ..models import Architecture, get_architecture
 from ..models.sources import ModelSource, file_sha256
+from ..paths import DEFAULT_CORPUS, bundled
 from .manifest import FORMAT_VERSION, Manifest
 from .quantize import QUANTIZATIONS, onnx_filename, quantize_model
 from .reference import torch_responses
@@ -40,6 +42,8 @@ PARITY_SENTENCES = (
     "Rain again.",
     "After the long winter, the first flowers opened in the garden behind the old stone house.",
 )
+# int8 smoothing is calibrated on this many sentences of the bundled corpus (fixed sample).
+CALIBRATION_SENTENCES = 128
 
 
 class ParityError(ModelError):
@@ -87,10 +91,21 @@ def export_model(source: ModelSource, cache_dir: Path, quantize: str = "none") -
     if quantize != "none" and onnx_filename(quantize) not in exported.manifest.files:
         architecture = get_architecture(exported.manifest.model_type)
         down = [architecture.onnx_scope(i) for i in range(exported.manifest.n_layers)]
-        path = quantize_model(exported.onnx_path(), quantize, down)
+        calibration = _calibration_batches(exported) if quantize == "int8" else []
+        path = quantize_model(exported.onnx_path(), quantize, down, calibration)
         exported.manifest.files[path.name] = file_sha256(path)
         exported.manifest.save(directory)
     return exported
+
+
+def _calibration_batches(exported: ExportedModel) -> list[dict[str, np.ndarray]]:
+    """Input batches of a fixed sample of the bundled corpus, whatever corpus a run uses:
+    the quantized model is cached per model, not per run."""
+    sentences = read_corpus(bundled(DEFAULT_CORPUS))
+    rows = np.random.default_rng(0).choice(len(sentences), min(CALIBRATION_SENTENCES, len(sentences)), replace=False)
+    tokenizer = exported.tokenizer()
+    encoded = encode(tokenizer, [sentences[i] for i in sorted(rows)])
+    return [batch for _, batch in iter_batches(encoded, 32, pad_id(tokenizer), PoolingOptions())]
 
 
 def load_pretrained(source: ModelSource):
