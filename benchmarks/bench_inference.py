@@ -6,7 +6,9 @@ Usage::
     python benchmarks/bench_inference.py [--model smollm2] [--limit N] [--json out.json]
 
 All three read the same tokenized, length-bucketed, padded batches and produce the
-same pooled responses; the time covers the model call and the pooling. Speeds are
+same pooled responses; the time covers the model call and the pooling. The engines
+take turns over ``--rounds`` rounds and each one's median is reported, so that a
+slow spell on this shared machine does not land on one engine only. Speeds are
 reported as ratios to PyTorch measured in the same run (targets: issue 4 asks
 ORT fp32 ≥ 1.5× and int8 ≥ 2.5× on the default model; issue 9 asks ≥ 1.25× and
 ≥ 3× on SmolLM2), and as GFLOP/s (2 × non-embedding parameters per processed token,
@@ -39,7 +41,6 @@ from expertlens_lite.runtime import create_session, run_batch  # noqa: E402
 
 
 def time_engine(batches, run_one) -> tuple[float, np.ndarray]:
-    run_one(batches[0][1])  # warm-up (allocations, thread pools)
     out = []
     start = time.perf_counter()
     for _, batch in batches:
@@ -52,6 +53,7 @@ def main() -> None:
     parser.add_argument("--model", default=RunConfig().model)
     parser.add_argument("--limit", type=int, default=None, help="Use only the first N sentences of the pool.")
     parser.add_argument("--batch-size", type=int, default=RunConfig().batch_size)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
 
@@ -71,13 +73,19 @@ def main() -> None:
     flops = 2 * (sum(p.numel() for p in model.parameters()) - embedding) * processed_tokens
 
     names = [neuron_output(i, "max") for i in range(exported.manifest.n_layers)]
-    results = {}
-    results["pytorch"] = time_engine(batches, lambda b: torch_responses(model, architecture, b)[0])
+    engines = {"pytorch": lambda b: torch_responses(model, architecture, b)[0]}
     for quantize in ("none", "int8"):
         session = create_session(exported.onnx_path(quantize), "cpu")
-        results[f"ort_{quantize}"] = time_engine(
-            batches, lambda b, s=session: np.concatenate(run_batch(s, names, b, "cpu"), axis=1)
-        )
+        engines[f"ort_{quantize}"] = lambda b, s=session: np.concatenate(run_batch(s, names, b, "cpu"), axis=1)
+    for run_one in engines.values():
+        run_one(batches[0][1])  # warm-up (allocations, thread pools)
+    times: dict[str, list[float]] = {name: [] for name in engines}
+    outputs = {}
+    for _ in range(args.rounds):
+        for name, run_one in engines.items():
+            seconds, outputs[name] = time_engine(batches, run_one)
+            times[name].append(seconds)
+    results = {name: (float(np.median(times[name])), outputs[name]) for name in engines}
     gemm = gemm_peak_gflops()
     base = results["pytorch"][0]
     reference = results["pytorch"][1]
@@ -85,6 +93,7 @@ def main() -> None:
     for name, (seconds, responses) in results.items():
         rows[name] = {
             "seconds": round(seconds, 2),
+            "seconds_each_round": [round(t, 2) for t in times[name]],
             "sentences_per_s": round(len(sentences) / seconds, 1),
             "speedup_vs_pytorch": round(base / seconds, 2),
             "gflops": round(flops / seconds / 1e9, 1),
@@ -92,7 +101,7 @@ def main() -> None:
             "max_abs_diff_vs_pytorch": float(np.abs(responses - reference).max()),
         }
     report = {"machine": machine(), "model": args.model, "sentences": len(sentences), "processed_tokens": processed_tokens,
-              "batch_size": args.batch_size, "gemm_peak_gflops": round(gemm, 1), "engines": rows}
+              "batch_size": args.batch_size, "rounds": args.rounds, "gemm_peak_gflops": round(gemm, 1), "engines": rows}
     print(f"{args.model}: {len(sentences)} sentences, {processed_tokens} processed tokens, GEMM peak {gemm:.0f} GFLOP/s")
     print(f"{'engine':10} {'s':>7} {'sent/s':>8} {'× torch':>8} {'GFLOP/s':>8} {'of peak':>8} {'max|Δ|':>9}")
     for name, row in rows.items():
