@@ -7,10 +7,15 @@ Four measurements, printed as a table (and written as JSON with ``--json``):
    sentences (1,000 shared negatives + 40 concepts x 100 positives) x 9,216
    neurons, float32. sklearn is timed on a random subset of neurons and
    extrapolated; the APs of that subset are compared.
-2. Throughput in (concept, neuron) APs per second at 1,000 concepts x 100,000
-   neurons (fewer positives per concept than in 1. so the matrix fits in memory).
+2. Throughput in (concept, neuron) APs per second at 1,000 concepts x 100
+   positives (1,000 shared negatives: 101,000 sentences), float16. All 100,000
+   neurons would be 20 GB, so by default the rate is measured on a slice of
+   10,000 neurons (the cost per neuron does not depend on how many there are);
+   part 4 with ``--memmap-sentences 101000 --memmap-pool 1000`` runs the full
+   matrix from disk.
 3. Bytes of responses processed per second by the kernel against a plain
-   ``np.sum`` over the same array (a memory-bandwidth yardstick).
+   ``np.sum`` over the same array (a memory-bandwidth yardstick), and the
+   kernel's cost per response value times its threads (ns/value x threads).
 4. A float16 response file on disk processed through ``np.load(mmap_mode="r")``,
    in a child process whose peak resident memory during the run (VmHWM) is
    reported next to the file size. The page cache is emptied for the file
@@ -112,7 +117,8 @@ def bench_vs_sklearn(args, rng) -> dict:
     pool, positives, excluded = concept_layout(rng, args.pool, args.concepts, args.positives, 20)
     n_sentences = args.pool + args.concepts * args.positives
     x = structured_responses(rng, n_sentences, args.neurons, positives, np.float32)
-    average_precision_many(x[:, :64], positives, pool, excluded)  # compile / load cache
+    # Compile (or load from cache) for this array type: a C-contiguous slice, like x.
+    average_precision_many(np.ascontiguousarray(x[:, :64]), positives, pool, excluded)
     t_kernel, aps = best_time(lambda: average_precision_many(x, positives, pool, excluded),
                               args.repeats)
     subset = np.sort(rng.choice(args.neurons, args.sklearn_neurons, replace=False))
@@ -136,7 +142,15 @@ def bench_vs_sklearn(args, rng) -> dict:
         "kernel_bytes_per_s": x.nbytes / t_kernel,
         "numpy_sum_bytes_per_s": x.nbytes / t_sum,
         "bandwidth_fraction": t_sum / t_kernel,
+        "ns_per_value_x_threads": thread_ns_per_value(t_kernel, x.size),
     }
+
+
+def thread_ns_per_value(seconds: float, n_values: int) -> float:
+    """Kernel time per response value, times the Numba threads it ran on."""
+    import numba
+
+    return seconds * numba.get_num_threads() / n_values * 1e9
 
 
 def bench_scale(args, rng) -> dict:
@@ -145,7 +159,7 @@ def bench_scale(args, rng) -> dict:
     )
     n_sentences = args.scale_pool + args.scale_concepts * args.scale_positives
     x = structured_responses(rng, n_sentences, args.scale_neurons, positives, np.float16)
-    average_precision_many(x[:, :64], positives, pool, excluded)
+    average_precision_many(np.ascontiguousarray(x[:, :64]), positives, pool, excluded)
     t_kernel, _ = best_time(lambda: average_precision_many(x, positives, pool, excluded), 1)
     t_sum, _ = best_time(lambda: np.sum(x, dtype=np.float32), 3)
     pairs = args.scale_concepts * args.scale_neurons
@@ -161,6 +175,7 @@ def bench_scale(args, rng) -> dict:
         "kernel_bytes_per_s": x.nbytes / t_kernel,
         "numpy_sum_bytes_per_s": x.nbytes / t_sum,
         "bandwidth_fraction": t_sum / t_kernel,
+        "ns_per_value_x_threads": thread_ns_per_value(t_kernel, x.size),
     }
 
 
@@ -295,8 +310,9 @@ def gib(n: float) -> str:
 def _bandwidth_row(r: dict) -> tuple[str, str, str]:
     """The table row comparing the kernel's read rate with a plain np.sum over the same array."""
     return ("bytes/s: kernel vs np.sum", "same array",
-            f"{r['kernel_bytes_per_s'] / 1e9:.2f} vs {r['numpy_sum_bytes_per_s'] / 1e9:.1f} GB/s"
-            f" ({r['bandwidth_fraction']:.3f} of np.sum)")
+            (f"{r['kernel_bytes_per_s'] / 1e9:.2f} vs {r['numpy_sum_bytes_per_s'] / 1e9:.2f} GB/s"
+             f" ({r['bandwidth_fraction']:.3f} of np.sum); kernel "
+             f"{r['ns_per_value_x_threads']:.1f} ns/value x threads"))
 
 
 def print_table(report: dict) -> None:
@@ -324,7 +340,8 @@ def print_table(report: dict) -> None:
         shape = (f"{r['n_sentences']} x {r['n_neurons']} f16, {r['n_concepts']} concepts x "
                  f"{r['positives_per_concept']} pos, pool {r['pool']}")
         rows += [
-            ("APs per second", shape, f"{r['aps_per_s']:.3g} /s ({r['kernel_s']:.1f} s)"),
+            ("APs per second (on these neurons)", shape,
+             f"{r['aps_per_s']:.3g} /s ({r['kernel_s']:.1f} s)"),
             _bandwidth_row(r),
         ]
     if "memmap" in report:
@@ -370,9 +387,10 @@ def main() -> None:
     p.add_argument("--sklearn-neurons", type=int, default=96,
                    help="random neurons timed with sklearn (times every concept)")
     p.add_argument("--scale-concepts", type=int, default=1000)
-    p.add_argument("--scale-neurons", type=int, default=100_000)
-    p.add_argument("--scale-positives", type=int, default=20)
-    p.add_argument("--scale-pool", type=int, default=2000)
+    p.add_argument("--scale-neurons", type=int, default=10_000,
+                   help="a slice of the 100,000 neurons: all of them would be 20 GB")
+    p.add_argument("--scale-positives", type=int, default=100)
+    p.add_argument("--scale-pool", type=int, default=1000)
     p.add_argument("--memmap-sentences", type=int, default=200_000)
     p.add_argument("--memmap-neurons", type=int, default=100_000)
     p.add_argument("--memmap-pool", type=int, default=10_000)

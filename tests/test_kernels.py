@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -10,6 +12,9 @@ from sklearn.metrics import average_precision_score
 
 from expertlens_lite.errors import InputError
 from expertlens_lite.kernels import average_precision, average_precision_many
+
+# The module (the package re-exports a function of the same name).
+ap_module = importlib.import_module("expertlens_lite.kernels.average_precision")
 
 ATOL = 1e-9
 
@@ -147,10 +152,13 @@ def concept_sets(draw):
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(concept_sets())
-def test_many_matches_sklearn_per_concept(case):
+@given(concept_sets(), st.booleans())
+def test_many_matches_sklearn_per_concept(case, wide_digits):
     x, positives, pool, excluded = case
-    got = average_precision_many(x, positives, pool, excluded, block_size=4)
+    with pytest.MonkeyPatch.context() as patch:
+        if wide_digits:  # float16/32: the 16-bit digits used from _WIDE_DIGIT_ROWS rows
+            patch.setattr(ap_module, "_WIDE_DIGIT_ROWS", 1)
+        got = average_precision_many(x, positives, pool, excluded, block_size=4)
     np.testing.assert_allclose(got, sklearn_many(x, positives, pool, excluded), rtol=0, atol=ATOL)
 
 
@@ -269,3 +277,53 @@ def test_bad_responses_raise(responses):
 def test_bad_concept_sets_raise(positives, pool, excluded, block_size):
     with pytest.raises(InputError):
         average_precision_many(np.zeros((5, 3)), positives, pool, excluded, block_size=block_size)
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+@pytest.mark.parametrize("wide_digits", [False, True])
+def test_many_edge_cases_match_sklearn_in_every_float(dtype, wide_digits, monkeypatch):
+    """Both walks (float16 numbers tie groups; 32/64-bit add untied rows at once) and
+    both digit widths of the sort (16-bit ones are used from _WIDE_DIGIT_ROWS rows,
+    forced here) on constant and tied neurons, a one-positive concept, rows in several
+    roles and excluded rows; more rows than the 8 the panel copy takes at a time
+    (with a remainder) and more columns than one stripe."""
+    if wide_digits:
+        monkeypatch.setattr(ap_module, "_WIDE_DIGIT_ROWS", 1)
+    rng = np.random.default_rng(12)
+    n_sentences, n_neurons = 203, 300
+    x = rng.normal(size=(n_sentences, n_neurons))
+    x[:, 1] = 2.5  # constant
+    x[:, 2] = rng.integers(0, 3, n_sentences)  # three levels: large tie groups
+    x[:, 3] = np.round(x[:, 3], 1)  # many small tie groups
+    x[:, 4] = np.where(rng.random(n_sentences) < 0.5, 0.0, -0.0)  # -0.0 ties 0.0
+    x = x.astype(dtype)
+    pool = np.arange(0, 160)
+    positives = [
+        np.arange(160, 180),
+        np.r_[np.arange(175, 190), [3, 7]],  # shares rows with concept 0; two pool rows
+        np.array([200]),  # one positive
+        np.arange(190, 203),
+    ]
+    excluded = [pool[::9], np.array([1, 2, 3]), np.array([], int), pool[::2]]
+    got = average_precision_many(x, positives, pool, excluded, block_size=256)
+    np.testing.assert_allclose(got, sklearn_many(x, positives, pool, excluded), rtol=0, atol=ATOL)
+    np.testing.assert_allclose(got[:, 1], [p.size / (p.size + np.setdiff1d(
+        pool, np.union1d(e, p)).size) for p, e in zip(positives, excluded)], rtol=0, atol=ATOL)
+
+
+@pytest.mark.parametrize("wide_digits", [False, True])
+def test_float16_and_wider_copies_give_identical_aps(wide_digits, monkeypatch):
+    """The float16 walk and the 32/64-bit one add the same terms in the same order."""
+    if wide_digits:
+        monkeypatch.setattr(ap_module, "_WIDE_DIGIT_ROWS", 1)
+    rng = np.random.default_rng(13)
+    x = rng.normal(size=(500, 40)).astype(np.float16)
+    x[:, :10] = np.round(x[:, :10])  # heavy ties
+    pool = np.arange(300)
+    positives = [300 + np.arange(c, 200, 4) for c in range(4)] + [np.r_[0:5, 450:460]]
+    excluded = [pool[c::11] for c in range(5)]
+    base = average_precision_many(x, positives, pool, excluded)
+    for wider in (np.float32, np.float64):
+        np.testing.assert_array_equal(
+            average_precision_many(x.astype(wider), positives, pool, excluded), base
+        )

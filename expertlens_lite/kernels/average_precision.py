@@ -22,13 +22,33 @@ How it is computed. Every concept's negatives come from one shared pool of
 sentences, minus a few pool rows per concept ("excluded": sentences that contain
 the concept). For each neuron the responses of all rows in use (pool and every
 positive) are sorted once, with an LSD radix sort on the bit patterns of the
-floats (exact, no rounding); one walk down that order, a tie group at a time,
-keeps per concept its positives seen (TP), and the pool rows seen minus its
-excluded rows seen (FP). A concept's terms are added when its positives are met.
-Cost per neuron: O(rows in use + total positives + total excluded + concepts),
-not one sort per concept as a per-(concept, neuron) sklearn call needs. Neurons
-run in parallel (``numba.prange``) and are streamed a block of columns at a time,
-so a ``np.memmap`` larger than memory is processed with bounded resident memory.
+floats (exact, no rounding); one walk down that order keeps per concept its
+positives seen (TP), and the pool rows seen minus its excluded rows seen (FP),
+and adds a concept's terms when its positives are met. Cost per neuron:
+O(rows in use + total positives + total excluded + concepts), not one sort per
+concept as a per-(concept, neuron) sklearn call needs.
+
+Why one shared sort rather than sorting the pool once and binary-searching each
+concept's positives into it: the rows sorted are the same (pool plus all
+positives), but per concept the positives must still be ordered among
+themselves, and those small sorts and the searches cost more than the one sort
+they replace (a numba version was 7x slower per value on 1,000 pool rows + 40
+concepts x 100 positives; 2.3x even with its searches left out).
+
+Ties decide the walk. Float16 has only 1,024 values per octave, so at thousands
+of rows many responses tie (in the benchmark's 5,000-row responses cast to
+float16, 31% of neighbours in sorted order are equal), and a walk that branches
+on "is this row tied?" cannot predict it: for float16, tie groups are numbered
+instead and each concept's positives wait until the counts at the end of their
+group are known, with no branch on ties (4.1 instead of 6.0 ns per row on one
+core, measured). Wider floats rarely tie except in a few large groups (ReLU
+zeros), where the branch is predictable and the plain walk is cheaper (3.2
+instead of 4.1 ns per row for float32). Both walks add the same terms in the
+same order, so a float16 matrix and its float32 copy give bit-identical APs.
+
+Neurons run in parallel (``numba.prange``) and are streamed a block of columns
+at a time, so a ``np.memmap`` larger than memory is processed with bounded
+resident memory.
 """
 
 from __future__ import annotations
@@ -48,8 +68,18 @@ __all__ = ["average_precision", "average_precision_many"]
 
 log = logging.getLogger(__name__)
 
-_DIGIT_BITS = 11
-_N_BUCKETS = 1 << _DIGIT_BITS
+# Radix digit width per float size. float16's 16-bit keys take two 8-bit passes,
+# whose 256 counters and write positions stay in L1 (an 11 + 5-bit split took
+# 1.3-1.4x as long, measured). Wider keys use 11 bits: for float32, four 8-bit
+# passes took 1.3x as long as three 11-bit ones.
+_DIGIT_BITS = {2: 8, 4: 11, 8: 11}
+# From this many rows in use, float16 and float32 keys are sorted with 16-bit
+# digits (one pass, two passes). Their 65,536-bucket prefix sums per neuron cost
+# more than the extra pass at fewer rows. Measured sort time per value: float16
+# one pass vs two 8-bit, 5.4 vs 2.4 ns at 5,000 rows, 2.4 vs 2.6 at 21,000, 1.85
+# vs 2.7 at 101,000; float32 two passes vs three 11-bit, 11 vs 4.1 ns at 5,000
+# rows, 4.9 vs 4.3 at 21,000, 3.9 vs 4.3 at 36,000, 3.6 vs 4.5 at 101,000.
+_WIDE_DIGIT_ROWS = 1 << 15
 # Bytes of the transposed block ("panel") when block_size is not given.
 _PANEL_BYTES = 64 * 2**20
 # Columns copied per pass over a task's rows when filling a panel.
@@ -65,8 +95,10 @@ def _gather_panel(x, rows, col0, panel, n_chunks):  # pragma: no cover - numba
     """Copy ``x[rows, col0 : col0 + B]`` transposed into ``panel`` [B, R].
 
     Each task takes a range of rows and reads them a stripe of columns at a time,
-    so every read is a contiguous run of a row (many in flight at once), and the
-    panel's cache lines being written stay in L1 until they are full.
+    eight rows side by side: each column then gives eight adjacent panel values
+    (one write burst instead of eight scattered ones; 1.6-2.2x faster than a
+    row at a time, measured), and the eight rows' cache lines being read and the
+    panel's being written stay in L1 while the stripe is crossed.
     """
     n_cols, n_rows = panel.shape
     for chunk in prange(n_chunks):
@@ -74,10 +106,25 @@ def _gather_panel(x, rows, col0, panel, n_chunks):  # pragma: no cover - numba
         hi = (chunk + 1) * n_rows // n_chunks
         for c in range(0, n_cols, _STRIPE):
             c_end = min(n_cols, c + _STRIPE)
-            for i in range(lo, hi):
-                r = rows[i]
+            i = lo
+            while i + 8 <= hi:
+                r0, r1, r2, r3 = rows[i], rows[i + 1], rows[i + 2], rows[i + 3]
+                r4, r5, r6, r7 = rows[i + 4], rows[i + 5], rows[i + 6], rows[i + 7]
                 for g in range(c, c_end):
-                    panel[g, i] = x[r, col0 + g]
+                    col = col0 + g
+                    panel[g, i] = x[r0, col]
+                    panel[g, i + 1] = x[r1, col]
+                    panel[g, i + 2] = x[r2, col]
+                    panel[g, i + 3] = x[r3, col]
+                    panel[g, i + 4] = x[r4, col]
+                    panel[g, i + 5] = x[r5, col]
+                    panel[g, i + 6] = x[r6, col]
+                    panel[g, i + 7] = x[r7, col]
+                i += 8
+            for j in range(i, hi):
+                r = rows[j]
+                for g in range(c, c_end):
+                    panel[g, j] = x[r, col0 + g]
 
 
 @njit(cache=True)
@@ -106,41 +153,54 @@ def _column_keys(bits, codes, sign, exponent, key_shift, keys):  # pragma: no co
 
 
 @njit(cache=True)
-def _radix_sort(keys, codes, tmp_keys, tmp_codes, hist, n_passes, key_shift):
+def _radix_sort(keys, codes, tmp_keys, tmp_codes, hist, n_passes, digit_bits, key_shift):
     # pragma: no cover - numba
     """Sort ``keys`` ascending by their bits from ``key_shift`` up (LSD radix).
 
-    Digits are 11 bits, ``n_passes`` of them. ``hist`` is [3 * ceil(n_passes / 3),
-    2048] uint32 scratch: the digit histograms are counted three per read of the
-    keys, which keeps increments of a busy bucket from waiting on each other. A
-    pass in which all keys share the digit is skipped. With ``key_shift`` 0,
-    ``codes`` are moved along with the keys; otherwise they are already in the
-    low bits of the keys and ``codes`` is not touched. Returns the (keys, codes)
-    buffers that hold the result: the inputs or the temporaries.
+    Digits are ``digit_bits`` wide, ``n_passes`` of them. ``hist`` is [3 *
+    ceil(n_passes / 3), 2 ** digit_bits] uint32 scratch: the digit histograms
+    are counted up to three per read of the keys, which keeps increments of a
+    busy bucket from waiting on each other. A pass in which all keys share the
+    digit is skipped. With ``key_shift`` 0, ``codes`` are moved along with the
+    keys; otherwise they are already in the low bits of the keys and ``codes`` is
+    not touched. Returns the (keys, codes) buffers that hold the result: the
+    inputs or the temporaries.
     """
     n = keys.shape[0]
-    digit_mask = np.uint64(_N_BUCKETS - 1)
+    n_buckets = hist.shape[1]
+    digit_mask = np.uint64(n_buckets - 1)
     one = np.uint32(1)
     carry = key_shift == 0
-    hist[:, :] = 0
-    for p in range(0, hist.shape[0], 3):
+    hist[:n_passes] = 0
+    for p in range(0, n_passes, 3):
+        # Only digits that are passes: counting an unused one would increment
+        # its bucket 0 for every key, one long chain of dependent updates.
         h0 = hist[p]
         h1 = hist[p + 1]
         h2 = hist[p + 2]
-        shift = key_shift + np.uint64(_DIGIT_BITS * p)
-        for i in range(n):
-            k = keys[i] >> shift
-            h0[k & digit_mask] += one
-            h1[(k >> np.uint64(_DIGIT_BITS)) & digit_mask] += one
-            h2[(k >> np.uint64(2 * _DIGIT_BITS)) & digit_mask] += one
+        shift = key_shift + digit_bits * np.uint64(p)
+        if n_passes - p >= 3:
+            for i in range(n):
+                k = keys[i] >> shift
+                h0[k & digit_mask] += one
+                h1[(k >> digit_bits) & digit_mask] += one
+                h2[(k >> (digit_bits + digit_bits)) & digit_mask] += one
+        elif n_passes - p == 2:
+            for i in range(n):
+                k = keys[i] >> shift
+                h0[k & digit_mask] += one
+                h1[(k >> digit_bits) & digit_mask] += one
+        else:
+            for i in range(n):
+                h0[(keys[i] >> shift) & digit_mask] += one
     src_k, src_c, dst_k, dst_c = keys, codes, tmp_keys, tmp_codes
     for p in range(n_passes):
-        shift = key_shift + np.uint64(_DIGIT_BITS * p)
+        shift = key_shift + digit_bits * np.uint64(p)
         h = hist[p]
         if h[(src_k[0] >> shift) & digit_mask] == n:
             continue
         total = np.uint32(0)
-        for b in range(_N_BUCKETS):
+        for b in range(n_buckets):
             count = h[b]
             h[b] = total
             total += count
@@ -158,29 +218,38 @@ def _radix_sort(keys, codes, tmp_keys, tmp_codes, hist, n_passes, key_shift):
 
 
 @njit(cache=True)
+def _code(s_keys, s_codes, key_shift, i):  # pragma: no cover - numba
+    """Code (see ``_Plan``) of the row at sorted position i."""
+    if key_shift:
+        return np.int64(np.int32(s_keys[i]))
+    return np.int64(s_codes[i])
+
+
+@njit(cache=True)
 def _walk(
     s_keys, s_codes, key_shift, is_pool, pos_ptr, pos_concepts, exc_ptr, exc_concepts,
-    n_pos, tp, ex, acc, out,
+    n_pos, tp, ex, k, acc, out,
 ):  # pragma: no cover - numba
-    """AP of every concept from one neuron's rows sorted ascending.
+    """AP of every concept from one neuron's rows sorted ascending (few ties).
 
     Row codes (see ``_Plan``) are the low 32 bits of ``s_keys`` when ``key_shift``
     is 32, else ``s_codes``. Walks down the order a tie group at a time, keeping
     per concept its positives seen (``tp``) and excluded pool rows seen (``ex``);
     the pool rows seen (``neg``) minus ``ex`` are its false positives. A pool
-    row's code is the dummy concept C, so ``tp``, ``ex``, ``acc`` have C + 1
-    entries and plain rows need no branch on their kind. Writes ``out[c]``.
+    row's code is the dummy concept C, so ``tp``, ``ex``, ``k`` (a tie group's
+    positives per concept), ``acc`` have C + 1 entries and plain rows need no
+    branch on their kind. Writes ``out[c]``.
     """
     n_concepts = n_pos.shape[0]
-    in_keys = key_shift != 0
     tp[:] = 0
     ex[:] = 0
+    k[:] = 0
     acc[:] = 0.0
     neg = 0
     i = s_keys.shape[0] - 1
     while i >= 0:
         top = s_keys[i] >> key_shift
-        code = np.int32(s_keys[i]) if in_keys else s_codes[i]
+        code = _code(s_keys, s_codes, key_shift, i)
         if code >= 0 and (i == 0 or s_keys[i - 1] >> key_shift != top):
             # Untied row that is a plain positive or plain pool row.
             neg += code == n_concepts
@@ -195,10 +264,11 @@ def _walk(
         while j >= 0 and s_keys[j] >> key_shift == top:
             j -= 1
         for t in range(j + 1, i + 1):
-            code = np.int32(s_keys[t]) if in_keys else s_codes[t]
+            code = _code(s_keys, s_codes, key_shift, t)
             if code >= 0:
                 neg += code == n_concepts
                 tp[code] += 1
+                k[code] += 1
             else:
                 r = _GENERAL - code
                 neg += is_pool[r]
@@ -206,24 +276,102 @@ def _walk(
                     ex[exc_concepts[e]] += 1
                 for e in range(pos_ptr[r], pos_ptr[r + 1]):
                     tp[pos_concepts[e]] += 1
+                    k[pos_concepts[e]] += 1
+        # Each concept's k positives of the group: one term k * precision, as
+        # _walk_grouped adds it (so both walks give bit-identical sums).
         for t in range(j + 1, i + 1):
-            code = np.int32(s_keys[t]) if in_keys else s_codes[t]
+            code = _code(s_keys, s_codes, key_shift, t)
             if code >= 0:
-                acc[code] += tp[code] / (tp[code] + neg - ex[code])
+                acc[code] += k[code] * (tp[code] / (tp[code] + neg - ex[code]))
+                k[code] = 0
             else:
                 r = _GENERAL - code
                 for e in range(pos_ptr[r], pos_ptr[r + 1]):
                     c = pos_concepts[e]
-                    acc[c] += tp[c] / (tp[c] + neg - ex[c])
+                    acc[c] += k[c] * (tp[c] / (tp[c] + neg - ex[c]))
+                    k[c] = 0
         i = j
     for c in range(n_concepts):
+        out[c] = acc[c] / n_pos[c]
+
+
+@njit(cache=True)
+def _next_group(c, group, tp, ex, k, last, neg_at, acc):  # pragma: no cover - numba
+    """Concept c is met in tie group ``group``, later than its last one: add its
+    ``k[c]`` pending positives, all at the threshold of its last group
+    ``last[c]``, at whose end c had ``tp[c]`` positives and ``neg_at[last[c]] -
+    ex[c]`` negatives, and start pending anew. (The max(., 1) only matters when
+    ``k[c]`` is 0, where the term is 0 anyway.) Callers test ``last[c] !=
+    group`` themselves: with the test inside, the walk ran 2x slower (measured).
+    """
+    t = tp[c]
+    acc[c] += k[c] * (t / max(t + neg_at[last[c]] - ex[c], 1))
+    k[c] = 0
+    last[c] = group
+
+
+@njit(cache=True)
+def _walk_grouped(
+    s_keys, s_codes, key_shift, is_pool, pos_ptr, pos_concepts, exc_ptr, exc_concepts,
+    n_pos, tp, ex, k, last, neg_at, acc, out,
+):  # pragma: no cover - numba
+    """As ``_walk``, for orders with many small tie groups (float16).
+
+    There ``_walk``'s branch on whether a row is tied cannot be predicted (see
+    the module docstring). Here no branch depends on it: tie groups are numbered on the
+    way down and the pool rows seen by the end of each are recorded
+    (``neg_at``). A positive's precision needs the counts at the end of its
+    group, not known when it is met, so each concept keeps its positives of its
+    last group pending (``k``, ``last``) and adds them (``_next_group``) when it
+    is next met in a later group, or at the end. ``k`` and ``last`` have C + 1
+    entries like ``tp``; ``neg_at`` R + 1.
+    """
+    n_concepts = n_pos.shape[0]
+    tp[:] = 0
+    ex[:] = 0
+    k[:] = 0
+    last[:] = 0
+    acc[:] = 0.0
+    neg_at[0] = 0
+    neg = 0
+    group = 0
+    n = s_keys.shape[0]
+    previous = ~(s_keys[n - 1] >> key_shift)
+    for i in range(n - 1, -1, -1):
+        key = s_keys[i] >> key_shift
+        group += key != previous
+        previous = key
+        code = _code(s_keys, s_codes, key_shift, i)
+        if code >= 0:
+            neg += code == n_concepts
+            if last[code] != group:
+                _next_group(code, group, tp, ex, k, last, neg_at, acc)
+            k[code] += 1
+            tp[code] += 1
+        else:
+            r = _GENERAL - code
+            neg += is_pool[r]
+            for e in range(exc_ptr[r], exc_ptr[r + 1]):
+                c = exc_concepts[e]
+                if last[c] != group:
+                    _next_group(c, group, tp, ex, k, last, neg_at, acc)
+                ex[c] += 1
+            for e in range(pos_ptr[r], pos_ptr[r + 1]):
+                c = pos_concepts[e]
+                if last[c] != group:
+                    _next_group(c, group, tp, ex, k, last, neg_at, acc)
+                k[c] += 1
+                tp[c] += 1
+        neg_at[group] = neg
+    for c in range(n_concepts):
+        _next_group(c, group + 1, tp, ex, k, last, neg_at, acc)  # past the last group
         out[c] = acc[c] / n_pos[c]
 
 
 @njit(parallel=True, cache=True)
 def _ap_panel(
     panel, codes, is_pool, pos_ptr, pos_concepts, exc_ptr, exc_concepts, n_pos,
-    sign, exponent, key_shift, n_passes, n_chunks, out, bad,
+    sign, exponent, key_shift, n_passes, digit_bits, grouped, n_chunks, out, bad,
 ):  # pragma: no cover - numba
     """AP of every concept for each neuron of ``panel``.
 
@@ -233,9 +381,10 @@ def _ap_panel(
     row -> concepts it is a positive of) and exc_ptr/exc_concepts (CSR: local row
     -> concepts whose negatives exclude it) describe the rows. n_pos: [C] float64
     positives per concept. sign/exponent: bit masks of the float format;
-    key_shift/n_passes: see ``_column_keys`` and ``_radix_sort``. Neurons are
-    split into ``n_chunks`` parallel tasks, each with its own scratch.
-    out: [B, C] float64. bad: [B] set to 1 where a row holds NaN or +-inf (that
+    key_shift/n_passes/digit_bits: see ``_column_keys`` and ``_radix_sort``;
+    grouped: walk with ``_walk_grouped`` (float16) rather than ``_walk``. Neurons
+    are split into ``n_chunks`` parallel tasks, each with its own scratch. out:
+    [B, C] float64. bad: [B] set to 1 where a row holds NaN or +-inf (that
     neuron's out is then undefined).
     """
     n_cols, n_rows = panel.shape
@@ -245,10 +394,13 @@ def _ap_panel(
         tmp_keys = np.empty(n_rows, np.uint64)
         s_codes = np.empty(n_rows, np.int32)
         tmp_codes = np.empty(n_rows, np.int32)
-        hist = np.empty((3 * -(-n_passes // 3), _N_BUCKETS), np.uint32)
+        hist = np.empty((3 * -(-n_passes // 3), 1 << digit_bits), np.uint32)
         tp = np.empty(n_concepts + 1, np.int64)
         ex = np.empty(n_concepts + 1, np.int64)
+        k = np.empty(n_concepts + 1, np.int64)
+        last = np.empty(n_concepts + 1, np.int64)
         acc = np.empty(n_concepts + 1, np.float64)
+        neg_at = np.empty(n_rows + 1, np.int64)
         for m in range(chunk * n_cols // n_chunks, (chunk + 1) * n_cols // n_chunks):
             if not _column_keys(panel[m], codes, sign, exponent, key_shift, keys):
                 bad[m] = 1
@@ -256,12 +408,19 @@ def _ap_panel(
             if not key_shift:
                 s_codes[:] = codes
             s_keys, s_c = _radix_sort(
-                keys, s_codes, tmp_keys, tmp_codes, hist, n_passes, key_shift
+                keys, s_codes, tmp_keys, tmp_codes, hist, n_passes, np.uint64(digit_bits),
+                key_shift,
             )
-            _walk(
-                s_keys, s_c, key_shift, is_pool, pos_ptr, pos_concepts, exc_ptr,
-                exc_concepts, n_pos, tp, ex, acc, out[m],
-            )
+            if grouped:
+                _walk_grouped(
+                    s_keys, s_c, key_shift, is_pool, pos_ptr, pos_concepts, exc_ptr,
+                    exc_concepts, n_pos, tp, ex, k, last, neg_at, acc, out[m],
+                )
+            else:
+                _walk(
+                    s_keys, s_c, key_shift, is_pool, pos_ptr, pos_concepts, exc_ptr,
+                    exc_concepts, n_pos, tp, ex, k, acc, out[m],
+                )
 
 
 def average_precision(responses: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -379,7 +538,8 @@ def average_precision_many(
     sign = np.uint64(1 << (8 * itemsize - 1))
     exponent = np.uint64(((1 << _EXPONENT_BITS[itemsize]) - 1) << mantissa)
     key_shift = np.uint64(32 if itemsize <= 4 else 0)
-    n_passes = -(-8 * itemsize // _DIGIT_BITS)
+    digit_bits = 16 if itemsize <= 4 and n_rows >= _WIDE_DIGIT_ROWS else _DIGIT_BITS[itemsize]
+    n_passes = -(-8 * itemsize // digit_bits)
     threads = numba.get_num_threads()
 
     out = np.empty((plan.n_concepts, n_neurons), np.float64)
@@ -401,7 +561,8 @@ def average_precision_many(
                 _ap_panel(
                     panel, plan.codes, plan.is_pool, plan.pos_ptr, plan.pos_concepts,
                     plan.exc_ptr, plan.exc_concepts, plan.n_pos, sign, exponent,
-                    key_shift, n_passes, min(n_cols, 4 * threads), block_out, bad,
+                    key_shift, n_passes, digit_bits, itemsize == 2, min(n_cols, 4 * threads),
+                    block_out, bad,
                 )
                 if bad.any():
                     col = col0 + int(np.argmax(bad))
