@@ -19,6 +19,7 @@ same pooling nodes, so they stay exposed after either conversion.
 
 from __future__ import annotations
 
+import os
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,7 +28,7 @@ import numpy as np
 import onnx
 
 from ..atomic import atomic_path
-from .smoothing import channel_maxima, find_groups, smooth
+from .smoothing import SmoothGroup, channel_maxima, find_groups, smooth
 
 QUANTIZATIONS = ("none", "int8", "fp16")
 
@@ -63,23 +64,26 @@ def quantize_model(
         graph = onnx.load(fp32_path, load_external_data=False).graph
         keep = [node.name for node in graph.node if node.name.startswith(tuple(keep_fp32_scopes))]
         groups = find_groups(graph, keep) if calibration else []
-        with tempfile.TemporaryDirectory(prefix=".smoothing-", dir=fp32_path.parent) as scratch, atomic_path(target, suffix=".onnx") as tmp:
-            source = fp32_path
-            if groups:
-                maxima = channel_maxima(fp32_path, groups, calibration)
-                model = onnx.load(fp32_path)
-                smooth(model, groups, maxima)
-                source = Path(scratch) / "smoothed.onnx"
-                onnx.save(model, source, save_as_external_data=external, all_tensors_to_one_file=True, location="smoothed.onnx.data")
+        # Work in a scratch folder beside the target: the quantizer names an external
+        # data file after its output (``<output>.data``), so the output gets the
+        # target's name there and both files are then renamed into place, graph last.
+        with tempfile.TemporaryDirectory(prefix=".quantize-", dir=fp32_path.parent) as scratch:
+            source = _smoothed(fp32_path, Path(scratch), groups, calibration, external) if groups else fp32_path
+            quantized = Path(scratch) / target.name
             quantize_dynamic(
                 source,
-                tmp,
+                quantized,
                 weight_type=QuantType.QInt8,
                 per_channel=True,
                 op_types_to_quantize=["MatMul"],
                 nodes_to_exclude=keep,
                 use_external_data_format=external,
             )
+            data = quantized.with_name(f"{quantized.name}.data")
+            if data.exists():
+                os.replace(data, target.with_name(data.name))
+            quantized.chmod(0o644)
+            os.replace(quantized, target)
     elif quantize == "fp16":
         from onnxruntime.transformers.float16 import convert_float_to_float16
 
@@ -89,3 +93,16 @@ def quantize_model(
     else:
         raise ValueError(f"unknown quantization {quantize!r}")
     return target
+
+
+def _smoothed(
+    fp32_path: Path, scratch: Path, groups: list[SmoothGroup], calibration: Sequence[dict[str, np.ndarray]], external: bool
+) -> Path:
+    """A smoothed copy of ``fp32_path`` in ``scratch`` (the model is not kept in memory
+    past this call, so the quantizer can load it next)."""
+    maxima = channel_maxima(fp32_path, groups, calibration)
+    model = onnx.load(fp32_path)
+    smooth(model, groups, maxima)
+    path = scratch / "smoothed.onnx"
+    onnx.save(model, path, save_as_external_data=external, all_tensors_to_one_file=True, location="smoothed.onnx.data")
+    return path
