@@ -307,6 +307,12 @@ def gib(n: float) -> str:
     return f"{n / 2**30:.2f} GiB"
 
 
+def _data_label(r: dict, dtype: str) -> str:
+    """The data a part ran on, for the table: sentences x neurons, concepts, pool."""
+    return (f"{r['n_sentences']} x {r['n_neurons']} {dtype}, {r['n_concepts']} concepts x "
+            f"{r['positives_per_concept']} pos, pool {r['pool']}")
+
+
 def _bandwidth_row(r: dict) -> tuple[str, str, str]:
     """The table row comparing the kernel's read rate with a plain np.sum over the same array."""
     return ("bytes/s: kernel vs np.sum", "same array",
@@ -323,8 +329,7 @@ def print_table(report: dict) -> None:
     rows = []
     if "vs_sklearn" in report:
         r = report["vs_sklearn"]
-        shape = (f"{r['n_sentences']} x {r['n_neurons']} f32, {r['n_concepts']} concepts x "
-                 f"{r['positives_per_concept']} pos, pool {r['pool']}")
+        shape = _data_label(r, "f32")
         rows += [
             ("sklearn loop (ml-selfcond)", shape,
              f"{r['sklearn_extrapolated_s']:.1f} s (extrapolated from {r['sklearn_subset_calls']}"
@@ -337,8 +342,7 @@ def print_table(report: dict) -> None:
         ]
     if "scale" in report:
         r = report["scale"]
-        shape = (f"{r['n_sentences']} x {r['n_neurons']} f16, {r['n_concepts']} concepts x "
-                 f"{r['positives_per_concept']} pos, pool {r['pool']}")
+        shape = _data_label(r, "f16")
         rows += [
             ("APs per second (on these neurons)", shape,
              f"{r['aps_per_s']:.3g} /s ({r['kernel_s']:.1f} s)"),
@@ -346,9 +350,7 @@ def print_table(report: dict) -> None:
         ]
     if "memmap" in report:
         r = report["memmap"]
-        shape = (f"{r['n_sentences']} x {r['n_neurons']} f16 file ({gib(r['file_bytes'])}), "
-                 f"{r['n_concepts']} concepts x {r['positives_per_concept']} pos, "
-                 f"pool {r['pool']}")
+        shape = _data_label(r, f"f16 file ({gib(r['file_bytes'])})")
         rows += [
             ("memmap run (cold cache)", shape,
              f"{r['kernel_s']:.1f} s, {r['aps_per_s']:.3g} APs/s"),

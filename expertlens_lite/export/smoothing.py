@@ -12,10 +12,12 @@ and multiplies row j of every weight that reads it by s_j: the fp32 function is
 unchanged and the int8 error shrinks. The division is folded into the per-channel
 scale (and bias) of the node that produces the input, so it costs nothing at run
 time. That fold is exact only where this tensor feeds nothing but those MatMuls
-(shape queries aside): the normalizations of pre-norm blocks (Llama, GPT-NeoX,
-GPT-2, OPT). In post-norm models (BERT) the normalized tensor is also the
-residual, so they are left as they are. ``max|X_j|`` comes from running the fp32
-graph on a fixed sample of sentences.
+(shape queries aside): the normalizations of pre-norm blocks (Llama-style and
+GPT-NeoX attention and MLP inputs, OPT's attention input; OPT's MLP input is
+reshaped first and GPT-2's projections are Gemm, not MatMul, so those stay). In
+post-norm models (BERT) the normalized tensor is also the residual, so they are
+left as they are. ``max|X_j|`` comes from running the fp32 graph on a fixed
+sample of sentences.
 
 ONNX Runtime's quantizer offers SmoothQuant only for static quantization and only
 through Intel Neural Compressor, which is outside this stack; hence this module.
