@@ -5,8 +5,12 @@ Usage::
 
     python benchmarks/bench_inference.py [--model smollm2] [--limit N] [--json out.json]
 
-All three read the same tokenized, length-bucketed, padded batches and produce the
-same pooled responses; the time covers the model call and the pooling. The engines
+All engines read the same tokenized, length-bucketed, padded batches and produce the
+same pooled responses; the time covers the model call and the pooling. Two PyTorch
+engines: ``pytorch``, the lean one the targets are measured against (the base model,
+pre-hooks on the down-projections only), and ``pytorch_selfcond``, ml-selfcond's own
+way (``selfcond/models.py``: the model with its pre-training head, so the LM head runs
+too, and a forward hook on every non-container module). The engines
 take turns over ``--rounds`` rounds and each one's median is reported, so that a
 slow spell on this shared machine does not land on one engine only. Speeds are
 reported as ratios to PyTorch measured in the same run (targets: issue 4 asks
@@ -18,6 +22,7 @@ attention scores left out) against a float32 GEMM peak measured in the same run.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import sys
@@ -32,7 +37,7 @@ from _machine import gemm_peak_gflops, machine  # noqa: E402
 from expertlens_lite import RunConfig  # noqa: E402
 from expertlens_lite.batching import PoolingOptions, encode, iter_batches, pad_id  # noqa: E402
 from expertlens_lite.export import export_model, load_pretrained  # noqa: E402
-from expertlens_lite.export.reference import torch_responses  # noqa: E402
+from expertlens_lite.export.reference import pool_tokens, torch_responses  # noqa: E402
 from expertlens_lite.export.surgery import neuron_output  # noqa: E402
 from expertlens_lite.models.sources import resolve_model  # noqa: E402
 from expertlens_lite.paths import cache_dir  # noqa: E402
@@ -46,6 +51,47 @@ def time_engine(batches, run_one) -> tuple[float, np.ndarray]:
     for _, batch in batches:
         out.append(run_one(batch))
     return time.perf_counter() - start, np.concatenate(out)
+
+
+def selfcond_engine(source, architecture):
+    """Pooled responses the way ml-selfcond's ``run_inference`` computes them: the model
+    from ``AutoModelForPreTraining`` (with its LM head) and a forward hook on every module that is not a
+    container, each naming its outputs and keeping those asked for. The neurons here are
+    down-projection inputs, so pre-hooks read them, as in :func:`torch_responses`."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForPreTraining
+
+    # transformers has no pre-training class for Llama (ml-selfcond predates it): there
+    # the causal-LM class, which is the same model with its LM head.
+    config = AutoConfig.from_pretrained(source.path, revision=source.revision)
+    auto = AutoModelForPreTraining if type(config) in AutoModelForPreTraining._model_mapping else AutoModelForCausalLM
+    model = auto.from_pretrained(source.path, revision=source.revision, dtype=torch.float32).eval()
+    prefix = model.base_model_prefix
+    downs = [model.get_submodule(f"{prefix}.{architecture.mlp_down_module(i)}") for i in range(model.config.num_hidden_layers)]
+    kept: dict[str, np.ndarray] = {}
+    wanted = {f"{prefix}.{architecture.mlp_down_module(i)}:input" for i in range(len(downs))}
+
+    def every_module(name, _module, _args, output):
+        for index, value in enumerate(output if isinstance(output, (list, tuple)) else [output]):
+            if f"{name}:{index}" in wanted:
+                kept[f"{name}:{index}"] = value.detach().numpy()
+
+    for name, module in model.named_modules():
+        if module is not model and not isinstance(module, (torch.nn.Sequential, torch.nn.ModuleList)):
+            module.register_forward_hook(lambda m, a, o, name=name: every_module(name, m, a, o))
+    captured: list[np.ndarray] = [np.empty(0)] * len(downs)
+    for layer, module in enumerate(downs):
+        module.register_forward_pre_hook(lambda m, args, layer=layer: captured.__setitem__(layer, args[0].detach().numpy()))
+    names = {"input_ids", "attention_mask", "position_ids" if architecture.causal else "token_type_ids"}
+    accepted = set(inspect.signature(model.forward).parameters)
+
+    def run_one(batch):
+        with torch.no_grad():
+            model(**{k: torch.from_numpy(v) for k, v in batch.items() if k in names & accepted})
+        shape = batch["input_ids"].shape
+        return np.concatenate([pool_tokens(x.reshape(*shape, -1), batch["pool_mask"], "max") for x in captured], axis=1)
+
+    return run_one
 
 
 def main() -> None:
@@ -73,7 +119,7 @@ def main() -> None:
     flops = 2 * (sum(p.numel() for p in model.parameters()) - embedding) * processed_tokens
 
     names = [neuron_output(i, "max") for i in range(exported.manifest.n_layers)]
-    engines = {"pytorch": lambda b: torch_responses(model, architecture, b)[0]}
+    engines = {"pytorch": lambda b: torch_responses(model, architecture, b)[0], "pytorch_selfcond": selfcond_engine(source, architecture)}
     for quantize in ("none", "int8"):
         session = create_session(exported.onnx_path(quantize), "cpu")
         engines[f"ort_{quantize}"] = lambda b, s=session: np.concatenate(run_batch(s, names, b, "cpu"), axis=1)
@@ -88,6 +134,7 @@ def main() -> None:
     results = {name: (float(np.median(times[name])), outputs[name]) for name in engines}
     gemm = gemm_peak_gflops()
     base = results["pytorch"][0]
+    selfcond = results["pytorch_selfcond"][0]
     reference = results["pytorch"][1]
     rows = {}
     for name, (seconds, responses) in results.items():
@@ -96,6 +143,7 @@ def main() -> None:
             "seconds_each_round": [round(t, 2) for t in times[name]],
             "sentences_per_s": round(len(sentences) / seconds, 1),
             "speedup_vs_pytorch": round(base / seconds, 2),
+            "speedup_vs_pytorch_selfcond": round(selfcond / seconds, 2),
             "gflops": round(flops / seconds / 1e9, 1),
             "fraction_of_gemm_peak": round(flops / seconds / 1e9 / gemm, 3),
             "max_abs_diff_vs_pytorch": float(np.abs(responses - reference).max()),
@@ -103,9 +151,10 @@ def main() -> None:
     report = {"machine": machine(), "model": args.model, "sentences": len(sentences), "processed_tokens": processed_tokens,
               "batch_size": args.batch_size, "rounds": args.rounds, "gemm_peak_gflops": round(gemm, 1), "engines": rows}
     print(f"{args.model}: {len(sentences)} sentences, {processed_tokens} processed tokens, GEMM peak {gemm:.0f} GFLOP/s")
-    print(f"{'engine':10} {'s':>7} {'sent/s':>8} {'× torch':>8} {'GFLOP/s':>8} {'of peak':>8} {'max|Δ|':>9}")
+    print(f"{'engine':17} {'s':>7} {'sent/s':>8} {'× torch':>8} {'× selfc':>8} {'GFLOP/s':>8} {'of peak':>8} {'max|Δ|':>9}")
     for name, row in rows.items():
-        print(f"{name:10} {row['seconds']:7.2f} {row['sentences_per_s']:8.1f} {row['speedup_vs_pytorch']:8.2f} "
+        print(f"{name:17} {row['seconds']:7.2f} {row['sentences_per_s']:8.1f} {row['speedup_vs_pytorch']:8.2f} "
+              f"{row['speedup_vs_pytorch_selfcond']:8.2f} "
               f"{row['gflops']:8.1f} {row['fraction_of_gemm_peak']:8.3f} {row['max_abs_diff_vs_pytorch']:9.2e}")
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")

@@ -24,6 +24,7 @@ from .atomic import write_json
 from .batching import PoolingOptions, encode, length_buckets, make_batch, pad_id
 from .errors import InputError, ResourceError
 from .export import ExportedModel
+from .export.quantize import onnx_filename
 from .export.surgery import SENTENCE_EMBEDDING, neuron_output
 
 log = logging.getLogger(__name__)
@@ -134,7 +135,10 @@ class Responses:
 
 
 def responses_key(exported: ExportedModel, sentences_hash: str, options: PoolingOptions, quantize: str) -> str:
-    raw = f"{exported.directory.name}|{exported.manifest.files.get('model.onnx')}|{options.key()}|{quantize}|{sentences_hash}"
+    """Keyed by the hash of the ONNX file that computes them, so that a regenerated
+    quantized variant never meets responses of the one before."""
+    model_hash = exported.manifest.files.get(onnx_filename(quantize))
+    raw = f"{exported.directory.name}|{model_hash}|{options.key()}|{quantize}|{sentences_hash}"
     return hashlib.sha256(raw.encode()).hexdigest()[:16]
 
 

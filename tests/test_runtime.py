@@ -65,3 +65,19 @@ def test_interrupted_run_resumes(minilm, tmp_path):
     np.testing.assert_array_equal(np.asarray(resumed.neurons), np.asarray(fresh.neurons))
     again = compute_responses(minilm, SENTENCES, "resume", tmp_path, batch_size=4, device="cpu", progress=lambda d, t: pytest.fail("recomputed"))
     np.testing.assert_array_equal(np.asarray(again.neurons), np.asarray(fresh.neurons))
+
+
+def test_responses_are_keyed_by_the_onnx_file_that_computes_them(minilm):
+    import dataclasses
+
+    from expertlens_lite.export import ExportedModel
+    from expertlens_lite.runtime import responses_key
+
+    def key(files, quantize):
+        manifest = dataclasses.replace(minilm.manifest, files=files)
+        return responses_key(ExportedModel(minilm.directory, manifest), "sentences", PoolingOptions(), quantize)
+
+    files = {"model.onnx": "a", "model.int8.onnx": "b"}
+    assert key(files, "int8") != key({**files, "model.int8.onnx": "c"}, "int8")  # int8 made again, differently
+    assert key(files, "none") == key({**files, "model.int8.onnx": "c"}, "none")
+    assert key(files, "none") != key({**files, "model.onnx": "d"}, "none")

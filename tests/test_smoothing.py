@@ -47,7 +47,7 @@ def test_smoothing_keeps_the_fp32_function(model_type, tmp_path, elens_home):
     model = onnx.load(exported.onnx_path())
     groups = find_groups(model.graph)
     before = {init.name: onnx.numpy_helper.to_array(init).copy() for init in model.graph.initializer}
-    smooth(model, groups, channel_maxima(exported.onnx_path(), groups, [batch]))
+    smooth(model, groups, channel_maxima(exported.onnx_path(), [g.activation for g in groups], [batch]))
     changed = [i.name for i in model.graph.initializer
                if i.name in before and not np.array_equal(onnx.numpy_helper.to_array(i), before[i.name])]
     assert set(changed) == {name for g in groups for name in g.weights}

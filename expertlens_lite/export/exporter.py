@@ -92,7 +92,7 @@ def export_model(source: ModelSource, cache_dir: Path, quantize: str = "none") -
         architecture = get_architecture(exported.manifest.model_type)
         down = [architecture.onnx_scope(i) for i in range(exported.manifest.n_layers)]
         calibration = _calibration_batches(exported) if quantize == "int8" else []
-        path = quantize_model(exported.onnx_path(), quantize, down, calibration)
+        path = quantize_model(exported.onnx_path(), quantize, down, calibration, per_token_downs=architecture.causal)
         exported.manifest.files[path.name] = file_sha256(path)
         exported.manifest.save(directory)
     return exported

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import os
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,7 +55,8 @@ class SmoothGroup:
 
 
 def find_groups(graph: onnx.GraphProto, exclude_nodes: Iterable[str] = ()) -> list[SmoothGroup]:
-    """Every tensor of ``graph`` where the fold is exact; ``exclude_nodes``: MatMuls kept fp32."""
+    """Every tensor of ``graph`` where the fold is exact; ``exclude_nodes``: MatMuls whose
+    weights must stay as they are (the down-projections, which int8 treats its own way)."""
     initializers = {init.name: init for init in graph.initializer}
     constants = _constants(graph, initializers)
     readers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
@@ -114,10 +115,8 @@ def _channel_scales(node: onnx.NodeProto, constants: dict) -> tuple[int, ...]:
     return ()
 
 
-def channel_maxima(
-    model_path: Path, groups: list[SmoothGroup], feeds: Iterable[dict[str, np.ndarray]]
-) -> dict[str, np.ndarray]:
-    """``max |x|`` per channel of every group's activation, over all positions of ``feeds``.
+def channel_maxima(model_path: Path, tensors: Sequence[str], feeds: Iterable[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """``max |x|`` per channel (last axis) of each of ``tensors``, over all positions of ``feeds``.
 
     The fp32 graph is run once more with those tensors as extra outputs. The probe
     file sits next to ``model_path`` so that external weight files still resolve.
@@ -125,18 +124,17 @@ def channel_maxima(
     import onnxruntime as ort
 
     probe = onnx.load(model_path, load_external_data=False)
-    for group in groups:
-        probe.graph.output.append(onnx.helper.make_tensor_value_info(group.activation, onnx.TensorProto.FLOAT, None))
-    probe_path = model_path.with_name(f".smoothing-probe-{os.getpid()}.onnx")
+    for name in tensors:
+        probe.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+    probe_path = model_path.with_name(f".calibration-probe-{os.getpid()}.onnx")
     onnx.save(probe, probe_path)
     try:
         session = ort.InferenceSession(str(probe_path), providers=["CPUExecutionProvider"])
         inputs = {i.name for i in session.get_inputs()}
-        names = [group.activation for group in groups]
         maxima: dict[str, np.ndarray] = {}
         for feed in feeds:
-            values = session.run(names, {k: v for k, v in feed.items() if k in inputs})
-            for name, value in zip(names, values):
+            values = session.run(list(tensors), {k: v for k, v in feed.items() if k in inputs})
+            for name, value in zip(tensors, values):
                 batch_max = np.abs(value).reshape(-1, value.shape[-1]).max(axis=0)
                 maxima[name] = np.maximum(maxima[name], batch_max) if name in maxima else batch_max
     finally:
