@@ -22,7 +22,6 @@ attention scores left out) against a float32 GEMM peak measured in the same run.
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import os
 import sys
@@ -37,7 +36,7 @@ from _machine import gemm_peak_gflops, machine  # noqa: E402
 from expertlens_lite import RunConfig  # noqa: E402
 from expertlens_lite.batching import PoolingOptions, encode, iter_batches, pad_id  # noqa: E402
 from expertlens_lite.export import export_model, load_pretrained  # noqa: E402
-from expertlens_lite.export.reference import pool_tokens, torch_responses  # noqa: E402
+from expertlens_lite.export.reference import pool_tokens, torch_inputs, torch_responses  # noqa: E402
 from expertlens_lite.export.surgery import neuron_output  # noqa: E402
 from expertlens_lite.models.sources import resolve_model  # noqa: E402
 from expertlens_lite.paths import cache_dir  # noqa: E402
@@ -55,9 +54,10 @@ def time_engine(batches, run_one) -> tuple[float, np.ndarray]:
 
 def selfcond_engine(source, architecture):
     """Pooled responses the way ml-selfcond's ``run_inference`` computes them: the model
-    from ``AutoModelForPreTraining`` (with its LM head) and a forward hook on every module that is not a
-    container, each naming its outputs and keeping those asked for. The neurons here are
-    down-projection inputs, so pre-hooks read them, as in :func:`torch_responses`."""
+    from ``AutoModelForPreTraining`` (with its LM head) and a forward hook on every module
+    that is not a container, each naming its outputs and keeping those asked for. The
+    neurons here are down-projection inputs, which no output hook sees, so pre-hooks read
+    them as in :func:`torch_responses`; the output hooks still do their per-output work."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForPreTraining
 
@@ -82,12 +82,10 @@ def selfcond_engine(source, architecture):
     captured: list[np.ndarray] = [np.empty(0)] * len(downs)
     for layer, module in enumerate(downs):
         module.register_forward_pre_hook(lambda m, args, layer=layer: captured.__setitem__(layer, args[0].detach().numpy()))
-    names = {"input_ids", "attention_mask", "position_ids" if architecture.causal else "token_type_ids"}
-    accepted = set(inspect.signature(model.forward).parameters)
 
     def run_one(batch):
         with torch.no_grad():
-            model(**{k: torch.from_numpy(v) for k, v in batch.items() if k in names & accepted})
+            model(**torch_inputs(model, architecture, batch))
         shape = batch["input_ids"].shape
         return np.concatenate([pool_tokens(x.reshape(*shape, -1), batch["pool_mask"], "max") for x in captured], axis=1)
 

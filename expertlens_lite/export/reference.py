@@ -22,6 +22,17 @@ def pool_tokens(x: np.ndarray, pool_mask: np.ndarray, pooling: str) -> np.ndarra
     return (x * keep).sum(axis=1) / keep.sum(axis=1)
 
 
+def torch_inputs(model, architecture: Architecture, batch: dict[str, np.ndarray]) -> dict:
+    """The tensors of ``batch`` that ``model.forward`` gets: those of a feature-extraction
+    export, position ids for decoders and token types for encoders (GPT-2 would add an
+    embedding for token types it is given), as far as the model takes them."""
+    import torch
+
+    names = {"input_ids", "attention_mask", "position_ids" if architecture.causal else "token_type_ids"}
+    accepted = set(inspect.signature(model.forward).parameters)
+    return {k: torch.from_numpy(v) for k, v in batch.items() if k in names & accepted}
+
+
 def torch_responses(model, architecture: Architecture, batch: dict[str, np.ndarray], pooling: str = "max") -> tuple[np.ndarray, np.ndarray]:
     """Pooled neuron responses ``[batch, n_neurons]`` and sentence embeddings ``[batch, hidden]``.
 
@@ -40,14 +51,9 @@ def torch_responses(model, architecture: Architecture, batch: dict[str, np.ndarr
             captured[layer] = args[0].detach().float().reshape(*batch["input_ids"].shape, -1).numpy()
 
         handles.append(module.register_forward_pre_hook(hook))
-    # The inputs of a feature-extraction export: position ids for decoders, token
-    # types for encoders. GPT-2 would add an embedding for token types it is given.
-    names = {"input_ids", "attention_mask", "position_ids" if architecture.causal else "token_type_ids"}
-    accepted = set(inspect.signature(model.forward).parameters)
-    inputs = {k: torch.from_numpy(v) for k, v in batch.items() if k in names & accepted}
     try:
         with torch.no_grad():
-            hidden = model(**inputs).last_hidden_state.float().numpy()
+            hidden = model(**torch_inputs(model, architecture, batch)).last_hidden_state.float().numpy()
     finally:
         for handle in handles:
             handle.remove()

@@ -37,6 +37,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from .surgery import drop_unused_initializers
+
 ALPHA = 0.8
 # Shape queries of the normalized tensor do not read its values.
 _VALUE_FREE_READERS = ("Shape",)
@@ -121,7 +123,7 @@ def channel_maxima(model_path: Path, tensors: Sequence[str], feeds: Iterable[dic
     The fp32 graph is run once more with those tensors as extra outputs. The probe
     file sits next to ``model_path`` so that external weight files still resolve.
     """
-    import onnxruntime as ort
+    from ..runtime import create_session, feed_for  # runtime imports this package
 
     probe = onnx.load(model_path, load_external_data=False)
     for name in tensors:
@@ -129,11 +131,10 @@ def channel_maxima(model_path: Path, tensors: Sequence[str], feeds: Iterable[dic
     probe_path = model_path.with_name(f".calibration-probe-{os.getpid()}.onnx")
     onnx.save(probe, probe_path)
     try:
-        session = ort.InferenceSession(str(probe_path), providers=["CPUExecutionProvider"])
-        inputs = {i.name for i in session.get_inputs()}
+        session = create_session(probe_path, "cpu")
         maxima: dict[str, np.ndarray] = {}
         for feed in feeds:
-            values = session.run(list(tensors), {k: v for k, v in feed.items() if k in inputs})
+            values = session.run(list(tensors), feed_for(session, feed))
             for name, value in zip(tensors, values):
                 batch_max = np.abs(value).reshape(-1, value.shape[-1]).max(axis=0)
                 maxima[name] = np.maximum(maxima[name], batch_max) if name in maxima else batch_max
@@ -166,10 +167,7 @@ def smooth(model: onnx.ModelProto, groups: list[SmoothGroup], maxima: dict[str, 
             node.input[index] = own
         for name, w in zip(group.weights, weights):
             initializers[name].CopyFrom(_cast_like(w * s[:, None], initializers[name], name))
-    used = {name for node in graph.node for name in node.input}
-    unused = [init for init in graph.initializer if init.name not in used]
-    for init in unused:
-        graph.initializer.remove(init)
+    drop_unused_initializers(graph)
 
 
 def _cast_like(values: np.ndarray, like: onnx.TensorProto, name: str) -> onnx.TensorProto:

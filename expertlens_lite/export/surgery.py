@@ -55,6 +55,14 @@ def scope_input(graph: onnx.GraphProto, scope: str) -> str:
     return entering[0]
 
 
+def drop_unused_initializers(graph: onnx.GraphProto) -> None:
+    """Remove the initializers no node reads any more (after a rewrite replaced them);
+    ONNX Runtime would otherwise warn about each one at every session start."""
+    used = {name for node in graph.node for name in node.input}
+    for init in [init for init in graph.initializer if init.name not in used]:
+        graph.initializer.remove(init)
+
+
 def _constant_tensors(graph: onnx.GraphProto) -> set[str]:
     """Initializers and every tensor computed from them alone (Constant, Identity of a
     shared weight, ...). Nodes are topologically sorted, so one pass suffices."""
