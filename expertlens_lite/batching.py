@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .errors import InputError
+
 
 @dataclass(frozen=True)
 class PoolingOptions:
@@ -88,6 +90,17 @@ def make_batch(encoded: Encoded, rows: Sequence[int], pad: int, options: Pooling
         "position_ids": positions,
         "pool_mask": pool,
     }
+
+
+def strip_prefix(batch: dict[str, np.ndarray], prefix: Sequence[int]) -> dict[str, np.ndarray]:
+    """``batch`` for a graph that has the constant ``prefix`` tokens baked in: the token
+    inputs start after them, while ``attention_mask`` and ``pool_mask`` still cover them."""
+    n = len(prefix)
+    ids = batch["input_ids"]
+    if ids.shape[1] <= n or not (ids[:, :n] == np.asarray(prefix)).all():
+        raise InputError(f"this model's graph expects every sentence to start with the tokens {list(prefix)} and go on after them")
+    tokens = {name: np.ascontiguousarray(batch[name][:, n:]) for name in ("input_ids", "position_ids", "token_type_ids") if name in batch}
+    return {**batch, **tokens}
 
 
 def length_buckets(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:

@@ -21,9 +21,10 @@ from pathlib import Path
 import numpy as np
 
 from .atomic import write_json
-from .batching import PoolingOptions, encode, length_buckets, make_batch, pad_id
+from .batching import PoolingOptions, encode, length_buckets, make_batch, pad_id, strip_prefix
 from .errors import InputError, ResourceError
 from .export import ExportedModel
+from .export.prefix import baked_prefix
 from .export.quantize import onnx_filename
 from .export.surgery import SENTENCE_EMBEDDING, neuron_output
 
@@ -70,7 +71,11 @@ def create_session(path: Path, device: str = "cpu"):
 
 
 def feed_for(session, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The subset of ``batch`` that the session takes as inputs."""
+    """The subset of ``batch`` that the session takes as inputs; for a graph that computes
+    the sentences' constant prefix itself (:mod:`.export.prefix`), the tokens after it."""
+    prefix = baked_prefix(session.get_modelmeta().custom_metadata_map)
+    if prefix:
+        batch = strip_prefix(batch, prefix)
     return {i.name: batch[i.name] for i in session.get_inputs()}
 
 

@@ -74,12 +74,13 @@ def _tiny(model_type: str):
     return AutoConfig.for_model(model_type, **params)
 
 
-def tiny_source(model_type: str, folder, edit=None) -> ModelSource:
+def tiny_source(model_type: str, folder, edit=None, bos: bool = False) -> ModelSource:
     """A tiny random model of ``model_type`` with a word-level tokenizer (words ``w0``..``w989``),
-    saved to ``folder``; ``edit(model)`` may change its weights first."""
+    saved to ``folder``; ``edit(model)`` may change its weights first; with ``bos`` the
+    tokenizer starts every sentence with ``[BOS]``, as Llama's does."""
     import torch
     from transformers import AutoModel, PreTrainedTokenizerFast
-    from tokenizers import Tokenizer, models, pre_tokenizers
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
 
     torch.manual_seed(0)
     model = AutoModel.from_config(_tiny(model_type))
@@ -89,9 +90,11 @@ def tiny_source(model_type: str, folder, edit=None) -> ModelSource:
     vocab = {f"w{i}": i for i in range(990)} | {"[UNK]": 990, "[PAD]": 991, "[BOS]": 992}
     backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    if bos:
+        backend.post_processor = processors.TemplateProcessing(single="[BOS] $A", special_tokens=[("[BOS]", 992)])
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", pad_token="[PAD]", bos_token="[BOS]")
     tokenizer.save_pretrained(folder)
-    return ModelSource(model_type, str(folder), None, f"tiny-{model_type}-{edit.__name__ if edit else 'random'}")
+    return ModelSource(model_type, str(folder), None, f"tiny-{model_type}-{edit.__name__ if edit else 'random'}-bos{int(bos)}")
 
 
 def tiny_sentences(n: int = 10, seed: int = 1) -> list[str]:
@@ -112,3 +115,78 @@ def test_tiny_random_family_parity(model_type, tmp_path, elens_home):
         got, got_emb = onnx_responses(exported, batch, pooling)
         assert np.abs(got - expected).max() <= ATOL
         assert np.abs(got_emb - expected_emb).max() <= ATOL
+
+
+@pytest.mark.parametrize("model_type", ["gpt_neox", "gpt2", "llama", "mistral", "qwen2"])
+def test_constant_prefix_is_computed_once_and_exact(model_type, tmp_path, elens_home):
+    """A causal model whose tokenizer starts every sentence with [BOS] gets it baked in:
+    the graph runs on the tokens after it, yet pools exactly what a full PyTorch forward
+    pools, with the BOS left out (the default) or kept."""
+    import onnx
+
+    source = tiny_source(model_type, tmp_path / model_type, bos=True)
+    exported = export_model(source, elens_home)
+    assert exported.manifest.prefix_token_ids == [992]
+    graph = onnx.load(exported.onnx_path(), load_external_data=False).graph
+    assert not [i.name for i in graph.input if i.name.startswith("past_key_values")]
+    architecture, model, tok = load_pretrained(source)
+    for options in (PoolingOptions("max"), PoolingOptions("mean"), PoolingOptions("max", True), PoolingOptions("mean", True)):
+        batch = make_batch(encode(tok, tiny_sentences()), range(10), pad_id(tok), options)
+        assert (batch["input_ids"][:, 0] == 992).all()
+        expected, expected_emb = torch_responses(model, architecture, batch, options.pooling)
+        got, got_emb = onnx_responses(exported, batch, options.pooling)
+        assert np.abs(got - expected).max() <= ATOL
+        assert np.abs(got_emb - expected_emb).max() <= ATOL
+
+
+def test_constant_prefix_not_for_encoders_or_tokenizers_without_one(tmp_path, elens_home):
+    from expertlens_lite.export.prefix import constant_prefix
+    from expertlens_lite.models import get_architecture
+
+    with_bos = load_pretrained(tiny_source("llama", tmp_path / "a", bos=True))[2]
+    without = load_pretrained(tiny_source("llama", tmp_path / "b"))[2]
+    probes = tiny_sentences(3)
+    assert constant_prefix(with_bos, get_architecture("llama"), probes) == (992,)
+    assert constant_prefix(without, get_architecture("llama"), probes) == ()
+    assert constant_prefix(with_bos, get_architecture("bert"), probes) == ()
+    assert constant_prefix(with_bos, get_architecture("opt"), probes) == ()
+
+
+def test_opt_with_bos_runs_it_in_every_sentence(tmp_path, elens_home):
+    source = tiny_source("opt", tmp_path / "opt", bos=True)
+    exported = export_model(source, elens_home)
+    assert exported.manifest.prefix_token_ids == []
+    architecture, model, tok = load_pretrained(source)
+    batch = make_batch(encode(tok, tiny_sentences()), range(10), pad_id(tok), PoolingOptions())
+    expected, _ = torch_responses(model, architecture, batch)
+    assert np.abs(onnx_responses(exported, batch)[0] - expected).max() <= ATOL
+
+
+def test_a_batch_without_the_baked_prefix_is_refused(tmp_path, elens_home):
+    from expertlens_lite.errors import InputError
+
+    source = tiny_source("llama", tmp_path / "llama", bos=True)
+    exported = export_model(source, elens_home)
+    tok = exported.tokenizer()
+    batch = make_batch(encode(tok, tiny_sentences(2)), range(2), pad_id(tok), PoolingOptions())
+    batch["input_ids"][1, 0] = 5
+    with pytest.raises(InputError, match=r"start with the tokens \[992\]"):
+        onnx_responses(exported, batch)
+
+
+@pytest.mark.parametrize("quantize", ["int8", "fp16"])
+def test_quantized_variants_keep_the_baked_prefix(quantize, tmp_path, elens_home):
+    """Quantization rewrites the graph; the prefix's token ids must stay in its metadata,
+    or the runtime would feed the prefix twice."""
+    from expertlens_lite.export.prefix import baked_prefix
+
+    source = tiny_source("llama", tmp_path / "llama", bos=True)
+    exported = export_model(source, elens_home, quantize)
+    session = create_session(exported.onnx_path(quantize), "cpu")
+    assert baked_prefix(session.get_modelmeta().custom_metadata_map) == (992,)
+    tok = exported.tokenizer()
+    batch = make_batch(encode(tok, tiny_sentences()), range(10), pad_id(tok), PoolingOptions())
+    names = [neuron_output(i, "max") for i in range(exported.manifest.n_layers)]
+    got = np.concatenate(session.run(names, feed_for(session, batch)), axis=1)
+    reference = onnx_responses(exported, batch)[0]
+    assert np.corrcoef(got.ravel(), reference.ravel())[0, 1] > 0.99

@@ -29,6 +29,15 @@ def test_gguf_loads_as_llama_and_exports(smollm2, elens_home):
 
 
 def test_smollm2_parity_on_padded_batch(smollm2, elens_home):
+    """|ONNX − PyTorch| ≤ 1e-4 · max(1, |PyTorch|), the export check's own bound.
+
+    An absolute 1e-4 is below what float32 resolves here: SmolLM2's pooled maxima reach
+    the tens (and the thousands with BOS kept), and over 20 random batches of 10
+    corpus sentences (seeds 0-19) the max |Δ| passed 1e-4 on 10 batches with the BOS
+    computed in every sentence (export format 4) and on 15 with it baked in as past
+    keys and values (format 5), max 7.6e-3 and 7.1e-3, while the scaled difference
+    stayed at most 8.5e-5 and 6.3e-5.
+    """
     architecture, model, tokenizer = load_pretrained(resolve_model("smollm2", None, elens_home))
     assert tokenizer.pad_token_id is None or tokenizer.pad_token_id >= 0
     for options in (PoolingOptions("max"), PoolingOptions("mean"), PoolingOptions("max", keep_special_tokens=True)):
@@ -36,13 +45,8 @@ def test_smollm2_parity_on_padded_batch(smollm2, elens_home):
         assert (batch["attention_mask"] == 0).any()
         expected, expected_emb = torch_responses(model, architecture, batch, options.pooling)
         got, got_emb = onnx_responses(smollm2, batch, options.pooling)
-        if options.keep_special_tokens:
-            # With BOS kept, some maxima are BOS outliers in the thousands, where float32
-            # itself resolves only ~3e-4: the bound is relative there.
-            assert (np.abs(got - expected) <= ATOL * np.maximum(1.0, np.abs(expected))).all()
-        else:
-            assert np.abs(got - expected).max() <= ATOL
-        assert np.abs(got_emb - expected_emb).max() <= ATOL
+        for value, reference in ((got, expected), (got_emb, expected_emb)):
+            assert (np.abs(value - reference) <= ATOL * np.maximum(1.0, np.abs(reference))).all()
 
 
 def test_bos_exclusion_changes_only_maxima_on_bos(smollm2, elens_home):

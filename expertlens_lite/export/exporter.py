@@ -1,7 +1,9 @@
 """Export a model to ONNX with pooled MLP neurons, validate it, and cache it.
 
 Steps (each a plain function): load the PyTorch model, export it with Optimum
-(feature extraction, no KV cache), add the pooled outputs (:mod:`.surgery`), save
+(feature extraction; with past key/values when a causal model's tokenizer puts a
+constant prefix before every sentence, which is then computed once and baked in,
+:mod:`.prefix`), add the pooled outputs (:mod:`.surgery`), save
 the tokenizer and the input-embedding table (for the word-embedding baseline),
 check parity with a PyTorch forward with hooks, write the manifest. The whole
 folder appears atomically under ``ELENS_HOME/models/<key>``, so an interrupted
@@ -28,6 +30,7 @@ from ..models import Architecture, get_architecture
 from ..models.sources import ModelSource, file_sha256
 from ..paths import DEFAULT_CORPUS, bundled
 from .manifest import FORMAT_VERSION, Manifest
+from .prefix import Prefix, bake_prefix, compute_prefix, constant_prefix
 from .quantize import QUANTIZATIONS, onnx_filename, quantize_model
 from .reference import torch_responses
 from .surgery import SENTENCE_EMBEDDING, add_pooled_outputs, neuron_output
@@ -128,15 +131,30 @@ def load_pretrained(source: ModelSource):
     return architecture, model, tokenizer
 
 
-def _export_fresh(source: ModelSource, directory: Path) -> None:
+def onnx_export(model, folder: Path, with_past: bool) -> None:
+    """Optimum's feature-extraction export to ``folder/model.onnx``; ``with_past`` adds the
+    ``past_key_values`` inputs (Optimum's own ``-with-past`` task only adds them as outputs)."""
     from optimum.exporters.onnx import onnx_export_from_model
+    from optimum.exporters.tasks import TasksManager
 
+    custom = None
+    if with_past:
+        constructor = TasksManager.get_exporter_config_constructor(
+            "onnx", model=model, task="feature-extraction", library_name="transformers"
+        )
+        custom = {"model": constructor(model.config, use_past=True, use_past_in_inputs=True)}
+    with warnings.catch_warnings():  # the tracer's notes on constants are expected, not actionable
+        warnings.simplefilter("ignore")
+        onnx_export_from_model(model, folder, task="feature-extraction", custom_onnx_configs=custom, do_validation=False)
+
+
+def _export_fresh(source: ModelSource, directory: Path) -> None:
     architecture, model, tokenizer = load_pretrained(source)
+    prefix_ids = constant_prefix(tokenizer, architecture, PARITY_SENTENCES)
+    prefix = compute_prefix(model, architecture, prefix_ids) if prefix_ids else None
     log.info("exporting %s to ONNX", source.name)
     with atomic_dir(directory) as tmp:
-        with warnings.catch_warnings():  # the tracer's notes on constants are expected, not actionable
-            warnings.simplefilter("ignore")
-            onnx_export_from_model(model, tmp, task="feature-extraction", do_validation=False)
+        onnx_export(model, tmp, with_past=prefix is not None)
         tokenizer.save_pretrained(tmp)
         np.save(tmp / EMBEDDINGS, model.get_input_embeddings().weight.detach().float().numpy())
 
@@ -145,7 +163,7 @@ def _export_fresh(source: ModelSource, directory: Path) -> None:
         n_layers = model.config.num_hidden_layers
         units = _units_per_layer(model, architecture, n_layers)
         onnx_path = tmp / "model.onnx"
-        opset = prepare_graph(onnx_path, [architecture.onnx_scope(i) for i in range(n_layers)], units)
+        opset = prepare_graph(onnx_path, [architecture.onnx_scope(i) for i in range(n_layers)], units, prefix)
         diff, scaled = _parity(onnx_path, batch, n_layers, expected, expected_embedding)
         if scaled > PARITY_ATOL:
             raise ParityError(f"exported {source.name} differs from PyTorch by {diff:.2e} (scaled {scaled:.2e} > {PARITY_ATOL:.0e})")
@@ -156,6 +174,7 @@ def _export_fresh(source: ModelSource, directory: Path) -> None:
             architecture=architecture.name,
             model_type=model.config.model_type,
             causal=architecture.causal,
+            prefix_token_ids=list(prefix_ids),
             units_per_layer=units,
             hidden_size=int(expected_embedding.shape[1]),
             parity_max_abs_diff=diff,
@@ -164,15 +183,18 @@ def _export_fresh(source: ModelSource, directory: Path) -> None:
         ).save(tmp)
 
 
-def prepare_graph(onnx_path: Path, scopes: list[str], units: list[int]) -> int:
-    """Add the pooled outputs to the ONNX file in place; returns its opset.
+def prepare_graph(onnx_path: Path, scopes: list[str], units: list[int], prefix: Prefix | None = None) -> int:
+    """Bake in the ``prefix``, if any, and add the pooled outputs to the ONNX file in place;
+    returns its opset.
 
     Weights are not loaded: a model over 2 GB, which Optimum saves with its weights
     in a separate ``.onnx_data`` file, keeps referring to that file, so the graph is
     rewritten without ever holding the weights in memory.
     """
     graph = onnx.load(onnx_path, load_external_data=False)
-    add_pooled_outputs(graph, scopes, units, graph.graph.output[0].name)
+    if prefix is not None:
+        bake_prefix(graph, prefix)
+    add_pooled_outputs(graph, scopes, units, graph.graph.output[0].name, prefix)
     onnx.save(graph, onnx_path)
     return next(op.version for op in graph.opset_import if op.domain in ("", "ai.onnx"))
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..atomic import write_json
 
-FORMAT_VERSION = 4  # bump whenever the exported files change (graph, quantization)
+FORMAT_VERSION = 5  # bump whenever the exported files change (graph, quantization)
 MANIFEST = "manifest.json"
 
 
@@ -18,7 +18,8 @@ class Manifest:
 
     ``units_per_layer[i]`` neurons of layer ``i`` occupy the response columns
     ``sum(units_per_layer[:i]) ...`` in layer order. ``files`` maps each ONNX file
-    (one per quantization) to its SHA-256.
+    (one per quantization) to its SHA-256. ``prefix_token_ids``: the constant tokens
+    every sentence starts with, computed once at export (:mod:`.prefix`).
     """
 
     model: str
@@ -31,6 +32,7 @@ class Manifest:
     hidden_size: int
     parity_max_abs_diff: float
     opset: int
+    prefix_token_ids: list[int] = field(default_factory=list)
     files: dict[str, str] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
 

@@ -33,12 +33,9 @@ def torch_inputs(model, architecture: Architecture, batch: dict[str, np.ndarray]
     return {k: torch.from_numpy(v) for k, v in batch.items() if k in names & accepted}
 
 
-def torch_responses(model, architecture: Architecture, batch: dict[str, np.ndarray], pooling: str = "max") -> tuple[np.ndarray, np.ndarray]:
-    """Pooled neuron responses ``[batch, n_neurons]`` and sentence embeddings ``[batch, hidden]``.
-
-    ``model`` is the base (``AutoModel``) PyTorch model; ``batch`` comes from
-    :func:`expertlens_lite.batching.make_batch`.
-    """
+def torch_activations(model, architecture: Architecture, batch: dict[str, np.ndarray], use_cache: bool = False):
+    """Every layer's neurons ``[batch, seq, d_mlp]``, the last hidden state and, with
+    ``use_cache``, the key/value cache the forward pass returns."""
     import torch
 
     captured: dict[int, np.ndarray] = {}
@@ -53,10 +50,21 @@ def torch_responses(model, architecture: Architecture, batch: dict[str, np.ndarr
         handles.append(module.register_forward_pre_hook(hook))
     try:
         with torch.no_grad():
-            hidden = model(**torch_inputs(model, architecture, batch)).last_hidden_state.float().numpy()
+            out = model(**torch_inputs(model, architecture, batch), use_cache=use_cache)
     finally:
         for handle in handles:
             handle.remove()
+    neurons = [captured[layer] for layer in range(n_layers)]
+    return neurons, out.last_hidden_state.float().numpy(), out.past_key_values if use_cache else None
+
+
+def torch_responses(model, architecture: Architecture, batch: dict[str, np.ndarray], pooling: str = "max") -> tuple[np.ndarray, np.ndarray]:
+    """Pooled neuron responses ``[batch, n_neurons]`` and sentence embeddings ``[batch, hidden]``.
+
+    ``model`` is the base (``AutoModel``) PyTorch model; ``batch`` comes from
+    :func:`expertlens_lite.batching.make_batch`.
+    """
+    neurons, hidden, _ = torch_activations(model, architecture, batch)
     mask = batch["pool_mask"]
-    neurons = np.concatenate([pool_tokens(captured[layer], mask, pooling) for layer in range(n_layers)], axis=1)
-    return neurons.astype(np.float32), pool_tokens(hidden, mask, "mean").astype(np.float32)
+    pooled = np.concatenate([pool_tokens(x, mask, pooling) for x in neurons], axis=1)
+    return pooled.astype(np.float32), pool_tokens(hidden, mask, "mean").astype(np.float32)

@@ -24,6 +24,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from ..errors import ModelError
+from .prefix import Prefix
 
 POOL_MASK = "pool_mask"
 SENTENCE_EMBEDDING = "sentence_embedding"
@@ -89,7 +90,9 @@ class _Builder:
         self.graph.node.append(helper.make_node(op, inputs, [output], name=f"/elens/{name}", **attrs))
         return output
 
-    def constant(self, name: str, array: np.ndarray) -> str:
+    def constant(self, name: str, value: np.ndarray | list[int]) -> str:
+        """An initializer; a list is taken as int64 (the type of axes, starts and shapes)."""
+        array = np.array(value, dtype=np.int64) if isinstance(value, list) else value
         tensor = numpy_helper.from_array(array, name=f"/elens/{name}")
         self.graph.initializer.append(tensor)
         return tensor.name
@@ -103,7 +106,9 @@ class _Builder:
         return self.node(op, [data], name, axes=[axis], keepdims=keepdims)
 
 
-def add_pooled_outputs(model: onnx.ModelProto, scopes: list[str], units: list[int], hidden_output: str) -> None:
+def add_pooled_outputs(
+    model: onnx.ModelProto, scopes: list[str], units: list[int], hidden_output: str, prefix: Prefix | None = None
+) -> None:
     """Rewrite ``model`` in place: add ``pool_mask`` and the pooled outputs.
 
     Args:
@@ -112,35 +117,63 @@ def add_pooled_outputs(model: onnx.ModelProto, scopes: list[str], units: list[in
         units: per layer, the number of neurons (``d_mlp``).
         hidden_output: name of the last-hidden-state output, replaced by
             ``sentence_embedding``.
+        prefix: the constant first tokens baked into the graph (:mod:`.prefix`), if
+            any. ``pool_mask`` then still covers them, like ``attention_mask``, and
+            their precomputed neurons and hidden state are pooled with the rest.
     """
     graph = model.graph
     if POOL_MASK in {i.name for i in graph.input}:
         raise ModelError("this ONNX model has already been prepared by expertlens-lite")
     b = _Builder(model)
-    graph.input.append(helper.make_tensor_value_info(POOL_MASK, TensorProto.FLOAT, ["batch_size", "sequence_length"]))
+    attention = next(i for i in graph.input if i.name == "attention_mask")
+    dims = [d.dim_param or d.dim_value for d in attention.type.tensor_type.shape.dim]
+    graph.input.append(helper.make_tensor_value_info(POOL_MASK, TensorProto.FLOAT, dims))
     mask3 = b.node("Unsqueeze", [POOL_MASK, b.constant("axis_last", np.array([2], dtype=np.int64))], "mask3")
-    keep3 = b.node("Cast", [mask3], "keep3", to=TensorProto.BOOL)
-    count = b.reduce("ReduceSum", mask3, 1, "count", keepdims=0)  # [batch, 1]
+    count = b.reduce("ReduceSum", mask3, 1, "count", keepdims=0)  # [batch, 1], prefix included
     neg_inf = b.constant("neg_inf", np.array(-np.inf, dtype=np.float32))
+    if prefix is not None:
+        mask3, prefix_mask3 = (
+            b.node("Slice", [mask3, b.constant(f"{name}_start", [start]), b.constant(f"{name}_end", [end]), b.constant(f"{name}_axis", [1])], name)
+            for name, start, end in (("tokens_mask3", len(prefix.token_ids), np.iinfo(np.int64).max), ("prefix_mask3", 0, len(prefix.token_ids)))
+        )
+        prefix_keep3 = b.node("Cast", [prefix_mask3], "prefix_keep3", to=TensorProto.BOOL)
+    keep3 = b.node("Cast", [mask3], "keep3", to=TensorProto.BOOL)
 
-    def masked_mean(x: str, name: str) -> str:
+    def prefix_values(values: np.ndarray, name: str) -> str:
+        """The prefix's precomputed ``values`` ``[prefix, d]`` as a ``[1, prefix, d]`` initializer."""
+        return b.constant(f"{name}_prefix", values[None].astype(np.float32))
+
+    def pooled_max(x: str, constant: str | None, name: str) -> str:
+        """Max of ``x`` ``[batch, seq, d]`` over the pooled tokens, the prefix's
+        ``constant`` values included."""
+        highest = b.reduce("ReduceMax", b.node("Where", [keep3, x, neg_inf], f"{name}_where"), 1, f"{name}_max", keepdims=0)
+        if constant is None:
+            return highest
+        masked = b.node("Where", [prefix_keep3, constant, neg_inf], f"{name}_prefix_where")
+        return b.node("Max", [highest, b.reduce("ReduceMax", masked, 1, f"{name}_prefix_max", keepdims=0)], f"{name}_all_max")
+
+    def pooled_mean(x: str, constant: str | None, name: str) -> str:
+        """Mean of ``x`` over the same tokens as :func:`pooled_max`."""
         total = b.reduce("ReduceSum", b.node("Mul", [x, mask3], f"{name}_masked"), 1, f"{name}_sum", keepdims=0)
+        if constant is not None:
+            masked = b.node("Mul", [constant, prefix_mask3], f"{name}_prefix_masked")
+            total = b.node("Add", [total, b.reduce("ReduceSum", masked, 1, f"{name}_prefix_sum", keepdims=0)], f"{name}_all_sum")
         return b.node("Div", [total, count], f"{name}_mean")
 
     # Some families (OPT) flatten tokens to [batch*seq, d] around the MLP; viewing every
     # neuron tensor as [batch, seq, d] handles them without a special case.
-    batch_seq = b.node("Shape", [POOL_MASK], "batch_seq")
+    batch_seq = b.node("Shape", ["input_ids"], "batch_seq")
     view_shape = b.node("Concat", [batch_seq, b.constant("minus_one", np.array([-1], dtype=np.int64))], "view_shape", axis=0)
     outputs = []
     for layer, (scope, d_mlp) in enumerate(zip(scopes, units)):
         x = b.node("Reshape", [scope_input(graph, scope), view_shape], f"l{layer}_view")
-        masked = b.node("Where", [keep3, x, neg_inf], f"l{layer}_where")
-        pooled = {"max": b.reduce("ReduceMax", masked, 1, f"l{layer}_max", keepdims=0), "mean": masked_mean(x, f"l{layer}")}
+        constant = None if prefix is None else prefix_values(prefix.neurons[layer], f"l{layer}")
+        pooled = {"max": pooled_max(x, constant, f"l{layer}"), "mean": pooled_mean(x, constant, f"l{layer}")}
         for pooling in POOLINGS:
             name = neuron_output(layer, pooling)
             graph.node.append(helper.make_node("Identity", [pooled[pooling]], [name], name=f"/elens/{name}"))
             outputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch_size", d_mlp]))
-    embedding = masked_mean(hidden_output, "sentence")
+    embedding = pooled_mean(hidden_output, None if prefix is None else prefix_values(prefix.hidden, "sentence"), "sentence")
     graph.node.append(helper.make_node("Identity", [embedding], [SENTENCE_EMBEDDING], name=f"/elens/{SENTENCE_EMBEDDING}"))
     outputs.append(helper.make_tensor_value_info(SENTENCE_EMBEDDING, TensorProto.FLOAT, ["batch_size", None]))
     del graph.output[:]
