@@ -131,7 +131,7 @@ def load_pretrained(source: ModelSource):
     return architecture, model, tokenizer
 
 
-def onnx_export(model, folder: Path, with_past: bool) -> None:
+def _onnx_export(model, folder: Path, with_past: bool) -> None:
     """Optimum's feature-extraction export to ``folder/model.onnx``; ``with_past`` adds the
     ``past_key_values`` inputs (Optimum's own ``-with-past`` task only adds them as outputs)."""
     from optimum.exporters.onnx import onnx_export_from_model
@@ -154,7 +154,7 @@ def _export_fresh(source: ModelSource, directory: Path) -> None:
     prefix = compute_prefix(model, architecture, prefix_ids) if prefix_ids else None
     log.info("exporting %s to ONNX", source.name)
     with atomic_dir(directory) as tmp:
-        onnx_export(model, tmp, with_past=prefix is not None)
+        _onnx_export(model, tmp, with_past=prefix is not None)
         tokenizer.save_pretrained(tmp)
         np.save(tmp / EMBEDDINGS, model.get_input_embeddings().weight.detach().float().numpy())
 

@@ -22,7 +22,7 @@ hence this graph rewrite of each down-projection ``y = x @ W``:
 Measured on SmolLM2 (BENCHMARKS.md), top-1% Jaccard with fp32: per-token alone
 0.735, with the outlier channels 0.791; keeping the first layers' down-projections
 fp32 as well (an error there runs through every later layer) 0.811. int8 went from
-1.58x to 1.74-2.35x (three runs) the speed of ORT fp32 with it. The neuron tensors
+1.58x to 1.74-2.35x (three runs, export format 4) the speed of ORT fp32 with it. The neuron tensors
 themselves are not touched: they are the inputs of these MatMuls.
 """
 

@@ -31,6 +31,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from ..errors import ModelError
 from ..models import Architecture
 from .reference import torch_activations
 
@@ -91,7 +92,10 @@ def bake_prefix(model: onnx.ModelProto, prefix: Prefix) -> None:
     graph = model.graph
     past_inputs = [i for i in graph.input if i.name.startswith(PAST_INPUT)]
     if len(past_inputs) != 2 * len(prefix.past):
-        raise ValueError(f"the graph has {len(past_inputs)} past inputs for {len(prefix.past)} layers")
+        raise ModelError(
+            f"the with-past export has {len(past_inputs)} past key/value inputs for {len(prefix.past)} cached layers; "
+            "set prefix_as_past=False in this family's Architecture entry"
+        )
     rank = prefix.past[0][0].ndim
     nodes = [
         helper.make_node("Shape", ["input_ids"], ["/elens/prefix/batch"], name="/elens/prefix/batch", start=0, end=1),

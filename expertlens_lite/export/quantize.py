@@ -11,7 +11,7 @@ outlier channels in fp32 instead of ORT's per-tensor scale (:mod:`.per_token`),
 except in the first ``FP32_DOWN_FRACTION`` of the layers, which stay fp32: an error
 there runs through every later layer. That is done for the causal (pre-norm) models
 only: on SmolLM2 it keeps the top-1% expert sets at a mean Jaccard of 0.81 with fp32
-and takes int8 from 1.58x to 1.74-2.35x (three runs) the speed of ORT fp32, while on
+and takes int8 from 1.58x to 1.74-2.35x (three runs, export format 4) the speed of ORT fp32, while on
 the post-norm MiniLM it lowered that Jaccard from 0.800 to 0.791 and moved one
 alignment rho by 0.032, past the 0.03 target, so encoders keep every down-projection
 fp32 (BENCHMARKS.md). Only MatMul is quantized: the embedding table stays fp32, so the
