@@ -69,10 +69,10 @@ def selfcond_engine(source, architecture):
     config = AutoConfig.from_pretrained(source.path, revision=source.revision)
     auto = AutoModelForPreTraining if type(config) in AutoModelForPreTraining._model_mapping else AutoModelForCausalLM
     model = auto.from_pretrained(source.path, revision=source.revision, dtype=torch.float32).eval()
-    prefix = model.base_model_prefix
-    downs = [model.get_submodule(f"{prefix}.{architecture.mlp_down_module(i)}") for i in range(model.config.num_hidden_layers)]
+    base = model.base_model_prefix
+    downs = [model.get_submodule(f"{base}.{architecture.mlp_down_module(i)}") for i in range(model.config.num_hidden_layers)]
     kept: dict[str, np.ndarray] = {}
-    wanted = {f"{prefix}.{architecture.mlp_down_module(i)}:input" for i in range(len(downs))}
+    wanted = {f"{base}.{architecture.mlp_down_module(i)}:input" for i in range(len(downs))}
 
     def every_module(name, _module, _args, output):
         for index, value in enumerate(output if isinstance(output, (list, tuple)) else [output]):

@@ -64,8 +64,7 @@ def constant_prefix(tokenizer, architecture: Architecture, probes: Sequence[str]
         return ()
     encoded = tokenizer(list(probes), add_special_tokens=True, return_special_tokens_mask=True)
     prefix: list[int] = []
-    for column in zip(*encoded["input_ids"], *encoded["special_tokens_mask"]):
-        ids, special = column[: len(probes)], column[len(probes) :]
+    for ids, special in zip(zip(*encoded["input_ids"]), zip(*encoded["special_tokens_mask"])):  # position by position
         if len(set(ids)) != 1 or not all(special):
             break
         prefix.append(ids[0])

@@ -101,7 +101,7 @@ class _Builder:
         # ReduceSum takes axes as an input from opset 13, ReduceMax from opset 18.
         axes_as_input = self.opset >= (13 if op == "ReduceSum" else 18)
         if axes_as_input:
-            axes = self.constant(f"{name}_axes", np.array([axis], dtype=np.int64))
+            axes = self.constant(f"{name}_axes", [axis])
             return self.node(op, [data, axes], name, keepdims=keepdims)
         return self.node(op, [data], name, axes=[axis], keepdims=keepdims)
 
@@ -128,7 +128,7 @@ def add_pooled_outputs(
     attention = next(i for i in graph.input if i.name == "attention_mask")
     dims = [d.dim_param or d.dim_value for d in attention.type.tensor_type.shape.dim]
     graph.input.append(helper.make_tensor_value_info(POOL_MASK, TensorProto.FLOAT, dims))
-    mask3 = b.node("Unsqueeze", [POOL_MASK, b.constant("axis_last", np.array([2], dtype=np.int64))], "mask3")
+    mask3 = b.node("Unsqueeze", [POOL_MASK, b.constant("axis_last", [2])], "mask3")
     count = b.reduce("ReduceSum", mask3, 1, "count", keepdims=0)  # [batch, 1], prefix included
     neg_inf = b.constant("neg_inf", np.array(-np.inf, dtype=np.float32))
     if prefix is not None:
@@ -163,7 +163,7 @@ def add_pooled_outputs(
     # Some families (OPT) flatten tokens to [batch*seq, d] around the MLP; viewing every
     # neuron tensor as [batch, seq, d] handles them without a special case.
     batch_seq = b.node("Shape", ["input_ids"], "batch_seq")
-    view_shape = b.node("Concat", [batch_seq, b.constant("minus_one", np.array([-1], dtype=np.int64))], "view_shape", axis=0)
+    view_shape = b.node("Concat", [batch_seq, b.constant("minus_one", [-1])], "view_shape", axis=0)
     outputs = []
     for layer, (scope, d_mlp) in enumerate(zip(scopes, units)):
         x = b.node("Reshape", [scope_input(graph, scope), view_shape], f"l{layer}_view")
