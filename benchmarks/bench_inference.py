@@ -10,7 +10,10 @@ same pooled responses; the time covers the model call and the pooling. Two PyTor
 engines: ``pytorch``, the lean one the targets are measured against (the base model,
 pre-hooks on the down-projections only), and ``pytorch_selfcond``, ml-selfcond's own
 way (``selfcond/models.py``: the model with its pre-training head, so the LM head runs
-too, and a forward hook on every non-container module). The engines
+too, and a forward hook on every non-container module); each runs batch after batch
+on all cores (PyTorch's intra-op threads). The ONNX engines run as
+``compute_responses`` does: one single-threaded session shared by one batch per core
+(``expertlens_lite.runtime.run_batches``). The engines
 take turns over ``--rounds`` rounds and each one's median is reported, so that a
 slow spell on this shared machine does not land on one engine only. Speeds are
 reported as ratios to PyTorch measured in the same run (targets: issue 4 asks
@@ -44,15 +47,18 @@ from expertlens_lite.export.surgery import neuron_output  # noqa: E402
 from expertlens_lite.models.sources import resolve_model  # noqa: E402
 from expertlens_lite.paths import cache_dir  # noqa: E402
 from expertlens_lite.pipeline import load_inputs  # noqa: E402
-from expertlens_lite.runtime import create_session, run_batch  # noqa: E402
+from expertlens_lite.runtime import cpu_workers, create_session, run_batches  # noqa: E402
 
 
-def time_engine(batches, run_one) -> tuple[float, np.ndarray]:
-    out = []
+def time_engine(batches, run_all) -> tuple[float, np.ndarray]:
     start = time.perf_counter()
-    for _, batch in batches:
-        out.append(run_one(batch))
-    return time.perf_counter() - start, np.concatenate(out)
+    out = run_all(batches)
+    return time.perf_counter() - start, out
+
+
+def one_by_one(run_one):
+    """A PyTorch engine: batch after batch, each on every core (PyTorch's own threads)."""
+    return lambda batches: np.concatenate([run_one(b) for b in batches])
 
 
 def selfcond_engine(source, architecture):
@@ -122,17 +128,21 @@ def main() -> None:
     flops_per_token = 2 * (sum(p.numel() for p in model.parameters()) - embedding)
 
     names = [neuron_output(i, "max") for i in range(exported.manifest.n_layers)]
-    engines = {"pytorch": lambda b: torch_responses(model, architecture, b)[0], "pytorch_selfcond": selfcond_engine(source, architecture)}
+    engines = {"pytorch": one_by_one(lambda b: torch_responses(model, architecture, b)[0]),
+               "pytorch_selfcond": one_by_one(selfcond_engine(source, architecture))}
+    workers = cpu_workers()  # as compute_responses runs them: a batch per core
     for quantize in ("none", "int8"):
-        session = create_session(exported.onnx_path(quantize), "cpu")
-        engines[f"ort_{quantize}"] = lambda b, s=session: np.concatenate(run_batch(s, names, b, "cpu"), axis=1)
-    for run_one in engines.values():
-        run_one(batches[0][1])  # warm-up (allocations, thread pools)
+        session = create_session(exported.onnx_path(quantize), "cpu", threads=1 if workers > 1 else None)
+        engines[f"ort_{quantize}"] = lambda bs, s=session: np.concatenate(
+            [np.concatenate(out, axis=1) for out in run_batches(s, names, bs, "cpu", workers)])
+    batches = [batch for _, batch in batches]
+    for run_all in engines.values():
+        run_all(batches[:workers])  # warm-up (allocations, thread pools)
     times: dict[str, list[float]] = {name: [] for name in engines}
     outputs = {}
     for _ in range(args.rounds):
-        for name, run_one in engines.items():
-            seconds, outputs[name] = time_engine(batches, run_one)
+        for name, run_all in engines.items():
+            seconds, outputs[name] = time_engine(batches, run_all)
             times[name].append(seconds)
     results = {name: (float(np.median(times[name])), outputs[name]) for name in engines}
     gemm = gemm_peak_gflops()

@@ -1,7 +1,7 @@
 """ONNX Runtime inference: pooled neuron responses for every sentence, cached on disk.
 
-Sentences are tokenized once, sorted into length buckets and run in batches; each
-batch's pooled outputs are written straight into a memory-mapped ``.npy`` file, so
+Sentences are tokenized once, sorted into length buckets and run in batches (on the
+CPU one batch per core, :func:`run_batches`); each batch's pooled outputs are written straight into a memory-mapped ``.npy`` file, so
 the response matrix ``[n_sentences, n_neurons]`` never has to fit in RAM. The file
 is only renamed into place when complete; an interrupted run keeps its finished
 batches and resumes from them.
@@ -14,7 +14,9 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,13 +61,21 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def create_session(path: Path, device: str = "cpu"):
-    """An ONNX Runtime session on ``device`` (``cpu`` or ``cuda``), all graph optimizations on."""
+def cpu_workers() -> int:
+    """The CPU cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def create_session(path: Path, device: str = "cpu", threads: int | None = None):
+    """An ONNX Runtime session on ``device`` (``cpu`` or ``cuda``), all graph optimizations on;
+    ``threads`` sets its intra-op threads (ONNX Runtime's default: one per core)."""
     ort = _onnxruntime()
 
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
+    if threads is not None:
+        options.intra_op_num_threads = threads
     providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
     return ort.InferenceSession(str(path), options, providers=providers)
 
@@ -94,17 +104,49 @@ def run_batch(session, names: list[str], batch: dict[str, np.ndarray], device: s
     return binding.copy_outputs_to_cpu()
 
 
+def run_batches(
+    session, names: list[str], batches: Iterable[dict[str, np.ndarray]], device: str, workers: int = 1
+) -> Iterator[list[np.ndarray]]:
+    """Each batch's outputs, in order, with ``workers`` batches running at once.
+
+    Why batches side by side rather than one batch on every core: a batch of short
+    sentences makes small MatMuls, and every one of the graph's ~4,000 nodes forks
+    and joins ONNX Runtime's intra-op threads. On this project's 2-core machine, a
+    single-threaded session per core ran SmolLM2's int8 graph 8% faster (median of 10
+    interleaved rounds) than one session on both cores, with bit-identical outputs
+    and shorter slow spells (BENCHMARKS.md). ``session`` is shared (``run`` is
+    thread-safe and releases the GIL); give it one intra-op thread. One batch more
+    than ``workers`` is queued, so no core waits while the caller takes a result.
+    """
+    if workers == 1:
+        for batch in batches:
+            yield run_batch(session, names, batch, device)
+        return
+    with ThreadPoolExecutor(workers) as pool:
+        pending: deque = deque()
+        try:
+            for batch in batches:
+                pending.append(pool.submit(run_batch, session, names, batch, device))
+                if len(pending) > workers:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:  # the caller stopped early: drop what has not started
+            for future in pending:
+                future.cancel()
+
+
 def available_memory() -> int:
     """Bytes of physical memory free now."""
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
-def check_resources(n_sentences: int, longest: int, batch_size: int, manifest, directory: Path) -> None:
+def check_resources(n_sentences: int, longest: int, batch_size: int, manifest, directory: Path, workers: int = 1) -> None:
     """Refuse, before any work, a run whose responses cannot fit on disk or whose batches cannot fit in RAM.
 
-    Disk: the two float32 matrices. Memory: a batch's activations, roughly every
-    layer's neurons and a dozen hidden-size tensors per token, twice (ONNX Runtime
-    keeps inputs and outputs of a node alive together).
+    Disk: the two float32 matrices. Memory: the activations of ``workers`` batches at
+    once, each roughly every layer's neurons and a dozen hidden-size tensors per token,
+    twice (ONNX Runtime keeps inputs and outputs of a node alive together).
     """
     need_disk = 4 * n_sentences * (manifest.n_neurons + manifest.hidden_size)
     directory.mkdir(parents=True, exist_ok=True)
@@ -115,7 +157,7 @@ def check_resources(n_sentences: int, longest: int, batch_size: int, manifest, d
             "use fewer sentences (--n-pos, --n-neg) or point ELENS_HOME at a larger disk"
         )
     rows = min(batch_size, n_sentences)
-    need_memory = 2 * 4 * rows * longest * (max(manifest.units_per_layer) + 12 * manifest.hidden_size)
+    need_memory = workers * 2 * 4 * rows * longest * (max(manifest.units_per_layer) + 12 * manifest.hidden_size)
     free_memory = available_memory()
     if need_memory > free_memory:
         raise ResourceError(
@@ -198,11 +240,12 @@ def compute_responses(
 
     tokenizer = exported.tokenizer()
     encoded = encode(tokenizer, sentences)
-    check_resources(len(sentences), int(encoded.lengths().max()), batch_size, exported.manifest, directory)
     device = resolve_device(device)
+    workers = 1 if device == "cuda" else cpu_workers()
+    check_resources(len(sentences), int(encoded.lengths().max()), batch_size, exported.manifest, directory, workers)
     if quantize == "fp16" and device == "cpu":
         log.warning("--quantize fp16 is meant for the CUDA provider; on the CPU it is slower than fp32 (use int8)")
-    session = create_session(exported.onnx_path(quantize), device)
+    session = create_session(exported.onnx_path(quantize), device, threads=1 if workers > 1 else None)
     manifest = exported.manifest
     names = [neuron_output(i, options.pooling) for i in range(manifest.n_layers)] + [SENTENCE_EMBEDDING]
     shapes = (len(sentences), manifest.n_neurons), (len(sentences), manifest.hidden_size)
@@ -215,9 +258,10 @@ def compute_responses(
     buckets = length_buckets(encoded.lengths(), batch_size)
     pad = pad_id(tokenizer)
     finished = sum(len(rows) for rows in buckets[:done])
+    batches = (make_batch(encoded, rows, pad, options) for rows in buckets[done:])
+    results = run_batches(session, names, batches, device, workers)
     try:
-        for number, rows in enumerate(buckets[done:], start=done):
-            outputs = run_batch(session, names, make_batch(encoded, rows, pad, options), device)
+        for number, (rows, outputs) in enumerate(zip(buckets[done:], results), start=done):
             writers[0].write(rows, np.concatenate(outputs[:-1], axis=1))
             writers[1].write(rows, outputs[-1])
             write_json(state_path, {"batches_done": number + 1})  # only after the rows are written
@@ -225,6 +269,7 @@ def compute_responses(
             if progress is not None:
                 progress(finished, len(sentences))
     finally:
+        results.close()  # an interruption waits for the batches already running, no more
         for writer in writers:
             writer.close()
     for src, dst in zip(partial, final):

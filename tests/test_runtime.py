@@ -1,5 +1,6 @@
-"""Responses: length-bucketed batches give the same rows as one-by-one runs; an
-interrupted run resumes from its finished batches; padding never wins the max."""
+"""Responses: length-bucketed batches give the same rows as one-by-one runs; batches
+run side by side give the same outputs in the same order; an interrupted run resumes
+from its finished batches; padding never wins the max."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import pytest
 from expertlens_lite.batching import PoolingOptions, encode, length_buckets, make_batch, pad_id
 from expertlens_lite.concepts import read_corpus
 from expertlens_lite.paths import bundled
-from expertlens_lite.runtime import compute_responses
+from expertlens_lite.export.surgery import neuron_output
+from expertlens_lite.runtime import compute_responses, create_session, run_batches
 
 SENTENCES = read_corpus(bundled("corpus.txt"))[::97][:20]
 
@@ -81,3 +83,40 @@ def test_responses_are_keyed_by_the_onnx_file_that_computes_them(minilm):
     assert key(files, "int8") != key({**files, "model.int8.onnx": "c"}, "int8")  # int8 made again, differently
     assert key(files, "none") == key({**files, "model.int8.onnx": "c"}, "none")
     assert key(files, "none") != key({**files, "model.onnx": "d"}, "none")
+
+
+def _minilm_batches(minilm, size=3):
+    tokenizer = minilm.tokenizer()
+    encoded = encode(tokenizer, SENTENCES)
+    rows = [range(i, min(i + size, len(SENTENCES))) for i in range(0, len(SENTENCES), size)]
+    return [make_batch(encoded, r, pad_id(tokenizer), PoolingOptions()) for r in rows]
+
+
+def test_batches_side_by_side_match_one_at_a_time_in_order(minilm):
+    session = create_session(minilm.onnx_path(), "cpu", threads=1)
+    names = [neuron_output(i, "max") for i in range(minilm.manifest.n_layers)]
+    batches = _minilm_batches(minilm)
+    one = list(run_batches(session, names, batches, "cpu", workers=1))
+    side_by_side = list(run_batches(session, names, batches, "cpu", workers=3))
+    assert len(side_by_side) == len(batches)
+    for a, b, batch in zip(one, side_by_side, batches):
+        assert a[0].shape[0] == batch["input_ids"].shape[0]
+        for x, y in zip(a, b):
+            np.testing.assert_array_equal(x, y)
+
+
+def test_stopping_early_starts_no_further_batches(minilm):
+    session = create_session(minilm.onnx_path(), "cpu", threads=1)
+    names = [neuron_output(0, "max")]
+    batches = _minilm_batches(minilm, size=1)
+    taken = []
+
+    def feed():
+        for batch in batches:
+            taken.append(batch)
+            yield batch
+
+    results = run_batches(session, names, feed(), "cpu", workers=2)
+    next(results)
+    results.close()
+    assert len(taken) <= 4 < len(batches)  # at most the workers' batches and one queued
