@@ -47,7 +47,7 @@ from expertlens_lite.export.surgery import neuron_output  # noqa: E402
 from expertlens_lite.models.sources import resolve_model  # noqa: E402
 from expertlens_lite.paths import cache_dir  # noqa: E402
 from expertlens_lite.pipeline import load_inputs  # noqa: E402
-from expertlens_lite.runtime import cpu_workers, create_session, run_batches  # noqa: E402
+from expertlens_lite.runtime import batches_at_once, inference_session, run_batches  # noqa: E402
 
 
 def time_engine(batches, run_all) -> tuple[float, np.ndarray]:
@@ -130,9 +130,9 @@ def main() -> None:
     names = [neuron_output(i, "max") for i in range(exported.manifest.n_layers)]
     engines = {"pytorch": one_by_one(lambda b: torch_responses(model, architecture, b)[0]),
                "pytorch_selfcond": one_by_one(selfcond_engine(source, architecture))}
-    workers = cpu_workers()  # as compute_responses runs them: a batch per core
+    workers = batches_at_once("cpu")  # as compute_responses runs them: a batch per core
     for quantize in ("none", "int8"):
-        session = create_session(exported.onnx_path(quantize), "cpu", threads=1 if workers > 1 else None)
+        session = inference_session(exported.onnx_path(quantize), "cpu", workers)
         engines[f"ort_{quantize}"] = lambda bs, s=session: np.concatenate(
             [np.concatenate(out, axis=1) for out in run_batches(s, names, bs, "cpu", workers)])
     batches = [batch for _, batch in batches]

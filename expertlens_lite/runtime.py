@@ -1,10 +1,10 @@
 """ONNX Runtime inference: pooled neuron responses for every sentence, cached on disk.
 
 Sentences are tokenized once, sorted into length buckets and run in batches (on the
-CPU one batch per core, :func:`run_batches`); each batch's pooled outputs are written straight into a memory-mapped ``.npy`` file, so
-the response matrix ``[n_sentences, n_neurons]`` never has to fit in RAM. The file
-is only renamed into place when complete; an interrupted run keeps its finished
-batches and resumes from them.
+CPU one batch per core, :func:`run_batches`); each batch's pooled outputs are written
+straight into a memory-mapped ``.npy`` file, so the response matrix
+``[n_sentences, n_neurons]`` never has to fit in RAM. The file is only renamed into
+place when complete; an interrupted run keeps its finished batches and resumes from them.
 """
 
 from __future__ import annotations
@@ -61,8 +61,11 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def cpu_workers() -> int:
-    """The CPU cores this process may run on."""
+def batches_at_once(device: str) -> int:
+    """How many batches :func:`run_batches` runs at once on ``device``: on the CPU one per
+    core this process may run on, on CUDA one."""
+    if device == "cuda":
+        return 1
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
@@ -102,6 +105,12 @@ def run_batch(session, names: list[str], batch: dict[str, np.ndarray], device: s
         binding.bind_output(name, "cuda")
     session.run_with_iobinding(binding)
     return binding.copy_outputs_to_cpu()
+
+
+def inference_session(path: Path, device: str, workers: int):
+    """A session for :func:`run_batches` with ``workers`` batches at once: one intra-op
+    thread each when there are several (they share the session), else ONNX Runtime's default."""
+    return create_session(path, device, threads=1 if workers > 1 else None)
 
 
 def run_batches(
@@ -241,11 +250,11 @@ def compute_responses(
     tokenizer = exported.tokenizer()
     encoded = encode(tokenizer, sentences)
     device = resolve_device(device)
-    workers = 1 if device == "cuda" else cpu_workers()
+    workers = batches_at_once(device)
     check_resources(len(sentences), int(encoded.lengths().max()), batch_size, exported.manifest, directory, workers)
     if quantize == "fp16" and device == "cpu":
         log.warning("--quantize fp16 is meant for the CUDA provider; on the CPU it is slower than fp32 (use int8)")
-    session = create_session(exported.onnx_path(quantize), device, threads=1 if workers > 1 else None)
+    session = inference_session(exported.onnx_path(quantize), device, workers)
     manifest = exported.manifest
     names = [neuron_output(i, options.pooling) for i in range(manifest.n_layers)] + [SENTENCE_EMBEDDING]
     shapes = (len(sentences), manifest.n_neurons), (len(sentences), manifest.hidden_size)

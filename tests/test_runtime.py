@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from expertlens_lite.batching import PoolingOptions, encode, length_buckets, make_batch, pad_id
+from expertlens_lite.batching import PoolingOptions, encode, iter_batches, length_buckets, make_batch, pad_id
 from expertlens_lite.concepts import read_corpus
 from expertlens_lite.paths import bundled
 from expertlens_lite.export.surgery import neuron_output
@@ -87,9 +87,7 @@ def test_responses_are_keyed_by_the_onnx_file_that_computes_them(minilm):
 
 def _minilm_batches(minilm, size=3):
     tokenizer = minilm.tokenizer()
-    encoded = encode(tokenizer, SENTENCES)
-    rows = [range(i, min(i + size, len(SENTENCES))) for i in range(0, len(SENTENCES), size)]
-    return [make_batch(encoded, r, pad_id(tokenizer), PoolingOptions()) for r in rows]
+    return [batch for _, batch in iter_batches(encode(tokenizer, SENTENCES), size, pad_id(tokenizer), PoolingOptions())]
 
 
 def test_batches_side_by_side_match_one_at_a_time_in_order(minilm):
