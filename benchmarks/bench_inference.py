@@ -12,17 +12,17 @@ pre-hooks on the down-projections only), and ``pytorch_selfcond``, ml-selfcond's
 way (``selfcond/models.py``: the model with its pre-training head, so the LM head runs
 too, and a forward hook on every non-container module); each runs batch after batch
 on all cores (PyTorch's intra-op threads). The ONNX engines run as
-``compute_responses`` does: one single-threaded session shared by one batch per core
-(``expertlens_lite.runtime.run_batches``). The engines
+``compute_responses`` does (``expertlens_lite.runtime.pooled_batches``): a causal
+model's shared heads once, then the rest of each sentence (``expertlens_lite/heads.py``),
+with one single-threaded session shared by one batch per core. The engines
 take turns over ``--rounds`` rounds and each one's median is reported, so that a
 slow spell on this shared machine does not land on one engine only. Speeds are
 reported as ratios to PyTorch measured in the same run (targets: issue 4 asks
 ORT fp32 ≥ 1.5× and int8 ≥ 2.5× on the default model; issue 9 asks ≥ 1.25× and
 ≥ 3× on SmolLM2), and as GFLOP/s (2 × non-embedding parameters per processed token,
 attention scores left out) against a float32 GEMM peak measured in the same run.
-The ONNX graphs of models with a constant prefix (SmolLM2's BOS) process one token
-fewer per sentence (``expertlens_lite/export/prefix.py``); their GFLOP/s count the
-tokens they process.
+The ONNX engines of causal models process fewer tokens than the PyTorch ones (each
+head once); their GFLOP/s count the tokens they process.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ import argparse
 import json
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -47,7 +48,7 @@ from expertlens_lite.export.surgery import neuron_output  # noqa: E402
 from expertlens_lite.models.sources import resolve_model  # noqa: E402
 from expertlens_lite.paths import cache_dir  # noqa: E402
 from expertlens_lite.pipeline import load_inputs  # noqa: E402
-from expertlens_lite.runtime import batches_at_once, inference_session, run_batches  # noqa: E402
+from expertlens_lite.runtime import batches_at_once, inference_session, pooled_batches  # noqa: E402
 
 
 def time_engine(batches, run_all) -> tuple[float, np.ndarray]:
@@ -56,9 +57,33 @@ def time_engine(batches, run_all) -> tuple[float, np.ndarray]:
     return time.perf_counter() - start, out
 
 
-def one_by_one(run_one):
-    """A PyTorch engine: batch after batch, each on every core (PyTorch's own threads)."""
-    return lambda batches: np.concatenate([run_one(b) for b in batches])
+def one_by_one(run_one, n_sentences: int):
+    """A PyTorch engine: batch after batch, each on every core (PyTorch's own threads);
+    the responses in sentence order."""
+
+    def run_all(batches):
+        parts = [(rows, run_one(batch)) for rows, batch in batches]
+        out = np.empty((n_sentences, parts[0][1].shape[1]), dtype=np.float32)
+        for rows, part in parts:
+            out[rows] = part
+        return out
+
+    return run_all
+
+
+class TokenCounter:
+    """An ONNX Runtime session that counts the tokens it is fed (``input_ids``)."""
+
+    def __init__(self, session) -> None:
+        self.session, self.tokens, self.lock = session, 0, threading.Lock()
+
+    def run(self, names, feed):
+        with self.lock:  # batches run side by side
+            self.tokens += feed["input_ids"].size
+        return self.session.run(names, feed)
+
+    def __getattr__(self, name):
+        return getattr(self.session, name)
 
 
 def selfcond_engine(source, architecture):
@@ -122,22 +147,30 @@ def main() -> None:
     encoded = encode(tokenizer, sentences)
     batches = list(iter_batches(encoded, args.batch_size, pad_id(tokenizer), PoolingOptions()))
     processed_tokens = sum(b["input_ids"].size for _, b in batches)
-    prefix = len(exported.manifest.prefix_token_ids)
-    onnx_tokens = sum(b["input_ids"].shape[0] * (b["input_ids"].shape[1] - prefix) for _, b in batches)
     embedding = model.get_input_embeddings().weight.numel()
     flops_per_token = 2 * (sum(p.numel() for p in model.parameters()) - embedding)
 
     names = [neuron_output(i, "max") for i in range(exported.manifest.n_layers)]
-    engines = {"pytorch": one_by_one(lambda b: torch_responses(model, architecture, b)[0]),
-               "pytorch_selfcond": one_by_one(selfcond_engine(source, architecture))}
+    engines = {"pytorch": one_by_one(lambda b: torch_responses(model, architecture, b)[0], len(sentences)),
+               "pytorch_selfcond": one_by_one(selfcond_engine(source, architecture), len(sentences))}
     workers = batches_at_once("cpu")  # as compute_responses runs them: a batch per core
-    for quantize in ("none", "int8"):
-        session = inference_session(exported.onnx_path(quantize), "cpu", workers)
-        engines[f"ort_{quantize}"] = lambda bs, s=session: np.concatenate(
-            [np.concatenate(out, axis=1) for out in run_batches(s, names, bs, "cpu", workers)])
-    batches = [batch for _, batch in batches]
+    prefix = exported.prefix()
+    counter = TokenCounter(inference_session(exported.onnx_path("none"), "cpu", workers))
+    sessions = {"none": counter, "int8": inference_session(exported.onnx_path("int8"), "cpu", workers)}
+
+    def onnx_engine(session):
+        def run_all(_batches):
+            out = np.empty((len(sentences), exported.manifest.n_neurons), dtype=np.float32)
+            for rows, outputs in pooled_batches(session, names, encoded, PoolingOptions(), args.batch_size, pad_id(tokenizer), "cpu", workers, prefix):
+                out[rows] = np.concatenate(outputs, axis=1)
+            return out
+
+        return run_all
+
+    engines |= {f"ort_{quantize}": onnx_engine(session) for quantize, session in sessions.items()}
     for run_all in engines.values():
         run_all(batches[:workers])  # warm-up (allocations, thread pools)
+    onnx_tokens = counter.tokens  # the ONNX engines' warm-up runs every sentence once
     times: dict[str, list[float]] = {name: [] for name in engines}
     outputs = {}
     for _ in range(args.rounds):

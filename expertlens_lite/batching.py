@@ -13,8 +13,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import InputError
-
 
 @dataclass(frozen=True)
 class PoolingOptions:
@@ -64,25 +62,31 @@ def pad_id(tokenizer) -> int:
     raise AssertionError("unreachable")
 
 
-def make_batch(encoded: Encoded, rows: Sequence[int], pad: int, options: PoolingOptions) -> dict[str, np.ndarray]:
-    """Right-padded model inputs plus ``pool_mask`` (float32) for the given rows."""
-    width = max(len(encoded.input_ids[r]) for r in rows)
-    input_ids = np.full((len(rows), width), pad, dtype=np.int64)
-    attention = np.zeros((len(rows), width), dtype=np.int64)
-    pool = np.zeros((len(rows), width), dtype=np.float32)
-    for i, r in enumerate(rows):
-        ids, special = encoded.input_ids[r], encoded.special[r]
+def pooled_tokens(ids: np.ndarray, special: np.ndarray, options: PoolingOptions) -> np.ndarray:
+    """Which of one sentence's tokens its responses are pooled over (bool ``[len(ids)]``)."""
+    take = np.ones(len(ids), dtype=bool) if options.keep_special_tokens else ~special
+    if options.skip_first_token:
+        first = np.flatnonzero(~special)
+        if len(first) > 1:
+            take[first[0]] = False
+    if not take.any():  # a sentence of special tokens only: pool over everything real
+        take[:] = True
+    return take
+
+
+def pad_batch(token_ids: Sequence[np.ndarray], pooled: Sequence[np.ndarray], pad: int, past: int = 0) -> dict[str, np.ndarray]:
+    """Right-padded model inputs plus ``pool_mask`` (float32) for token sequences that
+    follow ``past`` tokens already run (:mod:`.heads`): ``attention_mask`` and
+    ``pool_mask`` cover those too, so ``pooled[i]`` has ``past + len(token_ids[i])`` entries."""
+    width = max(len(ids) for ids in token_ids)
+    input_ids = np.full((len(token_ids), width), pad, dtype=np.int64)
+    attention = np.zeros((len(token_ids), past + width), dtype=np.int64)
+    pool = np.zeros((len(token_ids), past + width), dtype=np.float32)
+    for i, (ids, take) in enumerate(zip(token_ids, pooled)):
         input_ids[i, : len(ids)] = ids
-        attention[i, : len(ids)] = 1
-        take = np.ones(len(ids), dtype=bool) if options.keep_special_tokens else ~special
-        if options.skip_first_token:
-            first = np.flatnonzero(~special)
-            if len(first) > 1:
-                take[first[0]] = False
-        if not take.any():  # a sentence of special tokens only: pool over everything real
-            take[:] = True
-        pool[i, : len(ids)] = take
-    positions = np.broadcast_to(np.arange(width, dtype=np.int64), (len(rows), width)).copy()
+        attention[i, : past + len(ids)] = 1
+        pool[i, : len(take)] = take
+    positions = np.broadcast_to(np.arange(past, past + width, dtype=np.int64), (len(token_ids), width)).copy()
     return {
         "input_ids": input_ids,
         "attention_mask": attention,
@@ -92,15 +96,10 @@ def make_batch(encoded: Encoded, rows: Sequence[int], pad: int, options: Pooling
     }
 
 
-def strip_prefix(batch: dict[str, np.ndarray], prefix: Sequence[int]) -> dict[str, np.ndarray]:
-    """``batch`` for a graph that has the constant ``prefix`` tokens baked in: the token
-    inputs start after them, while ``attention_mask`` and ``pool_mask`` still cover them."""
-    n = len(prefix)
-    ids = batch["input_ids"]
-    if ids.shape[1] <= n or not (ids[:, :n] == np.asarray(prefix)).all():
-        raise InputError(f"this model's graph expects every sentence to start with the tokens {list(prefix)} and go on after them")
-    tokens = {name: np.ascontiguousarray(batch[name][:, n:]) for name in ("input_ids", "position_ids", "token_type_ids") if name in batch}
-    return {**batch, **tokens}
+def make_batch(encoded: Encoded, rows: Sequence[int], pad: int, options: PoolingOptions) -> dict[str, np.ndarray]:
+    """Right-padded model inputs plus ``pool_mask`` (float32) for the given whole sentences."""
+    ids = [encoded.input_ids[r] for r in rows]
+    return pad_batch(ids, [pooled_tokens(encoded.input_ids[r], encoded.special[r], options) for r in rows], pad)
 
 
 def length_buckets(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:

@@ -1,7 +1,8 @@
 """ONNX Runtime inference: pooled neuron responses for every sentence, cached on disk.
 
-Sentences are tokenized once, sorted into length buckets and run in batches (on the
-CPU one batch per core, :func:`run_batches`); each batch's pooled outputs are written
+Sentences are tokenized once; a causal model runs the heads they share once
+(:mod:`.heads`), then the rest of every sentence, sorted into length buckets and run
+in batches (on the CPU one batch per core, :func:`run_batches`); each batch's pooled outputs are written
 straight into a memory-mapped ``.npy`` file, so the response matrix
 ``[n_sentences, n_neurons]`` never has to fit in RAM. The file is only renamed into
 place when complete; an interrupted run keeps its finished batches and resumes from them.
@@ -23,16 +24,25 @@ from pathlib import Path
 import numpy as np
 
 from .atomic import write_json
-from .batching import PoolingOptions, encode, length_buckets, make_batch, pad_id, strip_prefix
+from .batching import (
+    Encoded,
+    PoolingOptions,
+    encode,
+    length_buckets,
+    make_batch,
+    pad_id,
+)
 from .errors import InputError, ResourceError
 from .export import ExportedModel
-from .export.prefix import baked_prefix
+from .export.prefix import Prefix
 from .export.quantize import onnx_filename
-from .export.surgery import SENTENCE_EMBEDDING, neuron_output
+from .export.surgery import PAST_INPUT, SENTENCE_EMBEDDING, neuron_output
+from .heads import HeadStates, check_prefix, fed_back, group_heads, head_batch
 
 log = logging.getLogger(__name__)
 
 DEVICES = ("auto", "cpu", "cuda")
+HEADS_MEMORY = 1 << 30  # most bytes the heads' states may take (:func:`head_length`)
 
 
 def _onnxruntime():
@@ -84,11 +94,10 @@ def create_session(path: Path, device: str = "cpu", threads: int | None = None):
 
 
 def feed_for(session, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The subset of ``batch`` that the session takes as inputs; for a graph that computes
-    the sentences' constant prefix itself (:mod:`.export.prefix`), the tokens after it."""
-    prefix = baked_prefix(session.get_modelmeta().custom_metadata_map)
-    if prefix:
-        batch = strip_prefix(batch, prefix)
+    """The subset of ``batch`` that the session takes as inputs; a graph that takes past
+    tokens (:mod:`.heads`) gets none if ``batch`` has none, so it runs whole sentences."""
+    if not all(i.name in batch for i in session.get_inputs()):
+        batch = HeadStates.empty(session, len(batch["input_ids"]), 0).arrays | batch
     return {i.name: batch[i.name] for i in session.get_inputs()}
 
 
@@ -148,6 +157,82 @@ def run_batches(
 def available_memory() -> int:
     """Bytes of physical memory free now."""
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def head_length(session, encoded: Encoded, options: PoolingOptions, before: int) -> int:
+    """How many first tokens of a sentence make its head (:mod:`.heads`): the constant
+    prefix (``before`` tokens) and one token, unless the heads' states would take more than a quarter of
+    the free memory (or ``HEADS_MEMORY``), then the prefix alone; none for a graph without past."""
+    if not any(i.name.startswith(PAST_INPUT) for i in session.get_inputs()):
+        return 0
+    budget = min(available_memory() // 4, HEADS_MEMORY)
+    length = before + 1
+    if len(group_heads(encoded, options, length).first) * HeadStates.bytes_per_head(session, length) > budget:
+        return before
+    return length
+
+
+def pooled_batches(
+    session,
+    names: list[str],
+    encoded: Encoded,
+    options: PoolingOptions,
+    batch_size: int,
+    pad: int,
+    device: str,
+    workers: int,
+    prefix: Prefix,
+    skip: int = 0,
+) -> Iterator[tuple[np.ndarray, list[np.ndarray] | None]]:
+    """``(sentences, outputs)`` for every sentence once, in batches, in an order fixed by
+    the inputs; the first ``skip`` batches come without outputs (already written by an
+    interrupted run), computed only as far as later ones need.
+
+    First the distinct heads run after the constant ``prefix`` (:mod:`.heads`;
+    :meth:`.ExportedModel.prefix`), which finishes the sentences that end within them;
+    then the sentences of the prefix alone run whole; then every other sentence runs
+    from the token after its head. A graph without past has empty heads: every
+    sentence runs whole.
+    """
+    check_prefix(encoded, prefix)
+    before = len(prefix.token_ids)
+    heads = group_heads(encoded, options, head_length(session, encoded, options, before))
+    states = HeadStates.empty(session, len(heads.first), heads.length, prefix)
+    lengths = encoded.lengths()
+
+    def buckets(rows: np.ndarray, row_lengths: np.ndarray) -> list[np.ndarray]:
+        return [rows[bucket] for bucket in length_buckets(row_lengths, batch_size)]
+
+    if heads.length > before:
+        feeds = fed_back(session)
+        runnable = np.flatnonzero(lengths[heads.first] > before)
+        head_buckets = buckets(runnable, np.minimum(lengths[heads.first[runnable]], heads.length))
+        runs = _run_buckets(session, names + list(feeds), head_buckets, lambda rows: head_batch(encoded, heads, rows, pad, prefix), device, workers)
+        for number, (rows, outputs) in enumerate(runs):  # skipped or not: later batches read their states
+            states.store(rows, dict(zip(feeds.values(), outputs[len(names) :])), before)
+            ended, at = heads.ended_in(encoded, rows)
+            yield ended, [output[at] for output in outputs[: len(names)]] if number >= skip else None
+        skip = max(0, skip - len(head_buckets))
+    alone = np.flatnonzero(lengths <= before)
+    alone_buckets = buckets(alone, lengths[alone])
+    yield from _run_buckets(session, names, alone_buckets, lambda rows: make_batch(encoded, rows, pad, options), device, workers, skip)
+    rests = heads.rests(encoded)
+    skip = max(0, skip - len(alone_buckets))
+    yield from _run_buckets(session, names, buckets(rests, lengths[rests]), lambda rows: states.rest_batch(encoded, heads, rows, pad), device, workers, skip)
+
+
+def _run_buckets(
+    session, names: list[str], buckets: list[np.ndarray], build: Callable[[np.ndarray], dict], device: str, workers: int, skip: int = 0
+) -> Iterator[tuple[np.ndarray, list[np.ndarray] | None]]:
+    """Each bucket of rows with the outputs of its batch (``build(rows)``); the first
+    ``skip`` without outputs, not run."""
+    for rows in buckets[:skip]:
+        yield rows, None
+    results = run_batches(session, names, (build(rows) for rows in buckets[skip:]), device, workers)
+    try:
+        yield from zip(buckets[skip:], results)
+    finally:
+        results.close()
 
 
 def check_resources(n_sentences: int, longest: int, batch_size: int, manifest, directory: Path, workers: int = 1) -> None:
@@ -264,16 +349,16 @@ def compute_responses(
     writers = [_RowWriter(path, shape, fresh=not done) for path, shape in zip(partial, shapes)]
     if done:
         log.info("resuming responses after %d finished batches", done)
-    buckets = length_buckets(encoded.lengths(), batch_size)
-    pad = pad_id(tokenizer)
-    finished = sum(len(rows) for rows in buckets[:done])
-    batches = (make_batch(encoded, rows, pad, options) for rows in buckets[done:])
-    results = run_batches(session, names, batches, device, workers)
+    results = pooled_batches(
+        session, names, encoded, options, batch_size, pad_id(tokenizer), device, workers, exported.prefix(), skip=done
+    )
+    finished = 0
     try:
-        for number, (rows, outputs) in enumerate(zip(buckets[done:], results), start=done):
-            writers[0].write(rows, np.concatenate(outputs[:-1], axis=1))
-            writers[1].write(rows, outputs[-1])
-            write_json(state_path, {"batches_done": number + 1})  # only after the rows are written
+        for number, (rows, outputs) in enumerate(results, start=1):
+            if outputs is not None:
+                writers[0].write(rows, np.concatenate(outputs[:-1], axis=1))
+                writers[1].write(rows, outputs[-1])
+                write_json(state_path, {"batches_done": number})  # only after the rows are written
             finished += len(rows)
             if progress is not None:
                 progress(finished, len(sentences))

@@ -7,10 +7,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from expertlens_lite.batching import PoolingOptions, encode, iter_batches, length_buckets, make_batch, pad_id
+from expertlens_lite import runtime
+from expertlens_lite.batching import (
+    PoolingOptions,
+    encode,
+    iter_batches,
+    length_buckets,
+    make_batch,
+    pad_id,
+)
 from expertlens_lite.concepts import read_corpus
-from expertlens_lite.paths import bundled
 from expertlens_lite.export.surgery import neuron_output
+from expertlens_lite.paths import bundled
 from expertlens_lite.runtime import compute_responses, create_session, run_batches
 
 SENTENCES = read_corpus(bundled("corpus.txt"))[::97][:20]
@@ -47,22 +55,37 @@ def test_batched_rows_equal_single_sentence_rows(minilm, tmp_path):
     assert np.abs(np.asarray(batched.sentence_embeddings) - np.asarray(single.sentence_embeddings)).max() < 1e-4
 
 
-def test_interrupted_run_resumes(minilm, tmp_path):
+def interrupt_after(exported, sentences, key, directory, batches: int) -> None:
+    """Run :func:`compute_responses` (batches of 4) and stop it, as Ctrl-C would, once
+    ``batches`` batches are finished."""
     calls = []
 
-    def stop_after_two_batches(done, total):
+    def stop(done, total):
         calls.append(done)
-        if len(calls) == 2:
+        if len(calls) == batches:
             raise Interrupt
 
     with pytest.raises(Interrupt):
-        compute_responses(minilm, SENTENCES, "resume", tmp_path, batch_size=4, device="cpu", progress=stop_after_two_batches)
+        compute_responses(exported, sentences, key, directory, batch_size=4, device="cpu", progress=stop)
+
+
+def count_batches_run(monkeypatch) -> list[int]:
+    """A list that every batch run from now on appends to."""
+    ran: list[int] = []
+    run_batch = runtime.run_batch
+    monkeypatch.setattr(runtime, "run_batch", lambda *args: ran.append(1) or run_batch(*args))
+    return ran
+
+
+def test_interrupted_run_resumes(minilm, tmp_path, monkeypatch):
+    interrupt_after(minilm, SENTENCES, "resume", tmp_path, 2)
     assert not list(tmp_path.glob("responses/*/neurons.npy"))  # nothing final after a crash
-    resumed_calls = []
+    resumed_calls, ran = [], count_batches_run(monkeypatch)
     resumed = compute_responses(
         minilm, SENTENCES, "resume", tmp_path, batch_size=4, device="cpu", progress=lambda d, t: resumed_calls.append(d)
     )
-    assert len(resumed_calls) == 5 - 2  # only the unfinished batches ran
+    assert len(ran) == 5 - 2  # only the unfinished batches ran
+    assert resumed_calls == [4, 8, 12, 16, 20]  # and progress counts the finished ones
     fresh = compute_responses(minilm, SENTENCES, "fresh", tmp_path, batch_size=4, device="cpu")
     np.testing.assert_array_equal(np.asarray(resumed.neurons), np.asarray(fresh.neurons))
     again = compute_responses(minilm, SENTENCES, "resume", tmp_path, batch_size=4, device="cpu", progress=lambda d, t: pytest.fail("recomputed"))

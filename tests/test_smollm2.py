@@ -49,6 +49,28 @@ def test_smollm2_parity_on_padded_batch(smollm2, elens_home):
             assert (np.abs(value - reference) <= ATOL * np.maximum(1.0, np.abs(reference))).all()
 
 
+def test_smollm2_shared_heads_pool_what_a_whole_forward_pools(smollm2, elens_home, tmp_path):
+    """The run's own path: 60 corpus sentences (and 20 made to start alike), each head
+    (BOS and first token) run once, then the rest of each sentence with the head as past;
+    same bound as the parity test, against PyTorch over each whole sentence."""
+    from expertlens_lite.concepts import read_corpus
+    from expertlens_lite.heads import group_heads
+    from expertlens_lite.paths import bundled
+    from expertlens_lite.runtime import compute_responses
+
+    architecture, model, tokenizer = load_pretrained(resolve_model("smollm2", None, elens_home))
+    corpus = read_corpus(bundled("corpus.txt"))
+    sentences = corpus[::37][:60] + [f"The {s[0].lower()}{s[1:]}" for s in corpus[5::97][:20]]
+    encoded = encode(tokenizer, sentences)
+    assert len(group_heads(encoded, PoolingOptions(), 2).first) <= 61  # the last 20 share their head
+    for options in (PoolingOptions("max"), PoolingOptions("mean", keep_special_tokens=True)):
+        got = compute_responses(smollm2, sentences, options.key(), tmp_path, options=options, device="cpu")
+        batch = make_batch(encoded, range(len(sentences)), pad_id(tokenizer), options)
+        expected, expected_emb = torch_responses(model, architecture, batch, options.pooling)
+        for value, reference in ((np.asarray(got.neurons), expected), (np.asarray(got.sentence_embeddings), expected_emb)):
+            assert (np.abs(value - reference) <= ATOL * np.maximum(1.0, np.abs(reference))).all()
+
+
 def test_bos_exclusion_changes_only_maxima_on_bos(smollm2, elens_home):
     import torch
 

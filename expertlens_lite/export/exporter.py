@@ -1,9 +1,9 @@
 """Export a model to ONNX with pooled MLP neurons, validate it, and cache it.
 
 Steps (each a plain function): load the PyTorch model, export it with Optimum
-(feature extraction; with past key/values when a causal model's tokenizer puts a
-constant prefix before every sentence, which is then computed once and baked in,
-:mod:`.prefix`), add the pooled outputs (:mod:`.surgery`), save
+(feature extraction; causal families with past keys and values, so that sentences
+that start alike run their first tokens once, :mod:`expertlens_lite.heads`), add the
+pooled outputs (:mod:`.surgery`), save
 the tokenizer and the input-embedding table (for the word-embedding baseline),
 check parity with a PyTorch forward with hooks, write the manifest. The whole
 folder appears atomically under ``ELENS_HOME/models/<key>``, so an interrupted
@@ -23,14 +23,14 @@ import numpy as np
 import onnx
 
 from ..atomic import atomic_dir
-from ..batching import PoolingOptions, encode, iter_batches, make_batch, pad_id
+from ..batching import Encoded, PoolingOptions, encode, iter_batches, make_batch, pad_id
 from ..concepts import read_corpus
 from ..errors import ModelError
 from ..models import Architecture, get_architecture
 from ..models.sources import ModelSource, file_sha256
 from ..paths import DEFAULT_CORPUS, bundled
 from .manifest import FORMAT_VERSION, Manifest
-from .prefix import Prefix, bake_prefix, compute_prefix, constant_prefix
+from .prefix import Prefix, compute_prefix, constant_prefix, load_prefix, save_prefix
 from .quantize import QUANTIZATIONS, onnx_filename, quantize_model
 from .reference import torch_responses
 from .surgery import SENTENCE_EMBEDDING, add_pooled_outputs, neuron_output
@@ -71,6 +71,10 @@ class ExportedModel:
     def embeddings(self) -> np.ndarray:
         """The input-embedding table ``[vocab, hidden]`` (memory-mapped)."""
         return np.load(self.directory / EMBEDDINGS, mmap_mode="r")
+
+    def prefix(self) -> Prefix:
+        """The constant prefix and what it leaves for later tokens (:mod:`.prefix`)."""
+        return load_prefix(self.directory, self.manifest.prefix_token_ids)
 
 
 def export_key(source: ModelSource) -> str:
@@ -151,20 +155,23 @@ def _onnx_export(model, folder: Path, with_past: bool) -> None:
 def _export_fresh(source: ModelSource, directory: Path) -> None:
     architecture, model, tokenizer = load_pretrained(source)
     prefix_ids = constant_prefix(tokenizer, architecture, PARITY_SENTENCES)
-    prefix = compute_prefix(model, architecture, prefix_ids) if prefix_ids else None
     log.info("exporting %s to ONNX", source.name)
     with atomic_dir(directory) as tmp:
-        _onnx_export(model, tmp, with_past=prefix is not None)
+        _onnx_export(model, tmp, with_past=architecture.causal and architecture.takes_past)
+        prefix = compute_prefix(model, architecture, prefix_ids) if prefix_ids else Prefix()
+        if prefix.token_ids:
+            save_prefix(tmp, prefix)
         tokenizer.save_pretrained(tmp)
         np.save(tmp / EMBEDDINGS, model.get_input_embeddings().weight.detach().float().numpy())
 
-        batch = make_batch(encode(tokenizer, PARITY_SENTENCES), range(len(PARITY_SENTENCES)), pad_id(tokenizer), PoolingOptions())
+        encoded = encode(tokenizer, PARITY_SENTENCES)
+        batch = make_batch(encoded, range(len(PARITY_SENTENCES)), pad_id(tokenizer), PoolingOptions())
         expected, expected_embedding = torch_responses(model, architecture, batch)
         n_layers = model.config.num_hidden_layers
         units = _units_per_layer(model, architecture, n_layers)
         onnx_path = tmp / "model.onnx"
-        opset = prepare_graph(onnx_path, [architecture.onnx_scope(i) for i in range(n_layers)], units, prefix)
-        diff, scaled = _parity(onnx_path, batch, n_layers, expected, expected_embedding)
+        opset = prepare_graph(onnx_path, [architecture.onnx_scope(i) for i in range(n_layers)], units)
+        diff, scaled = _parity(onnx_path, encoded, pad_id(tokenizer), prefix, n_layers, expected, expected_embedding)
         if scaled > PARITY_ATOL:
             raise ParityError(f"exported {source.name} differs from PyTorch by {diff:.2e} (scaled {scaled:.2e} > {PARITY_ATOL:.0e})")
         Manifest(
@@ -183,18 +190,15 @@ def _export_fresh(source: ModelSource, directory: Path) -> None:
         ).save(tmp)
 
 
-def prepare_graph(onnx_path: Path, scopes: list[str], units: list[int], prefix: Prefix | None = None) -> int:
-    """Bake in the ``prefix``, if any, and add the pooled outputs to the ONNX file in place;
-    returns its opset.
+def prepare_graph(onnx_path: Path, scopes: list[str], units: list[int]) -> int:
+    """Add the pooled outputs to the ONNX file in place; returns its opset.
 
     Weights are not loaded: a model over 2 GB, which Optimum saves with its weights
     in a separate ``.onnx_data`` file, keeps referring to that file, so the graph is
     rewritten without ever holding the weights in memory.
     """
     graph = onnx.load(onnx_path, load_external_data=False)
-    if prefix is not None:
-        bake_prefix(graph, prefix)
-    add_pooled_outputs(graph, scopes, units, graph.graph.output[0].name, prefix)
+    add_pooled_outputs(graph, scopes, units, graph.graph.output[0].name)
     onnx.save(graph, onnx_path)
     return next(op.version for op in graph.opset_import if op.domain in ("", "ai.onnx"))
 
@@ -209,17 +213,29 @@ def _units_per_layer(model, architecture: Architecture, n_layers: int) -> list[i
 
 
 def _parity(
-    onnx_path: Path, batch: dict[str, np.ndarray], n_layers: int, expected: np.ndarray, expected_embedding: np.ndarray
+    onnx_path: Path,
+    encoded: Encoded,
+    pad: int,
+    prefix: Prefix,
+    n_layers: int,
+    expected: np.ndarray,
+    expected_embedding: np.ndarray,
 ) -> tuple[float, float]:
     """Max |ONNX − PyTorch| over the pooled neurons and sentence embedding, absolute and
-    scaled by max(1, |PyTorch|): float32 cannot resolve 1e-4 on activations in the
-    hundreds, which some models have."""
-    from ..runtime import create_session, feed_for
+    scaled by max(1, |PyTorch|) (float32 cannot resolve 1e-4 on activations in the
+    hundreds, which some models have), both ways the graph runs: on whole sentences
+    and as a run does, heads after the ``prefix`` (:mod:`..heads`)."""
+    from ..runtime import create_session, feed_for, pooled_batches
 
     session = create_session(onnx_path, device="cpu")
     names = [neuron_output(i, "max") for i in range(n_layers)] + [SENTENCE_EMBEDDING]
-    outputs = session.run(names, feed_for(session, batch))
-    pairs = [(np.concatenate(outputs[:-1], axis=1), expected), (outputs[-1], expected_embedding)]
+    n = len(encoded.input_ids)
+    whole = session.run(names, feed_for(session, make_batch(encoded, range(n), pad, PoolingOptions())))
+    run = [np.empty_like(output) for output in whole]
+    for rows, outputs in pooled_batches(session, names, encoded, PoolingOptions(), n, pad, "cpu", 1, prefix):
+        for target, value in zip(run, outputs):
+            target[rows] = value
+    pairs = [(np.concatenate(o[:-1], axis=1), expected) for o in (whole, run)] + [(o[-1], expected_embedding) for o in (whole, run)]
     absolute = max(float(np.abs(got - want).max()) for got, want in pairs)
     scaled = max(float((np.abs(got - want) / np.maximum(1.0, np.abs(want))).max()) for got, want in pairs)
     return absolute, scaled

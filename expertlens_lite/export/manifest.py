@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..atomic import write_json
 
-FORMAT_VERSION = 5  # bump whenever the exported files change (graph, quantization)
+FORMAT_VERSION = 6  # bump whenever the exported files change (graph, quantization)
 MANIFEST = "manifest.json"
 
 
@@ -19,7 +19,8 @@ class Manifest:
     ``units_per_layer[i]`` neurons of layer ``i`` occupy the response columns
     ``sum(units_per_layer[:i]) ...`` in layer order. ``files`` maps each ONNX file
     (one per quantization) to its SHA-256. ``prefix_token_ids``: the constant tokens
-    every sentence starts with, computed once at export (:mod:`.prefix`).
+    every sentence starts with (:mod:`.prefix`), which with one more token make the
+    heads that sentences share (:mod:`expertlens_lite.heads`).
     """
 
     model: str

@@ -15,6 +15,9 @@ costs nothing. ``sentence_embedding`` (mean of the last hidden state over the sa
 tokens) feeds the sentence-embedding baseline; ``last_hidden_state`` itself is no
 longer an output. ``pool_mask`` is separate from ``attention_mask`` so the runtime
 can leave out special tokens (BOS, CLS, SEP) without changing what the model sees.
+A causal graph exported with past keys and values also takes the neurons and hidden
+state of the past tokens and returns what a later run reads
+(:func:`add_pooled_outputs`, :mod:`expertlens_lite.heads`).
 """
 
 from __future__ import annotations
@@ -24,16 +27,31 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from ..errors import ModelError
-from .prefix import Prefix
 
 POOL_MASK = "pool_mask"
 SENTENCE_EMBEDDING = "sentence_embedding"
 POOLINGS = ("max", "mean")
+PAST_INPUT = "past_key_values."
+PRESENT_OUTPUT = "present."
+PAST_NEURONS = "past_neurons."
+PAST_HIDDEN = "past_hidden"
+TOKEN_NEURONS = "token_neurons."
+TOKEN_HIDDEN = "token_hidden"
 
 
 def neuron_output(layer: int, pooling: str) -> str:
     """Canonical output name of layer ``layer``'s pooled neurons."""
     return f"blocks.{layer}.mlp.hook_post.{pooling}"
+
+
+def past_neurons(layer: int) -> str:
+    """Input name of the neurons of layer ``layer`` at the past tokens."""
+    return f"{PAST_NEURONS}{layer}"
+
+
+def token_neurons(layer: int) -> str:
+    """Output name of the neurons of layer ``layer`` at every token run."""
+    return f"{TOKEN_NEURONS}{layer}"
 
 
 def scope_input(graph: onnx.GraphProto, scope: str) -> str:
@@ -106,75 +124,93 @@ class _Builder:
         return self.node(op, [data], name, axes=[axis], keepdims=keepdims)
 
 
-def add_pooled_outputs(
-    model: onnx.ModelProto, scopes: list[str], units: list[int], hidden_output: str, prefix: Prefix | None = None
-) -> None:
+def add_pooled_outputs(model: onnx.ModelProto, scopes: list[str], units: list[int], hidden_output: str) -> None:
     """Rewrite ``model`` in place: add ``pool_mask`` and the pooled outputs.
 
     Args:
-        model: a feature-extraction export with ``attention_mask`` and ``hidden_output``.
+        model: a feature-extraction export with ``attention_mask`` and ``hidden_output``,
+            with or without ``past_key_values`` inputs.
         scopes: per layer, the node-name scope of the MLP down-projection.
         units: per layer, the number of neurons (``d_mlp``).
         hidden_output: name of the last-hidden-state output, replaced by
             ``sentence_embedding``.
-        prefix: the constant first tokens baked into the graph (:mod:`.prefix`), if
-            any. ``pool_mask`` then still covers them, like ``attention_mask``, and
-            their precomputed neurons and hidden state are pooled with the rest.
+
+    A graph with past keys and values runs the tokens after ``past`` tokens that an
+    earlier run computed (:mod:`expertlens_lite.heads`). It gets two more kinds of
+    input, the neurons (``past_neurons.{i}``) and last hidden state (``past_hidden``)
+    of those tokens, which ``pool_mask`` covers like ``attention_mask`` does, so they
+    are pooled with the rest; and it keeps, as outputs for such a later run, the
+    ``present.*`` keys and values and every token's neurons (``token_neurons.{i}``)
+    and last hidden state (``token_hidden``). Fed ``past`` tokens of length 0 it runs
+    whole sentences.
     """
     graph = model.graph
     if POOL_MASK in {i.name for i in graph.input}:
         raise ModelError("this ONNX model has already been prepared by expertlens-lite")
     b = _Builder(model)
     attention = next(i for i in graph.input if i.name == "attention_mask")
-    dims = [d.dim_param or d.dim_value for d in attention.type.tensor_type.shape.dim]
-    graph.input.append(helper.make_tensor_value_info(POOL_MASK, TensorProto.FLOAT, dims))
+    graph.input.append(helper.make_tensor_value_info(POOL_MASK, TensorProto.FLOAT, _dims(attention)))
+    presents = [o for o in graph.output if o.name.startswith(PRESENT_OUTPUT)]
+    with_past = bool(presents)
     mask3 = b.node("Unsqueeze", [POOL_MASK, b.constant("axis_last", [2])], "mask3")
-    count = b.reduce("ReduceSum", mask3, 1, "count", keepdims=0)  # [batch, 1], prefix included
+    count = b.reduce("ReduceSum", mask3, 1, "count", keepdims=0)  # [batch, 1], past included
     neg_inf = b.constant("neg_inf", np.array(-np.inf, dtype=np.float32))
-    if prefix is not None:
-        mask3, prefix_mask3 = (
-            b.node("Slice", [mask3, b.constant(f"{name}_start", [start]), b.constant(f"{name}_end", [end]), b.constant(f"{name}_axis", [1])], name)
-            for name, start, end in (("tokens_mask3", len(prefix.token_ids), np.iinfo(np.int64).max), ("prefix_mask3", 0, len(prefix.token_ids)))
+    if with_past:
+        hidden_size = _dims(next(o for o in graph.output if o.name == hidden_output))[-1]
+        graph.input.append(helper.make_tensor_value_info(PAST_HIDDEN, TensorProto.FLOAT, ["batch_size", "past_sequence_length", hidden_size]))
+        past = b.node("Shape", [PAST_HIDDEN], "past_length", start=1, end=2)
+        mask3, past_mask3 = (
+            b.node("Slice", [mask3, start, end, b.constant(f"{name}_axis", [1])], name)
+            for name, start, end in (("tokens_mask3", past, b.constant("end", [np.iinfo(np.int64).max])), ("past_mask3", b.constant("zero", [0]), past))
         )
-        prefix_keep3 = b.node("Cast", [prefix_mask3], "prefix_keep3", to=TensorProto.BOOL)
+        past_keep3 = b.node("Cast", [past_mask3], "past_keep3", to=TensorProto.BOOL)
     keep3 = b.node("Cast", [mask3], "keep3", to=TensorProto.BOOL)
 
-    def prefix_values(values: np.ndarray, name: str) -> str:
-        """The prefix's precomputed ``values`` ``[prefix, d]`` as a ``[1, prefix, d]`` initializer."""
-        return b.constant(f"{name}_prefix", values[None].astype(np.float32))
-
-    def pooled_max(x: str, constant: str | None, name: str) -> str:
-        """Max of ``x`` ``[batch, seq, d]`` over the pooled tokens, the prefix's
-        ``constant`` values included."""
+    def pooled_max(x: str, past: str | None, name: str) -> str:
+        """Max of ``x`` ``[batch, seq, d]`` over the pooled tokens, those of ``past``
+        ``[batch, past, d]`` included."""
         highest = b.reduce("ReduceMax", b.node("Where", [keep3, x, neg_inf], f"{name}_where"), 1, f"{name}_max", keepdims=0)
-        if constant is None:
+        if past is None:
             return highest
-        masked = b.node("Where", [prefix_keep3, constant, neg_inf], f"{name}_prefix_where")
-        return b.node("Max", [highest, b.reduce("ReduceMax", masked, 1, f"{name}_prefix_max", keepdims=0)], f"{name}_all_max")
+        masked = b.node("Where", [past_keep3, past, neg_inf], f"{name}_past_where")
+        return b.node("Max", [highest, b.reduce("ReduceMax", masked, 1, f"{name}_past_max", keepdims=0)], f"{name}_all_max")
 
-    def pooled_mean(x: str, constant: str | None, name: str) -> str:
+    def pooled_mean(x: str, past: str | None, name: str) -> str:
         """Mean of ``x`` over the same tokens as :func:`pooled_max`."""
         total = b.reduce("ReduceSum", b.node("Mul", [x, mask3], f"{name}_masked"), 1, f"{name}_sum", keepdims=0)
-        if constant is not None:
-            masked = b.node("Mul", [constant, prefix_mask3], f"{name}_prefix_masked")
-            total = b.node("Add", [total, b.reduce("ReduceSum", masked, 1, f"{name}_prefix_sum", keepdims=0)], f"{name}_all_sum")
+        if past is not None:
+            masked = b.node("Mul", [past, past_mask3], f"{name}_past_masked")
+            total = b.node("Add", [total, b.reduce("ReduceSum", masked, 1, f"{name}_past_sum", keepdims=0)], f"{name}_all_sum")
         return b.node("Div", [total, count], f"{name}_mean")
+
+    def output(tensor: str, name: str, dims: list) -> None:
+        graph.node.append(helper.make_node("Identity", [tensor], [name], name=f"/elens/{name}"))
+        outputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, dims))
 
     # Some families (OPT) flatten tokens to [batch*seq, d] around the MLP; viewing every
     # neuron tensor as [batch, seq, d] handles them without a special case.
     batch_seq = b.node("Shape", ["input_ids"], "batch_seq")
     view_shape = b.node("Concat", [batch_seq, b.constant("minus_one", [-1])], "view_shape", axis=0)
-    outputs = []
+    outputs: list[onnx.ValueInfoProto] = []
+    token_outputs = []
     for layer, (scope, d_mlp) in enumerate(zip(scopes, units)):
         x = b.node("Reshape", [scope_input(graph, scope), view_shape], f"l{layer}_view")
-        constant = None if prefix is None else prefix_values(prefix.neurons[layer], f"l{layer}")
-        pooled = {"max": pooled_max(x, constant, f"l{layer}"), "mean": pooled_mean(x, constant, f"l{layer}")}
+        past = None
+        if with_past:
+            past = past_neurons(layer)
+            graph.input.append(helper.make_tensor_value_info(past, TensorProto.FLOAT, ["batch_size", "past_sequence_length", d_mlp]))
+            token_outputs.append((x, token_neurons(layer), ["batch_size", "sequence_length", d_mlp]))
+        pooled = {"max": pooled_max(x, past, f"l{layer}"), "mean": pooled_mean(x, past, f"l{layer}")}
         for pooling in POOLINGS:
-            name = neuron_output(layer, pooling)
-            graph.node.append(helper.make_node("Identity", [pooled[pooling]], [name], name=f"/elens/{name}"))
-            outputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch_size", d_mlp]))
-    embedding = pooled_mean(hidden_output, None if prefix is None else prefix_values(prefix.hidden, "sentence"), "sentence")
-    graph.node.append(helper.make_node("Identity", [embedding], [SENTENCE_EMBEDDING], name=f"/elens/{SENTENCE_EMBEDDING}"))
-    outputs.append(helper.make_tensor_value_info(SENTENCE_EMBEDDING, TensorProto.FLOAT, ["batch_size", None]))
+            output(pooled[pooling], neuron_output(layer, pooling), ["batch_size", d_mlp])
+    output(pooled_mean(hidden_output, PAST_HIDDEN if with_past else None, "sentence"), SENTENCE_EMBEDDING, ["batch_size", None])
+    if with_past:
+        token_outputs.append((hidden_output, TOKEN_HIDDEN, ["batch_size", "sequence_length", hidden_size]))
+    for tensor, name, dims in token_outputs:
+        output(tensor, name, dims)
     del graph.output[:]
-    graph.output.extend(outputs)
+    graph.output.extend(outputs + presents)
+
+
+def _dims(value: onnx.ValueInfoProto) -> list:
+    return [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]

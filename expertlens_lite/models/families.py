@@ -9,4 +9,4 @@ GPT_NEOX = register(Architecture("gpt_neox", ("gpt_neox",), "layers.{layer}.mlp.
 GPT2 = register(Architecture("gpt2", ("gpt2",), "h.{layer}.mlp.c_proj", causal=True))
 LLAMA = register(Architecture("llama", ("llama", "mistral", "qwen2"), "layers.{layer}.mlp.down_proj", causal=True))
 # Optimum's with-past export of OPT traces a causal mask one column wider than its keys.
-OPT = register(Architecture("opt", ("opt",), "decoder.layers.{layer}.fc2", causal=True, prefix_as_past=False))
+OPT = register(Architecture("opt", ("opt",), "decoder.layers.{layer}.fc2", causal=True, takes_past=False))

@@ -1,0 +1,122 @@
+"""Sentences that start alike run their first tokens once (``expertlens_lite.heads``),
+yet pool exactly what a PyTorch forward over each whole sentence pools; a run that
+does not have the memory for the heads' states shares the constant prefix only; an
+interrupted run resumes; quantized graphs keep the past inputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from expertlens_lite import runtime
+from expertlens_lite.batching import PoolingOptions, encode, make_batch, pad_id
+from expertlens_lite.export import export_model, load_pretrained
+from expertlens_lite.export.reference import torch_responses
+from expertlens_lite.heads import HeadStates, group_heads
+from expertlens_lite.runtime import compute_responses, create_session, head_length
+
+from .test_parity import ATOL, tiny_source
+from .test_runtime import count_batches_run, interrupt_after
+
+OPTIONS = [
+    PoolingOptions("max"),
+    PoolingOptions("mean"),
+    PoolingOptions("max", keep_special_tokens=True),
+    PoolingOptions("mean", keep_special_tokens=True),
+    PoolingOptions("max", skip_first_token=True),
+]
+
+
+def alike_sentences(n: int = 40, seed: int = 3, empty: bool = True) -> list[str]:
+    """Sentences of 1 to 8 words drawn from 5, so that many share their first word, and
+    with ``empty`` one that a tokenizer with a prefix turns into the prefix alone."""
+    rng = np.random.default_rng(seed)
+    return [" ".join(f"w{j}" for j in rng.integers(0, 5, size=rng.integers(1, 9))) for _ in range(n)] + [""] * empty
+
+
+def assert_equals_whole_forward(source, exported, sentences, options, home, key):
+    architecture, model, tokenizer = load_pretrained(source)
+    got = compute_responses(exported, sentences, key, home, options=options, batch_size=7, device="cpu")
+    batch = make_batch(encode(tokenizer, sentences), range(len(sentences)), pad_id(tokenizer), options)
+    expected, expected_embedding = torch_responses(model, architecture, batch, options.pooling)
+    assert np.abs(np.asarray(got.neurons) - expected).max() <= ATOL
+    assert np.abs(np.asarray(got.sentence_embeddings) - expected_embedding).max() <= ATOL
+
+
+@pytest.mark.parametrize(
+    "model_type,bos", [("gpt_neox", True), ("gpt2", True), ("llama", True), ("mistral", True), ("qwen2", True), ("llama", False)]
+)
+def test_shared_heads_pool_what_a_whole_forward_pools(model_type, bos, tmp_path, elens_home):
+    source = tiny_source(model_type, tmp_path / model_type, bos=bos)
+    exported = export_model(source, elens_home)
+    assert exported.manifest.prefix_token_ids == ([992] if bos else [])
+    sentences = alike_sentences(empty=bos)
+    session = create_session(exported.onnx_path(), "cpu")
+    encoded = encode(exported.tokenizer(), sentences)
+    length = head_length(session, encoded, PoolingOptions(), len(exported.manifest.prefix_token_ids))
+    assert length == len(exported.manifest.prefix_token_ids) + 1
+    assert len(group_heads(encoded, PoolingOptions(), length).first) <= 6  # 41 sentences: 5 first words, the empty one
+    for options in OPTIONS:
+        assert_equals_whole_forward(source, exported, sentences, options, tmp_path, f"{model_type}-{options.key()}")
+
+
+def test_a_head_differs_where_pooling_does(tmp_path):
+    """With --skip-first-token a one-word sentence pools its word and a longer one does
+    not: the same tokens are then two heads, or the short one would pool nothing."""
+    tokenizer = load_pretrained(tiny_source("llama", tmp_path / "llama", bos=True))[2]
+    encoded = encode(tokenizer, ["w1", "w1 w2", "w1 w3"])
+    assert group_heads(encoded, PoolingOptions(), 2).of_sentence.tolist() == [0, 0, 0]
+    assert group_heads(encoded, PoolingOptions(skip_first_token=True), 2).of_sentence.tolist() == [0, 1, 1]
+
+
+def test_a_sentence_without_the_prefix_is_refused(tmp_path, elens_home):
+    from expertlens_lite.errors import InputError
+    from expertlens_lite.heads import check_prefix
+
+    exported = export_model(tiny_source("llama", tmp_path / "llama", bos=True), elens_home)
+    encoded = encode(exported.tokenizer(), ["w1 w2", "w3 w4"])
+    check_prefix(encoded, exported.prefix())
+    encoded.input_ids[1][0] = 5
+    with pytest.raises(InputError, match=r"start with the tokens \[992\]"):
+        check_prefix(encoded, exported.prefix())
+
+
+def test_without_memory_for_the_heads_only_the_prefix_is_shared(tmp_path, elens_home, monkeypatch):
+    source = tiny_source("llama", tmp_path / "llama", bos=True)
+    exported = export_model(source, elens_home)
+    session = create_session(exported.onnx_path(), "cpu")
+    encoded = encode(exported.tokenizer(), alike_sentences())
+    heads = len(group_heads(encoded, PoolingOptions(), 2).first)
+    monkeypatch.setattr(runtime, "HEADS_MEMORY", heads * HeadStates.bytes_per_head(session, 2) - 1)
+    assert head_length(session, encoded, PoolingOptions(), 1) == 1
+    assert_equals_whole_forward(source, exported, alike_sentences(), PoolingOptions(), tmp_path, "prefix-only")
+
+
+def test_interrupted_run_with_heads_resumes(tmp_path, elens_home, monkeypatch):
+    """The heads run again (their states are not saved), the finished batches after them do not."""
+    exported = export_model(tiny_source("llama", tmp_path / "llama", bos=True), elens_home)
+    sentences = alike_sentences()
+    interrupt_after(exported, sentences, "resume", tmp_path, 5)
+    ran = count_batches_run(monkeypatch)
+    progress = {"resumed": [], "fresh": []}
+    resumed = compute_responses(exported, sentences, "resume", tmp_path, batch_size=4, device="cpu", progress=lambda d, t: progress["resumed"].append(d))
+    resumed_ran = len(ran)
+    fresh = compute_responses(exported, sentences, "fresh", tmp_path, batch_size=4, device="cpu", progress=lambda d, t: progress["fresh"].append(d))
+    # 5 heads in 2 batches, then the prefix alone (the empty sentence), then the rests
+    assert resumed_ran == len(ran) - resumed_ran - 3
+    assert progress["resumed"] == progress["fresh"] and progress["fresh"][-1] == len(sentences)
+    np.testing.assert_array_equal(np.asarray(resumed.neurons), np.asarray(fresh.neurons))
+
+
+@pytest.mark.parametrize("quantize", ["int8", "fp16"])
+def test_quantized_variants_keep_the_past_inputs(quantize, tmp_path, elens_home):
+    """Quantization rewrites the graph; the past inputs and the outputs a head's run
+    leaves must survive it, and the heads must still be shared."""
+    exported = export_model(tiny_source("llama", tmp_path / "llama", bos=True), elens_home, quantize)
+    session = create_session(exported.onnx_path(quantize), "cpu")
+    assert {"past_key_values.0.key", "past_neurons.0", "past_hidden"} <= {i.name for i in session.get_inputs()}
+    assert {"present.0.key", "token_neurons.0", "token_hidden"} <= {o.name for o in session.get_outputs()}
+    sentences = alike_sentences()
+    got = compute_responses(exported, sentences, "q", tmp_path, quantize=quantize, batch_size=7, device="cpu")
+    reference = compute_responses(exported, sentences, "q", tmp_path, batch_size=7, device="cpu")
+    assert np.corrcoef(np.ravel(got.neurons), np.ravel(reference.neurons))[0, 1] > 0.99
