@@ -5,13 +5,14 @@ Usage::
 
     python benchmarks/bench_inference.py [--model smollm2] [--limit N] [--json out.json]
 
-All engines read the same tokenized, length-bucketed, padded batches and produce the
-same pooled responses; the time covers the model call and the pooling. Two PyTorch
+All engines read the same tokenized sentences and produce the same pooled responses,
+in sentence order; the time covers the model calls and the pooling. Two PyTorch
 engines: ``pytorch``, the lean one the targets are measured against (the base model,
 pre-hooks on the down-projections only), and ``pytorch_selfcond``, ml-selfcond's own
 way (``selfcond/models.py``: the model with its pre-training head, so the LM head runs
-too, and a forward hook on every non-container module); each runs batch after batch
-on all cores (PyTorch's intra-op threads). The ONNX engines run as
+too, and a forward hook on every non-container module); each runs length-bucketed,
+padded batches of whole sentences, batch after batch on all cores (PyTorch's intra-op
+threads). The ONNX engines run as
 ``compute_responses`` does (``expertlens_lite.runtime.pooled_batches``): a causal
 model's shared heads once, then the rest of each sentence (``expertlens_lite/heads.py``),
 with one single-threaded session shared by one batch per core. The engines

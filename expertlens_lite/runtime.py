@@ -37,12 +37,12 @@ from .export import ExportedModel
 from .export.prefix import Prefix
 from .export.quantize import onnx_filename
 from .export.surgery import PAST_INPUT, SENTENCE_EMBEDDING, neuron_output
-from .heads import HeadStates, check_prefix, fed_back, group_heads, head_batch
+from .heads import Heads, HeadStates, check_prefix, fed_back, group_heads, head_batch
 
 log = logging.getLogger(__name__)
 
 DEVICES = ("auto", "cpu", "cuda")
-HEADS_MEMORY = 1 << 30  # most bytes the heads' states may take (:func:`head_length`)
+HEADS_MEMORY = 1 << 30  # most bytes the heads' states may take (:func:`shared_heads`)
 
 
 def _onnxruntime():
@@ -159,17 +159,18 @@ def available_memory() -> int:
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
-def head_length(session, encoded: Encoded, options: PoolingOptions, before: int) -> int:
-    """How many first tokens of a sentence make its head (:mod:`.heads`): the constant
-    prefix (``before`` tokens) and one token, unless the heads' states would take more than a quarter of
-    the free memory (or ``HEADS_MEMORY``), then the prefix alone; none for a graph without past."""
+def shared_heads(session, encoded: Encoded, options: PoolingOptions, before: int) -> Heads:
+    """The sentences grouped by their heads (:mod:`.heads`): the constant prefix
+    (``before`` tokens) and one token, unless the heads' states would take more than a
+    quarter of the free memory (or ``HEADS_MEMORY``), then the prefix alone; for a graph
+    without past, empty heads."""
     if not any(i.name.startswith(PAST_INPUT) for i in session.get_inputs()):
-        return 0
+        return group_heads(encoded, options, 0)
     budget = min(available_memory() // 4, HEADS_MEMORY)
-    length = before + 1
-    if len(group_heads(encoded, options, length).first) * HeadStates.bytes_per_head(session, length) > budget:
-        return before
-    return length
+    heads = group_heads(encoded, options, before + 1)
+    if len(heads.first) * HeadStates.bytes_per_head(session, heads.length) > budget:
+        return group_heads(encoded, options, before)
+    return heads
 
 
 def pooled_batches(
@@ -196,7 +197,7 @@ def pooled_batches(
     """
     check_prefix(encoded, prefix)
     before = len(prefix.token_ids)
-    heads = group_heads(encoded, options, head_length(session, encoded, options, before))
+    heads = shared_heads(session, encoded, options, before)
     states = HeadStates.empty(session, len(heads.first), heads.length, prefix)
     lengths = encoded.lengths()
 

@@ -13,7 +13,7 @@ from expertlens_lite.batching import PoolingOptions, encode, make_batch, pad_id
 from expertlens_lite.export import export_model, load_pretrained
 from expertlens_lite.export.reference import torch_responses
 from expertlens_lite.heads import HeadStates, group_heads
-from expertlens_lite.runtime import compute_responses, create_session, head_length
+from expertlens_lite.runtime import compute_responses, create_session, shared_heads
 
 from .test_parity import ATOL, tiny_source
 from .test_runtime import count_batches_run, interrupt_after
@@ -53,9 +53,9 @@ def test_shared_heads_pool_what_a_whole_forward_pools(model_type, bos, tmp_path,
     sentences = alike_sentences(empty=bos)
     session = create_session(exported.onnx_path(), "cpu")
     encoded = encode(exported.tokenizer(), sentences)
-    length = head_length(session, encoded, PoolingOptions(), len(exported.manifest.prefix_token_ids))
-    assert length == len(exported.manifest.prefix_token_ids) + 1
-    assert len(group_heads(encoded, PoolingOptions(), length).first) <= 6  # 41 sentences: 5 first words, the empty one
+    heads = shared_heads(session, encoded, PoolingOptions(), len(exported.manifest.prefix_token_ids))
+    assert heads.length == len(exported.manifest.prefix_token_ids) + 1
+    assert len(heads.first) <= 6  # 41 sentences: 5 first words, the empty one
     for options in OPTIONS:
         assert_equals_whole_forward(source, exported, sentences, options, tmp_path, f"{model_type}-{options.key()}")
 
@@ -88,7 +88,7 @@ def test_without_memory_for_the_heads_only_the_prefix_is_shared(tmp_path, elens_
     encoded = encode(exported.tokenizer(), alike_sentences())
     heads = len(group_heads(encoded, PoolingOptions(), 2).first)
     monkeypatch.setattr(runtime, "HEADS_MEMORY", heads * HeadStates.bytes_per_head(session, 2) - 1)
-    assert head_length(session, encoded, PoolingOptions(), 1) == 1
+    assert shared_heads(session, encoded, PoolingOptions(), 1).length == 1
     assert_equals_whole_forward(source, exported, alike_sentences(), PoolingOptions(), tmp_path, "prefix-only")
 
 
