@@ -45,7 +45,7 @@ from expertlens_lite import RunConfig  # noqa: E402
 from expertlens_lite.batching import PoolingOptions, encode, iter_batches, pad_id  # noqa: E402
 from expertlens_lite.export import export_model, load_pretrained  # noqa: E402
 from expertlens_lite.export.reference import pool_tokens, torch_inputs, torch_responses  # noqa: E402
-from expertlens_lite.export.surgery import neuron_output  # noqa: E402
+from expertlens_lite.export.surgery import response_outputs  # noqa: E402
 from expertlens_lite.models.sources import resolve_model  # noqa: E402
 from expertlens_lite.paths import cache_dir  # noqa: E402
 from expertlens_lite.pipeline import load_inputs  # noqa: E402
@@ -151,19 +151,19 @@ def main() -> None:
     embedding = model.get_input_embeddings().weight.numel()
     flops_per_token = 2 * (sum(p.numel() for p in model.parameters()) - embedding)
 
-    names = [neuron_output(i, "max") for i in range(exported.manifest.n_layers)]
+    names = response_outputs(exported.manifest.n_layers, "max")
     engines = {"pytorch": one_by_one(lambda b: torch_responses(model, architecture, b)[0], len(sentences)),
                "pytorch_selfcond": one_by_one(selfcond_engine(source, architecture), len(sentences))}
     workers = batches_at_once("cpu")  # as compute_responses runs them: a batch per core
     prefix = exported.prefix()
-    counter = TokenCounter(inference_session(exported.onnx_path("none"), "cpu", workers))
-    sessions = {"none": counter, "int8": inference_session(exported.onnx_path("int8"), "cpu", workers)}
+    counter = TokenCounter(inference_session(exported.onnx_path("none"), "cpu", workers, names))
+    sessions = {"none": counter, "int8": inference_session(exported.onnx_path("int8"), "cpu", workers, names)}
 
     def onnx_engine(session):
         def run_all(_batches):
             out = np.empty((len(sentences), exported.manifest.n_neurons), dtype=np.float32)
             for rows, outputs in pooled_batches(session, names, encoded, PoolingOptions(), args.batch_size, pad_id(tokenizer), "cpu", workers, prefix):
-                out[rows] = np.concatenate(outputs, axis=1)
+                out[rows] = np.concatenate(outputs[:-1], axis=1)  # the last is the sentence embedding
             return out
 
         return run_all

@@ -101,17 +101,25 @@ def check_prefix(encoded: Encoded, prefix: Prefix) -> None:
             raise InputError(f"this model's export expects every sentence to start with the tokens {list(prefix.token_ids)}")
 
 
+# Per graph input that takes what earlier tokens left, the output of a head's run that feeds it.
+_FED_BACK = ((PAST_INPUT, PRESENT_OUTPUT), (PAST_NEURONS, TOKEN_NEURONS), (PAST_HIDDEN, TOKEN_HIDDEN))
+
+
 def fed_back(session) -> dict[str, str]:
     """Per output of a head's run that a later run reads, the graph input it feeds:
     ``present.*`` → ``past_key_values.*``, ``token_neurons.*`` → ``past_neurons.*``,
     ``token_hidden`` → ``past_hidden``."""
-    renames = ((PAST_INPUT, PRESENT_OUTPUT), (PAST_NEURONS, TOKEN_NEURONS), (PAST_HIDDEN, TOKEN_HIDDEN))
     return {
         output + value.name[len(past) :]: value.name
         for value in session.get_inputs()
-        for past, output in renames
+        for past, output in _FED_BACK
         if value.name.startswith(past)
     }
+
+
+def is_fed_back(output: str) -> bool:
+    """Whether a later run reads the graph output ``output`` of a head's run (:func:`fed_back`)."""
+    return output.startswith(tuple(prefix for _, prefix in _FED_BACK))
 
 
 @dataclass
@@ -160,4 +168,4 @@ class HeadStates:
         return batch | {name: array[of] for name, array in self.arrays.items()}
 
 
-__all__ = ["HeadStates", "Heads", "check_prefix", "fed_back", "group_heads", "head_batch"]
+__all__ = ["HeadStates", "Heads", "check_prefix", "fed_back", "group_heads", "head_batch", "is_fed_back"]

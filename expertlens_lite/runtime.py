@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import onnx
 
 from .atomic import write_json
 from .batching import (
@@ -36,8 +37,8 @@ from .errors import InputError, ResourceError
 from .export import ExportedModel
 from .export.prefix import Prefix
 from .export.quantize import onnx_filename
-from .export.surgery import PAST_INPUT, SENTENCE_EMBEDDING, neuron_output
-from .heads import Heads, HeadStates, check_prefix, fed_back, group_heads, head_batch
+from .export.surgery import PAST_INPUT, keep_outputs, response_outputs
+from .heads import Heads, HeadStates, check_prefix, fed_back, group_heads, head_batch, is_fed_back
 
 log = logging.getLogger(__name__)
 
@@ -79,9 +80,14 @@ def batches_at_once(device: str) -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def create_session(path: Path, device: str = "cpu", threads: int | None = None):
+def create_session(path: Path, device: str = "cpu", threads: int | None = None, keep: Callable[[str], bool] | None = None):
     """An ONNX Runtime session on ``device`` (``cpu`` or ``cuda``), all graph optimizations on;
-    ``threads`` sets its intra-op threads (ONNX Runtime's default: one per core)."""
+    ``threads`` sets its intra-op threads (ONNX Runtime's default: one per core).
+
+    With ``keep``, the session's graph computes only the outputs whose names it accepts
+    (:func:`.export.surgery.keep_outputs`); the weights are read from the file as usual,
+    external data included.
+    """
     ort = _onnxruntime()
 
     options = ort.SessionOptions()
@@ -90,7 +96,14 @@ def create_session(path: Path, device: str = "cpu", threads: int | None = None):
     if threads is not None:
         options.intra_op_num_threads = threads
     providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
-    return ort.InferenceSession(str(path), options, providers=providers)
+    if keep is None:
+        return ort.InferenceSession(str(path), options, providers=providers)
+    model = onnx.load(path, load_external_data=False)
+    keep_outputs(model, keep)
+    graph = model.SerializeToString()
+    del model  # a model under 2 GB holds its weights: one copy less while the session loads
+    options.add_session_config_entry("session.model_external_initializers_file_folder_path", str(Path(path).parent))
+    return ort.InferenceSession(graph, options, providers=providers)
 
 
 def feed_for(session, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -116,10 +129,13 @@ def run_batch(session, names: list[str], batch: dict[str, np.ndarray], device: s
     return binding.copy_outputs_to_cpu()
 
 
-def inference_session(path: Path, device: str, workers: int):
+def inference_session(path: Path, device: str, workers: int, outputs: Sequence[str]):
     """A session for :func:`run_batches` with ``workers`` batches at once: one intra-op
-    thread each when there are several (they share the session), else ONNX Runtime's default."""
-    return create_session(path, device, threads=1 if workers > 1 else None)
+    thread each when there are several (they share the session), else ONNX Runtime's
+    default. It computes ``outputs`` and what a head's run leaves for later runs
+    (:func:`.heads.is_fed_back`), nothing else."""
+    wanted = set(outputs)
+    return create_session(path, device, threads=1 if workers > 1 else None, keep=lambda name: name in wanted or is_fed_back(name))
 
 
 def run_batches(
@@ -340,9 +356,9 @@ def compute_responses(
     check_resources(len(sentences), int(encoded.lengths().max()), batch_size, exported.manifest, directory, workers)
     if quantize == "fp16" and device == "cpu":
         log.warning("--quantize fp16 is meant for the CUDA provider; on the CPU it is slower than fp32 (use int8)")
-    session = inference_session(exported.onnx_path(quantize), device, workers)
     manifest = exported.manifest
-    names = [neuron_output(i, options.pooling) for i in range(manifest.n_layers)] + [SENTENCE_EMBEDDING]
+    names = response_outputs(manifest.n_layers, options.pooling)
+    session = inference_session(exported.onnx_path(quantize), device, workers, names)
     shapes = (len(sentences), manifest.n_neurons), (len(sentences), manifest.hidden_size)
     partial = [directory / f"{p.stem}.partial-b{batch_size}.npy" for p in final]
     state_path = directory / f"progress-b{batch_size}.json"

@@ -36,8 +36,11 @@ def test_external_data_survives_surgery_and_quantization(tmp_path, elens_home):
     batch = make_batch(encode(tokenizer, ["Birds sing at dawn.", "Soup."]), [0, 1], pad_id(tokenizer), PoolingOptions())
     expected, _ = torch_responses(model, architecture, batch)
     session = create_session(path)
-    got = np.concatenate(session.run([neuron_output(i, "max") for i in range(n_layers)], feed_for(session, batch)), axis=1)
+    names = [neuron_output(i, "max") for i in range(n_layers)]
+    got = np.concatenate(session.run(names, feed_for(session, batch)), axis=1)
     assert np.abs(got - expected).max() <= ATOL
+    pruned = create_session(path, keep=set(names).__contains__)  # the graph from memory, the weights from their file
+    np.testing.assert_array_equal(np.concatenate(pruned.run(names, feed_for(pruned, batch)), axis=1), got)
     int8 = quantize_model(path, "int8", [architecture.onnx_scope(i) for i in range(n_layers)])
     assert uses_external_data(int8)
     session = create_session(int8)

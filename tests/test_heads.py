@@ -6,14 +6,16 @@ interrupted run resumes; quantized graphs keep the past inputs."""
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import pytest
 
 from expertlens_lite import runtime
 from expertlens_lite.batching import PoolingOptions, encode, make_batch, pad_id
 from expertlens_lite.export import export_model, load_pretrained
 from expertlens_lite.export.reference import torch_responses
+from expertlens_lite.export.surgery import keep_outputs, response_outputs
 from expertlens_lite.heads import HeadStates, group_heads
-from expertlens_lite.runtime import compute_responses, create_session, shared_heads
+from expertlens_lite.runtime import compute_responses, create_session, inference_session, pooled_batches, shared_heads
 
 from .test_parity import ATOL, tiny_source
 from .test_runtime import count_batches_run, interrupt_after
@@ -120,3 +122,32 @@ def test_quantized_variants_keep_the_past_inputs(quantize, tmp_path, elens_home)
     got = compute_responses(exported, sentences, "q", tmp_path, quantize=quantize, batch_size=7, device="cpu")
     reference = compute_responses(exported, sentences, "q", tmp_path, batch_size=7, device="cpu")
     assert np.corrcoef(np.ravel(got.neurons), np.ravel(reference.neurons))[0, 1] > 0.99
+
+
+@pytest.mark.parametrize("pooling,other", [("max", "mean"), ("mean", "max")])
+def test_a_run_computes_only_the_outputs_it_reads(pooling, other, tmp_path, elens_home):
+    """ONNX Runtime runs every node of a graph whichever outputs are asked for, so a
+    run's session keeps only its own: the other pooling's nodes are gone, the outputs a
+    head's run leaves stay (as the graph's own tensors, not copies), and the result is
+    bit-identical to the whole graph's."""
+    exported = export_model(tiny_source("llama", tmp_path / "llama", bos=True), elens_home)
+    names = response_outputs(exported.manifest.n_layers, pooling)
+    model = onnx.load(exported.onnx_path())
+    assert not any(node.op_type == "Identity" and node.output[0].startswith("token_") for node in model.graph.node)
+    keep_outputs(model, set(names).__contains__)
+    assert [o.name for o in model.graph.output] == names
+    other_nodes = {"mean": ("_masked", "_sum", "_mean"), "max": ("_where", "_max")}[other]  # per layer, /elens/l{i}...
+    layer_nodes = [node.name for node in model.graph.node if node.name.startswith("/elens/l")]
+    assert layer_nodes and not [name for name in layer_nodes if name.endswith(other_nodes)]
+    pruned = inference_session(exported.onnx_path(), "cpu", 1, names)
+    kept = {o.name for o in pruned.get_outputs()}
+    assert set(names) <= kept and not any(name.endswith(f".{other}") for name in kept)
+    assert {"present.0.key", "token_neurons.0", "token_hidden"} <= kept
+    encoded = encode(exported.tokenizer(), alike_sentences())
+    pad = pad_id(exported.tokenizer())
+
+    def run(session) -> list[np.ndarray]:
+        return [o for _, outputs in pooled_batches(session, names, encoded, PoolingOptions(pooling), 7, pad, "cpu", 1, exported.prefix()) for o in outputs]
+
+    for got, want in zip(run(pruned), run(create_session(exported.onnx_path(), "cpu")), strict=True):
+        np.testing.assert_array_equal(got, want)

@@ -33,7 +33,7 @@ from .manifest import FORMAT_VERSION, Manifest
 from .prefix import Prefix, compute_prefix, constant_prefix, load_prefix, save_prefix
 from .quantize import QUANTIZATIONS, onnx_filename, quantize_model
 from .reference import torch_responses
-from .surgery import SENTENCE_EMBEDDING, add_pooled_outputs, neuron_output
+from .surgery import add_pooled_outputs, response_outputs
 
 log = logging.getLogger(__name__)
 
@@ -228,7 +228,7 @@ def _parity(
     from ..runtime import create_session, feed_for, pooled_batches
 
     session = create_session(onnx_path, device="cpu")
-    names = [neuron_output(i, "max") for i in range(n_layers)] + [SENTENCE_EMBEDDING]
+    names = response_outputs(n_layers, "max")
     n = len(encoded.input_ids)
     whole = session.run(names, feed_for(session, make_batch(encoded, range(n), pad, PoolingOptions())))
     run = [np.empty_like(output) for output in whole]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..atomic import write_json
 
-FORMAT_VERSION = 6  # bump whenever the exported files change (graph, quantization)
+FORMAT_VERSION = 7  # bump whenever the exported files change (graph, quantization)
 MANIFEST = "manifest.json"
 
 

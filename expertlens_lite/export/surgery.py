@@ -10,10 +10,10 @@ Runtime:
   (other positions are replaced by -inf first, so padding never wins the max);
 - ``blocks.{i}.mlp.hook_post.mean``: mean over the same tokens.
 
-ONNX Runtime only computes the outputs a caller asks for, so the unused pooling
-costs nothing. ``sentence_embedding`` (mean of the last hidden state over the same
-tokens) feeds the sentence-embedding baseline; ``last_hidden_state`` itself is no
-longer an output. ``pool_mask`` is separate from ``attention_mask`` so the runtime
+ONNX Runtime runs every node whichever outputs a caller asks for, so a run's
+session keeps only the outputs it reads (:func:`keep_outputs`). ``sentence_embedding``
+(mean of the last hidden state over the same tokens) feeds the sentence-embedding
+baseline; ``last_hidden_state`` itself is no longer an output. ``pool_mask`` is separate from ``attention_mask`` so the runtime
 can leave out special tokens (BOS, CLS, SEP) without changing what the model sees.
 A causal graph exported with past keys and values also takes the neurons and hidden
 state of the past tokens and returns what a later run reads
@@ -21,6 +21,8 @@ state of the past tokens and returns what a later run reads
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import numpy as np
 import onnx
@@ -42,6 +44,12 @@ TOKEN_HIDDEN = "token_hidden"
 def neuron_output(layer: int, pooling: str) -> str:
     """Canonical output name of layer ``layer``'s pooled neurons."""
     return f"blocks.{layer}.mlp.hook_post.{pooling}"
+
+
+def response_outputs(n_layers: int, pooling: str) -> list[str]:
+    """The outputs a run reads: every layer's pooled neurons in layer order, then the
+    sentence embedding."""
+    return [neuron_output(i, pooling) for i in range(n_layers)] + [SENTENCE_EMBEDDING]
 
 
 def past_neurons(layer: int) -> str:
@@ -77,7 +85,7 @@ def scope_input(graph: onnx.GraphProto, scope: str) -> str:
 def drop_unused_initializers(graph: onnx.GraphProto) -> None:
     """Remove the initializers no node reads any more (after a rewrite replaced them);
     ONNX Runtime would otherwise warn about each one at every session start."""
-    used = {name for node in graph.node for name in node.input}
+    used = set().union(*(_node_inputs(node) for node in graph.node))
     for init in [init for init in graph.initializer if init.name not in used]:
         graph.initializer.remove(init)
 
@@ -103,8 +111,9 @@ class _Builder:
         self.graph = model.graph
         self.opset = _opset(model)
 
-    def node(self, op: str, inputs: list[str], name: str, **attrs: object) -> str:
-        output = f"/elens/{name}_output"
+    def node(self, op: str, inputs: list[str], name: str, output: str | None = None, **attrs: object) -> str:
+        """Append a node; its output is named ``output`` (a graph output's name), else after the node."""
+        output = output or f"/elens/{name}_output"
         self.graph.node.append(helper.make_node(op, inputs, [output], name=f"/elens/{name}", **attrs))
         return output
 
@@ -142,7 +151,9 @@ def add_pooled_outputs(model: onnx.ModelProto, scopes: list[str], units: list[in
     are pooled with the rest; and it keeps, as outputs for such a later run, the
     ``present.*`` keys and values and every token's neurons (``token_neurons.{i}``)
     and last hidden state (``token_hidden``). Fed ``past`` tokens of length 0 it runs
-    whole sentences.
+    whole sentences. Those per-token outputs are the graph's own tensors under a new
+    name, not ``Identity`` copies: ONNX Runtime runs every node whichever outputs a
+    run asks for (:func:`keep_outputs`), so a copy would cost every batch.
     """
     graph = model.graph
     if POOL_MASK in {i.name for i in graph.input}:
@@ -157,6 +168,8 @@ def add_pooled_outputs(model: onnx.ModelProto, scopes: list[str], units: list[in
     neg_inf = b.constant("neg_inf", np.array(-np.inf, dtype=np.float32))
     if with_past:
         hidden_size = _dims(next(o for o in graph.output if o.name == hidden_output))[-1]
+        _rename(graph, hidden_output, TOKEN_HIDDEN)
+        hidden_output = TOKEN_HIDDEN
         graph.input.append(helper.make_tensor_value_info(PAST_HIDDEN, TensorProto.FLOAT, ["batch_size", "past_sequence_length", hidden_size]))
         past = b.node("Shape", [PAST_HIDDEN], "past_length", start=1, end=2)
         mask3, past_mask3 = (
@@ -184,7 +197,8 @@ def add_pooled_outputs(model: onnx.ModelProto, scopes: list[str], units: list[in
         return b.node("Div", [total, count], f"{name}_mean")
 
     def output(tensor: str, name: str, dims: list) -> None:
-        graph.node.append(helper.make_node("Identity", [tensor], [name], name=f"/elens/{name}"))
+        if tensor != name:
+            graph.node.append(helper.make_node("Identity", [tensor], [name], name=f"/elens/{name}"))
         outputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, dims))
 
     # Some families (OPT) flatten tokens to [batch*seq, d] around the MLP; viewing every
@@ -194,22 +208,72 @@ def add_pooled_outputs(model: onnx.ModelProto, scopes: list[str], units: list[in
     outputs: list[onnx.ValueInfoProto] = []
     token_outputs = []
     for layer, (scope, d_mlp) in enumerate(zip(scopes, units)):
-        x = b.node("Reshape", [scope_input(graph, scope), view_shape], f"l{layer}_view")
+        x = b.node("Reshape", [scope_input(graph, scope), view_shape], f"l{layer}_view", token_neurons(layer) if with_past else None)
         past = None
         if with_past:
             past = past_neurons(layer)
             graph.input.append(helper.make_tensor_value_info(past, TensorProto.FLOAT, ["batch_size", "past_sequence_length", d_mlp]))
-            token_outputs.append((x, token_neurons(layer), ["batch_size", "sequence_length", d_mlp]))
+            token_outputs.append((x, x, ["batch_size", "sequence_length", d_mlp]))
         pooled = {"max": pooled_max(x, past, f"l{layer}"), "mean": pooled_mean(x, past, f"l{layer}")}
         for pooling in POOLINGS:
             output(pooled[pooling], neuron_output(layer, pooling), ["batch_size", d_mlp])
     output(pooled_mean(hidden_output, PAST_HIDDEN if with_past else None, "sentence"), SENTENCE_EMBEDDING, ["batch_size", None])
     if with_past:
-        token_outputs.append((hidden_output, TOKEN_HIDDEN, ["batch_size", "sequence_length", hidden_size]))
+        token_outputs.append((TOKEN_HIDDEN, TOKEN_HIDDEN, ["batch_size", "sequence_length", hidden_size]))
     for tensor, name, dims in token_outputs:
         output(tensor, name, dims)
     del graph.output[:]
     graph.output.extend(outputs + presents)
+
+
+def keep_outputs(model: onnx.ModelProto, keep: Callable[[str], bool]) -> None:
+    """Rewrite ``model`` in place to compute only the outputs whose names ``keep`` accepts.
+
+    Why: ONNX Runtime runs every node of a graph, whichever outputs a run asks for
+    (microsoft/onnxruntime#16483; ``RunOptions.only_execute_path_to_fetches`` works in
+    training builds only). A prepared graph offers both poolings, so a run would pay
+    for the pooling it does not read; on SmolLM2 that was 3.5% of ONNX Runtime's
+    float32 kernel time, with the per-token ``Identity`` copies of export format 6.
+    Nodes no kept output depends on are dropped, then the initializers only they read.
+    """
+    graph = model.graph
+    kept = [o for o in graph.output if keep(o.name)]
+    producer = {name: index for index, node in enumerate(graph.node) for name in node.output}
+    wanted = [o.name for o in kept]
+    needed: set[int] = set()
+    while wanted:  # not one backward pass: a converter (float16) may append nodes out of order
+        index = producer.get(wanted.pop())
+        if index is not None and index not in needed:
+            needed.add(index)
+            wanted.extend(_node_inputs(graph.node[index]))
+    nodes = [node for index, node in enumerate(graph.node) if index in needed]
+    del graph.output[:]
+    graph.output.extend(kept)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    drop_unused_initializers(graph)
+
+
+def _node_inputs(node: onnx.NodeProto) -> set[str]:
+    """The tensors a node reads, those its subgraphs (If, Loop) read from outside included."""
+    names = {name for name in node.input if name}
+    for attribute in node.attribute:
+        for subgraph in [attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else attribute.graphs:
+            for inner in subgraph.node:
+                names |= _node_inputs(inner)
+    return names
+
+
+def _rename(graph: onnx.GraphProto, old: str, new: str) -> None:
+    """Give the tensor ``old`` the name ``new`` wherever the graph names it."""
+    for node in graph.node:
+        for names in (node.input, node.output):
+            for i, name in enumerate(names):
+                if name == old:
+                    names[i] = new
+    for value in graph.output:
+        if value.name == old:
+            value.name = new
 
 
 def _dims(value: onnx.ValueInfoProto) -> list:
