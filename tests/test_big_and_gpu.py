@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import onnx
 import pytest
@@ -9,7 +11,7 @@ import pytest
 from expertlens_lite.batching import PoolingOptions, encode, make_batch, pad_id
 from expertlens_lite.export import load_pretrained
 from expertlens_lite.export.exporter import prepare_graph
-from expertlens_lite.export.quantize import quantize_model, uses_external_data
+from expertlens_lite.export.quantize import onnx_sha256, quantize_model, uses_external_data
 from expertlens_lite.export.reference import torch_responses
 from expertlens_lite.export.surgery import neuron_output
 from expertlens_lite.models.sources import ModelSource, resolve_model
@@ -46,6 +48,23 @@ def test_external_data_survives_surgery_and_quantization(tmp_path, elens_home):
     session = create_session(int8)
     got8 = np.concatenate(session.run([neuron_output(i, "max") for i in range(n_layers)], feed_for(session, batch)), axis=1)
     assert np.corrcoef(got8.ravel(), expected.ravel())[0, 1] > 0.98
+
+
+def test_every_export_keeps_its_weights_beside_the_graph_and_hashes_both(minilm, tmp_path):
+    """Weights live in an external file whatever the model's size (a run's session then
+    loads a cut-down graph of a few MB, :func:`keep_outputs`), and the manifest's hash
+    of an ONNX file covers its weights, so responses cached for other weights are not reused."""
+    path = minilm.onnx_path()
+    assert uses_external_data(path) and path.stat().st_size < 2_000_000
+    assert minilm.manifest.files["model.onnx"] == onnx_sha256(path)
+    copy = tmp_path / "copy"
+    shutil.copytree(minilm.directory, copy)
+    with (copy / "model.onnx_data").open("r+b") as data:  # one bit of the last weight
+        data.seek(-1, 2)
+        last = data.read(1)[0]
+        data.seek(-1, 2)
+        data.write(bytes([last ^ 1]))
+    assert onnx_sha256(copy / "model.onnx") != onnx_sha256(path)
 
 
 @pytest.mark.parametrize("quantize", ["int8", "fp16"])

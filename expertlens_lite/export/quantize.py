@@ -23,6 +23,7 @@ same pooling nodes, so they stay exposed after either conversion.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import os
@@ -35,6 +36,7 @@ import numpy as np
 import onnx
 
 from ..atomic import atomic_path
+from ..models.sources import file_sha256
 from .per_token import quantize_per_token
 from .smoothing import channel_maxima, find_groups, smooth
 
@@ -47,10 +49,23 @@ def onnx_filename(quantize: str) -> str:
     return "model.onnx" if quantize == "none" else f"model.{quantize}.onnx"
 
 
-def uses_external_data(path: Path) -> bool:
-    """Whether the ONNX file keeps its weights in a separate file (models over 2 GB)."""
-    model = onnx.load(path, load_external_data=False)
+def uses_external_data(model: Path | onnx.ModelProto) -> bool:
+    """Whether the ONNX model (a file or a graph loaded without its weights) keeps its
+    weights in a separate file."""
+    if not isinstance(model, onnx.ModelProto):
+        model = onnx.load(model, load_external_data=False)
     return any(init.data_location == onnx.TensorProto.EXTERNAL for init in model.graph.initializer)
+
+
+def onnx_sha256(path: Path) -> str:
+    """SHA-256 of an ONNX file and of the external data files it names: a variant made
+    again with other weights in the same graph gets another hash."""
+    model = onnx.load(path, load_external_data=False)
+    locations = sorted({entry.value for init in model.graph.initializer for entry in init.external_data if entry.key == "location"})
+    digest = hashlib.sha256()
+    for file in [path, *(path.parent / location for location in locations)]:
+        digest.update(file_sha256(file).encode())
+    return digest.hexdigest()
 
 
 def quantize_model(
