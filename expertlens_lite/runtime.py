@@ -38,7 +38,15 @@ from .export import ExportedModel
 from .export.prefix import Prefix
 from .export.quantize import onnx_filename
 from .export.surgery import PAST_INPUT, keep_outputs, response_outputs
-from .heads import Heads, HeadStates, check_prefix, fed_back, group_heads, head_batch, is_fed_back
+from .heads import (
+    Heads,
+    HeadStates,
+    check_prefix,
+    fed_back,
+    group_heads,
+    head_batch,
+    is_fed_back,
+)
 
 log = logging.getLogger(__name__)
 

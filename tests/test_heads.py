@@ -15,7 +15,13 @@ from expertlens_lite.export import export_model, load_pretrained
 from expertlens_lite.export.reference import torch_responses
 from expertlens_lite.export.surgery import keep_outputs, response_outputs
 from expertlens_lite.heads import HeadStates, group_heads
-from expertlens_lite.runtime import compute_responses, create_session, inference_session, pooled_batches, shared_heads
+from expertlens_lite.runtime import (
+    compute_responses,
+    create_session,
+    inference_session,
+    pooled_batches,
+    shared_heads,
+)
 
 from .test_parity import ATOL, tiny_source
 from .test_runtime import count_batches_run, interrupt_after

@@ -31,7 +31,13 @@ from ..models.sources import ModelSource
 from ..paths import DEFAULT_CORPUS, bundled
 from .manifest import FORMAT_VERSION, Manifest
 from .prefix import Prefix, compute_prefix, constant_prefix, load_prefix, save_prefix
-from .quantize import QUANTIZATIONS, onnx_filename, onnx_sha256, quantize_model, uses_external_data
+from .quantize import (
+    QUANTIZATIONS,
+    onnx_filename,
+    onnx_sha256,
+    quantize_model,
+    uses_external_data,
+)
 from .reference import torch_responses
 from .surgery import add_pooled_outputs, response_outputs
 

@@ -77,8 +77,10 @@ def quantize_model(
 ) -> Path:
     """Write the ``quantize`` variant of ``fp32_path`` next to it (atomically) and return its path.
 
-    A model with external data gets a quantized variant with external data too
-    (``<name>.data`` beside it), since it may still exceed protobuf's 2 GB limit.
+    A model with external data (every export, :func:`.exporter.prepare_graph`) gets a
+    variant with external data too (``<name>.data`` beside it): a model over 2 GB may
+    still exceed protobuf's limit after quantization, and a run's session loads the
+    graph apart from its weights.
     ``down_scopes``: node-name scopes of the down-projections, one per layer in order.
     ``calibration``: input batches for int8's smoothing and outlier channels (none:
     neither, just per-token int8 down-projections). ``per_token_downs``: False keeps
