@@ -13,8 +13,9 @@ Runtime:
 ONNX Runtime runs every node whichever outputs a caller asks for, so a run's
 session keeps only the outputs it reads (:func:`keep_outputs`). ``sentence_embedding``
 (mean of the last hidden state over the same tokens) feeds the sentence-embedding
-baseline; ``last_hidden_state`` itself is no longer an output. ``pool_mask`` is separate from ``attention_mask`` so the runtime
-can leave out special tokens (BOS, CLS, SEP) without changing what the model sees.
+baseline; ``last_hidden_state`` itself is no longer an output. ``pool_mask`` is
+separate from ``attention_mask`` so the runtime can leave out special tokens (BOS,
+CLS, SEP) without changing what the model sees.
 A causal graph exported with past keys and values also takes the neurons and hidden
 state of the past tokens and returns what a later run reads
 (:func:`add_pooled_outputs`, :mod:`expertlens_lite.heads`).
@@ -232,9 +233,9 @@ def keep_outputs(model: onnx.ModelProto, keep: Callable[[str], bool]) -> None:
     Why: ONNX Runtime runs every node of a graph, whichever outputs a run asks for
     (microsoft/onnxruntime#16483; ``RunOptions.only_execute_path_to_fetches`` works in
     training builds only). A prepared graph offers both poolings, so a run would pay
-    for the pooling it does not read; on SmolLM2 that was 3.5% of ONNX Runtime's
-    float32 kernel time, with the per-token ``Identity`` copies of export format 6.
-    Nodes no kept output depends on are dropped, then the initializers only they read.
+    for the pooling it does not read: on SmolLM2's run path, 1.8% of the float32 time
+    and 3.7% of the int8 time (A/B, BENCHMARKS.md). Nodes no kept output depends on are
+    dropped, then the initializers only they read.
     """
     graph = model.graph
     kept = [o for o in graph.output if keep(o.name)]
