@@ -207,22 +207,22 @@ def add_pooled_outputs(model: onnx.ModelProto, scopes: list[str], units: list[in
     batch_seq = b.node("Shape", ["input_ids"], "batch_seq")
     view_shape = b.node("Concat", [batch_seq, b.constant("minus_one", [-1])], "view_shape", axis=0)
     outputs: list[onnx.ValueInfoProto] = []
-    token_outputs = []
+    token_outputs: list[tuple[str, list]] = []  # (the graph's own tensor, its dims)
     for layer, (scope, d_mlp) in enumerate(zip(scopes, units)):
         x = b.node("Reshape", [scope_input(graph, scope), view_shape], f"l{layer}_view", token_neurons(layer) if with_past else None)
         past = None
         if with_past:
             past = past_neurons(layer)
             graph.input.append(helper.make_tensor_value_info(past, TensorProto.FLOAT, ["batch_size", "past_sequence_length", d_mlp]))
-            token_outputs.append((x, x, ["batch_size", "sequence_length", d_mlp]))
+            token_outputs.append((x, ["batch_size", "sequence_length", d_mlp]))
         pooled = {"max": pooled_max(x, past, f"l{layer}"), "mean": pooled_mean(x, past, f"l{layer}")}
         for pooling in POOLINGS:
             output(pooled[pooling], neuron_output(layer, pooling), ["batch_size", d_mlp])
     output(pooled_mean(hidden_output, PAST_HIDDEN if with_past else None, "sentence"), SENTENCE_EMBEDDING, ["batch_size", None])
     if with_past:
-        token_outputs.append((TOKEN_HIDDEN, TOKEN_HIDDEN, ["batch_size", "sequence_length", hidden_size]))
-    for tensor, name, dims in token_outputs:
-        output(tensor, name, dims)
+        token_outputs.append((TOKEN_HIDDEN, ["batch_size", "sequence_length", hidden_size]))
+    for name, dims in token_outputs:
+        output(name, name, dims)
     del graph.output[:]
     graph.output.extend(outputs + presents)
 
