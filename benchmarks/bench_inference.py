@@ -98,9 +98,9 @@ def selfcond_engine(source, architecture):
 
     # transformers has no pre-training class for Llama (ml-selfcond predates it): there
     # the causal-LM class, which is the same model with its LM head.
-    config = AutoConfig.from_pretrained(source.path, revision=source.revision)
+    config = AutoConfig.from_pretrained(source.path, revision=source.load_revision)
     auto = AutoModelForPreTraining if type(config) in AutoModelForPreTraining._model_mapping else AutoModelForCausalLM
-    model = auto.from_pretrained(source.path, revision=source.revision, dtype=torch.float32).eval()
+    model = auto.from_pretrained(source.path, revision=source.load_revision, dtype=torch.float32).eval()
     base = model.base_model_prefix
     downs = [model.get_submodule(f"{base}.{architecture.mlp_down_module(i)}") for i in range(model.config.num_hidden_layers)]
     kept: dict[str, np.ndarray] = {}

@@ -207,6 +207,7 @@ def _summary(
         "tool": f"expertlens-lite {__version__}",
         "model": config.model,
         "revision": config.revision,
+        "commit": manifest.commit,
         "architecture": manifest.architecture,
         "n_layers": manifest.n_layers,
         "n_neurons": manifest.n_neurons,

@@ -51,8 +51,9 @@ def test_run_writes_the_documented_results(minilm_run):
     result, out = minilm_run
     assert result.exit_code == 0, result.output
     summary = json.loads((out / "summary.json").read_text())
-    for key in ("model", "revision", "n_concepts", "n_pairs", "n_neurons", "alignment", "baselines", "timings"):
+    for key in ("model", "revision", "commit", "n_concepts", "n_pairs", "n_neurons", "alignment", "baselines", "timings"):
         assert key in summary
+    assert summary["commit"] is None  # a bundled model: no hub commit
     assert summary["model"] == "minilm" and summary["n_neurons"] == 9216 and summary["n_concepts"] == len(SLICE_WORDS)
     assert [row["tau"] for row in summary["alignment"]] == [0.3, 0.5]
     for row in summary["alignment"] + list(summary["baselines"].values()):

@@ -27,7 +27,7 @@ from ..batching import Encoded, PoolingOptions, encode, iter_batches, make_batch
 from ..concepts import read_corpus
 from ..errors import ModelError
 from ..models import Architecture, get_architecture
-from ..models.sources import ModelSource
+from ..models.sources import ModelSource, cannot_load
 from ..paths import DEFAULT_CORPUS, bundled
 from .manifest import FORMAT_VERSION, Manifest
 from .prefix import Prefix, compute_prefix, constant_prefix, load_prefix, save_prefix
@@ -126,18 +126,14 @@ def load_pretrained(source: ModelSource):
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
     try:
-        config = AutoConfig.from_pretrained(source.path, revision=source.revision)
+        config = AutoConfig.from_pretrained(source.path, revision=source.load_revision)
     except (OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelError(
-            f"cannot load model {source.name!r} (revision {source.revision or 'default'}): {first} "
-            "(offline, a hub id must already be in the Hugging Face cache; or pass a local folder)"
-        ) from None
+        raise cannot_load(source.name, source.revision, exc) from None
     architecture = get_architecture(config.model_type)
     import torch
 
-    model = AutoModel.from_pretrained(source.path, revision=source.revision, dtype=torch.float32).eval()
-    tokenizer = AutoTokenizer.from_pretrained(source.path, revision=source.revision)
+    model = AutoModel.from_pretrained(source.path, revision=source.load_revision, dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(source.path, revision=source.load_revision)
     return architecture, model, tokenizer
 
 
@@ -183,6 +179,7 @@ def _export_fresh(source: ModelSource, directory: Path) -> None:
         Manifest(
             model=source.name,
             revision=source.revision,
+            commit=source.commit,
             fingerprint=source.fingerprint,
             architecture=architecture.name,
             model_type=model.config.model_type,

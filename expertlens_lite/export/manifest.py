@@ -20,7 +20,8 @@ class Manifest:
     ``sum(units_per_layer[:i]) ...`` in layer order. ``files`` maps each ONNX file
     (one per quantization) to its SHA-256. ``prefix_token_ids``: the constant tokens
     every sentence starts with (:mod:`.prefix`), which with one more token make the
-    heads that sentences share (:mod:`expertlens_lite.heads`).
+    heads that sentences share (:mod:`expertlens_lite.heads`). ``commit``: the hub
+    commit of a hub model's ``revision`` (None for local models).
     """
 
     model: str
@@ -34,6 +35,7 @@ class Manifest:
     parity_max_abs_diff: float
     opset: int
     prefix_token_ids: list[int] = field(default_factory=list)
+    commit: str | None = None
     files: dict[str, str] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
 

@@ -4,7 +4,9 @@ Everything is reduced to a :class:`ModelSource`: something ``from_pretrained`` c
 read, plus a fingerprint of the weights that keys every cache built from it. A
 GGUF file is dequantized once by transformers' GGUF loader and saved as an
 ordinary model folder in the cache, keyed by the file's hash, so the exporter
-never has to know about GGUF.
+never has to know about GGUF. A hub id's fingerprint is the commit its revision
+points to, so checkpoints (Pythia's ``step1000``, ``step2000``) never share a cache
+entry and a branch that moves is exported anew.
 """
 
 from __future__ import annotations
@@ -86,31 +88,79 @@ class ModelSource:
         path: local folder or hub id handed to ``from_pretrained``.
         revision: hub revision (branch, tag or commit), or None.
         fingerprint: identifies the weights; part of every cache key.
+        commit: the hub commit ``revision`` resolved to (None for local models).
     """
 
     name: str
     path: str
     revision: str | None
     fingerprint: str
+    commit: str | None = None
+
+    @property
+    def load_revision(self) -> str | None:
+        """The revision ``from_pretrained`` loads: the resolved commit where there is
+        one, so the weights are the fingerprinted ones even if the branch moves."""
+        return self.commit or self.revision
 
 
 def resolve_model(spec: str, revision: str | None, cache_dir: Path) -> ModelSource:
-    """Turn a ``--model`` value into a :class:`ModelSource`, converting GGUF if needed."""
+    """Turn a ``--model`` value into a :class:`ModelSource`, converting GGUF if needed.
+
+    ``revision`` only applies to hub ids: a bundled or local model has the one set of
+    weights on disk, and silently ignoring the revision would label a run with a
+    checkpoint it did not use.
+    """
     if spec in BUNDLED_MODELS:
+        _no_revision(spec, revision, "a bundled model")
         path = BUNDLED_MODELS[spec].path()
         if not path.exists():
             raise ModelError(f"bundled model {spec!r} is installed but {path} is missing; reinstall its package")
-        resolved = _resolve_local(path, revision, cache_dir)
-        return ModelSource(spec, resolved.path, revision, resolved.fingerprint)
+        resolved = _resolve_local(path, cache_dir)
+        return ModelSource(spec, resolved.path, None, resolved.fingerprint)
     path = Path(spec).expanduser()
     if path.exists():
-        return _resolve_local(path, revision, cache_dir)
+        _no_revision(spec, revision, f"a local {'file' if path.is_file() else 'folder'}")
+        return _resolve_local(path, cache_dir)
     if spec.endswith(".gguf") or spec.startswith((".", "/", "~")):
         raise ModelError(f"model path not found: {spec}")
-    return ModelSource(spec, spec, revision, hashlib.sha256(f"{spec}@{revision}".encode()).hexdigest()[:16])
+    commit = hub_commit(spec, revision)
+    return ModelSource(spec, spec, revision, commit, commit)
 
 
-def _resolve_local(path: Path, revision: str | None, cache_dir: Path) -> ModelSource:
+def _no_revision(spec: str, revision: str | None, what: str) -> None:
+    if revision is not None:
+        raise ModelError(f"--revision {revision} applies to hub model ids; {spec} is {what}, whose weights are the ones on disk")
+
+
+def hub_commit(repo_id: str, revision: str | None) -> str:
+    """The commit that ``revision`` (default: the main branch) of the hub model
+    ``repo_id`` points to.
+
+    Found through transformers' own file resolution, the one ``from_pretrained``
+    uses: on the hub when it can be reached, else in the Hugging Face cache, where
+    ``refs/<revision>`` names the commit and ``snapshots/<commit>/`` holds its files.
+    The config file is enough, and is fetched anyway by the export.
+    """
+    from transformers.utils import cached_file
+
+    try:
+        config = cached_file(repo_id, "config.json", revision=revision)
+    except (OSError, ValueError) as exc:
+        raise cannot_load(repo_id, revision, exc) from None
+    return Path(config).parent.name
+
+
+def cannot_load(name: str, revision: str | None, exc: Exception) -> ModelError:
+    """The one-line error for a model transformers cannot find or read."""
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return ModelError(
+        f"cannot load model {name!r} (revision {revision or 'default'}): {first} "
+        "(offline, a hub id must already be in the Hugging Face cache; or pass a local folder)"
+    )
+
+
+def _resolve_local(path: Path, cache_dir: Path) -> ModelSource:
     if path.is_dir() and not (path / "config.json").exists():
         ggufs = sorted(path.glob("*.gguf"))
         if len(ggufs) == 1:
@@ -122,7 +172,7 @@ def _resolve_local(path: Path, revision: str | None, cache_dir: Path) -> ModelSo
     if path.is_file():
         folder = gguf_to_folder(path, cache_dir)
         return ModelSource(str(path), str(folder), None, folder.name)
-    return ModelSource(str(path), str(path), revision, _folder_fingerprint(path))
+    return ModelSource(str(path), str(path), None, _folder_fingerprint(path))
 
 
 def _folder_fingerprint(folder: Path) -> str:

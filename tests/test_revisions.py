@@ -1,0 +1,113 @@
+"""Hub revisions (Pythia's ``stepN`` checkpoints): each is exported from its own
+commit's weights, under its own cache key, and a revision is refused where it
+cannot apply.
+
+Nothing can be downloaded here, so the checkpoints are two tiny random GPT-NeoX
+models laid out as the Hugging Face cache holds a hub repository's revisions, and
+``elens-lite`` runs offline in a subprocess (the hub settings are read at import).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from expertlens_lite.batching import PoolingOptions, encode, make_batch, pad_id
+from expertlens_lite.export import ExportedModel, load_pretrained
+from expertlens_lite.export.manifest import Manifest
+from expertlens_lite.export.reference import torch_responses
+from expertlens_lite.models.sources import ModelSource
+
+from .test_cli import assert_user_error, invoke
+from .test_parity import ATOL, onnx_responses, tiny_sentences, tiny_source
+
+REPO = "acme/pythia-tiny"
+
+
+def _trained_longer(model) -> None:
+    """A later checkpoint: the same architecture with other weights."""
+    import torch
+
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+
+
+def lay_out_hub_cache(hub: Path, repo_id: str, revisions: dict[str, Path]) -> dict[str, str]:
+    """Copy model folders into ``hub`` as revisions of ``repo_id`` (``refs/<revision>``
+    naming a commit, ``snapshots/<commit>/`` its files); returns revision -> commit."""
+    repo = hub / f"models--{repo_id.replace('/', '--')}"
+    (repo / "refs").mkdir(parents=True)
+    commits = {}
+    for revision, folder in revisions.items():
+        commit = hashlib.sha1(revision.encode()).hexdigest()
+        shutil.copytree(folder, repo / "snapshots" / commit)
+        (repo / "refs" / revision).write_text(commit)
+        commits[revision] = commit
+    return commits
+
+
+def elens_lite(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    command = [str(Path(sys.executable).with_name("elens-lite")), *args]
+    return subprocess.run(command, env=os.environ | env, capture_output=True, text=True, timeout=600, check=False)
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory) -> tuple[dict[str, Path], dict[str, str], dict[str, str]]:
+    """Folders of two checkpoints, their commits in a hub cache, and the environment
+    that makes ``elens-lite`` read that cache offline."""
+    root = tmp_path_factory.mktemp("revisions")
+    folders = {"step1000": root / "step1000", "step2000": root / "step2000"}
+    tiny_source("gpt_neox", folders["step1000"])
+    tiny_source("gpt_neox", folders["step2000"], edit=_trained_longer)
+    commits = lay_out_hub_cache(root / "hub", REPO, folders)
+    env = {"HF_HUB_CACHE": str(root / "hub"), "HF_HUB_OFFLINE": "1", "ELENS_HOME": str(root / "elens_home")}
+    return folders, commits, env
+
+
+def test_each_revision_is_exported_from_its_own_commit(checkpoints, tmp_path):
+    folders, commits, env = checkpoints
+    batch = None
+    for revision in ("step1000", "step2000"):
+        done = elens_lite("export", "--model", REPO, "--revision", revision, "--out", str(tmp_path / revision), env=env)
+        assert done.returncode == 0, done.stderr
+        exported = ExportedModel(tmp_path / revision, Manifest.load(tmp_path / revision))
+        assert (exported.manifest.revision, exported.manifest.commit) == (revision, commits[revision])
+        got, _ = onnx_responses(exported, batch or (batch := _batch(folders[revision])))
+        for other, folder in folders.items():
+            architecture, model, _ = load_pretrained(ModelSource(other, str(folder), None, other))
+            expected, _ = torch_responses(model, architecture, batch)
+            if other == revision:
+                assert np.abs(got - expected).max() <= ATOL
+            else:
+                assert np.abs(got - expected).max() > 100 * ATOL, "the other checkpoint's weights were exported"
+    cached = sorted(p.name for p in (Path(env["ELENS_HOME"]) / "models").iterdir())
+    assert len(cached) == 2 and all(name.startswith("pythia-tiny-") for name in cached), cached
+
+
+def _batch(folder: Path) -> dict[str, np.ndarray]:
+    _, _, tokenizer = load_pretrained(ModelSource("tiny", str(folder), None, "tiny"))
+    sentences = tiny_sentences()
+    return make_batch(encode(tokenizer, sentences), range(len(sentences)), pad_id(tokenizer), PoolingOptions())
+
+
+def test_a_revision_missing_from_the_cache_is_one_line(checkpoints, tmp_path):
+    done = elens_lite("export", "--model", REPO, "--revision", "step3000", "--out", str(tmp_path / "x"), env=checkpoints[2])
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: cannot load model 'acme/pythia-tiny' (revision step3000)"), lines
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("what", ["bundled", "folder"])
+def test_a_revision_of_a_local_model_is_refused(checkpoints, tmp_path, what):
+    model = "minilm" if what == "bundled" else str(checkpoints[0]["step1000"])
+    result = invoke("export", "--model", model, "--revision", "step1000", "--out", str(tmp_path / "x"))
+    assert_user_error(result, "--revision step1000 applies to hub model ids", "whose weights are the ones on disk")
