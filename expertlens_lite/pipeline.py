@@ -31,7 +31,7 @@ from .measures import Measure, baseline_measures, expert_measures, score_all
 from .models.sources import resolve_model
 from .paths import DEFAULT_CORPUS, DEFAULT_HUMAN, bundled, cache_dir
 from .results import write_results, write_summary
-from .runtime import DEVICES, compute_responses
+from .runtime import compute_responses, resolve_device
 from .selection import Selection
 
 log = logging.getLogger(__name__)
@@ -92,8 +92,7 @@ class RunConfig:
         self.selections()  # each rule checks its own parameter
         if self.quantize not in QUANTIZATIONS:
             raise InputError(f"--quantize must be one of {', '.join(QUANTIZATIONS)}")
-        if self.device not in DEVICES:
-            raise InputError(f"--device must be one of {', '.join(DEVICES)}")
+        resolve_device(self.device)  # --device cuda without CUDA fails now, not after the export
         if self.pooling.pooling not in ("max", "mean"):
             raise InputError("--pooling must be 'max' or 'mean'")
         if self.batch_size < 1:

@@ -352,6 +352,7 @@ def compute_responses(
     """
     if batch_size < 1:
         raise InputError("--batch-size must be a positive integer")
+    device = resolve_device(device)  # checked even when the responses are cached
     directory = cache_dir / "responses" / responses_key(exported, sentences_hash, options, quantize)
     final = directory / "neurons.npy", directory / "sentence_embeddings.npy"
     if all(p.exists() for p in final):
@@ -359,7 +360,6 @@ def compute_responses(
 
     tokenizer = exported.tokenizer()
     encoded = encode(tokenizer, sentences)
-    device = resolve_device(device)
     workers = batches_at_once(device)
     check_resources(len(sentences), int(encoded.lengths().max()), batch_size, exported.manifest, directory, workers)
     if quantize == "fp16" and device == "cpu":

@@ -14,6 +14,7 @@ from sklearn.metrics import average_precision_score
 from expertlens_lite.cli import main
 from expertlens_lite.concepts import build_concept_set, read_corpus
 from expertlens_lite.paths import bundled
+from expertlens_lite.runtime import available_providers
 
 SLICE_WORDS = ["birds", "feathers", "hummingbird", "kitchen", "breakfast", "soup", "salad", "dessert", "red", "pink", "purple", "yellow"]
 
@@ -187,6 +188,13 @@ def test_out_of_memory_sized_request(monkeypatch, tmp_path, slice_files, minilm)
     monkeypatch.setattr("expertlens_lite.runtime.available_memory", lambda: 10**6)
     result = run_slice(tmp_path / "r", slice_files / "concepts.txt", "minilm", "--batch-size", "512", "--seed", "9")
     assert_user_error(result, "--batch-size 512 needs about", "lower --batch-size")
+
+
+@pytest.mark.skipif("CUDAExecutionProvider" in available_providers(), reason="this machine has CUDA")
+def test_device_cuda_without_cuda_even_with_cached_responses(minilm_run, slice_files, tmp_path):
+    result = run_slice(tmp_path / "r", slice_files / "concepts.txt", "minilm", "--device", "cuda")
+    assert_user_error(result, "--device cuda needs onnxruntime-gpu")
+    assert not (tmp_path / "r").exists()
 
 
 def test_bad_option_value_is_one_line():
