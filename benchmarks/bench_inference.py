@@ -49,7 +49,8 @@ from expertlens_lite.export.surgery import response_outputs  # noqa: E402
 from expertlens_lite.models.sources import resolve_model  # noqa: E402
 from expertlens_lite.paths import cache_dir  # noqa: E402
 from expertlens_lite.pipeline import load_inputs  # noqa: E402
-from expertlens_lite.runtime import batches_at_once, inference_session, pooled_batches  # noqa: E402
+from expertlens_lite.devices import batches_at_once  # noqa: E402
+from expertlens_lite.runtime import inference_session, pooled_batches  # noqa: E402
 
 
 def time_engine(batches, run_all) -> tuple[float, np.ndarray]:

@@ -23,6 +23,7 @@ from . import __version__
 from .alignment import Bootstrap
 from .batching import PoolingOptions
 from .concepts import ConceptSet, build_concept_set, read_concepts, read_corpus, word_index
+from .devices import resolve_device
 from .errors import InputError
 from .export import QUANTIZATIONS, ExportedModel, export_model
 from .human import HumanPairs, read_human_pairs
@@ -31,7 +32,7 @@ from .measures import Measure, baseline_measures, expert_measures, score_all
 from .models.sources import resolve_model
 from .paths import DEFAULT_CORPUS, DEFAULT_HUMAN, bundled, cache_dir
 from .results import write_results, write_summary
-from .runtime import compute_responses, resolve_device
+from .runtime import compute_responses
 from .selection import Selection
 
 log = logging.getLogger(__name__)

@@ -33,6 +33,7 @@ from .batching import (
     make_batch,
     pad_id,
 )
+from .devices import batches_at_once, onnxruntime_module, resolve_device
 from .errors import InputError, ResourceError
 from .export import ExportedModel
 from .export.prefix import Prefix
@@ -50,42 +51,7 @@ from .heads import (
 
 log = logging.getLogger(__name__)
 
-DEVICES = ("auto", "cpu", "cuda")
 HEADS_MEMORY = 1 << 30  # most bytes the heads' states may take (:func:`shared_heads`)
-
-
-def _onnxruntime():
-    try:
-        import onnxruntime
-    except ImportError:
-        raise InputError(
-            "ONNX Runtime is not installed; pip install 'expertlens-lite[cpu]' (or '[gpu]' for CUDA)"
-        ) from None
-    return onnxruntime
-
-
-def available_providers() -> list[str]:
-    return _onnxruntime().get_available_providers()
-
-
-def resolve_device(device: str) -> str:
-    """``auto`` becomes ``cuda`` when ONNX Runtime has the CUDA provider, else ``cpu``."""
-    if device not in DEVICES:
-        raise InputError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}")
-    has_cuda = "CUDAExecutionProvider" in available_providers()
-    if device == "cuda" and not has_cuda:
-        raise InputError("--device cuda needs onnxruntime-gpu and a CUDA GPU; install the 'gpu' extra or use --device cpu")
-    if device == "auto":
-        return "cuda" if has_cuda else "cpu"
-    return device
-
-
-def batches_at_once(device: str) -> int:
-    """How many batches :func:`run_batches` runs at once on ``device``: on the CPU one per
-    core this process may run on, on CUDA one."""
-    if device == "cuda":
-        return 1
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def create_session(path: Path, device: str = "cpu", threads: int | None = None, keep: Callable[[str], bool] | None = None):
@@ -96,7 +62,7 @@ def create_session(path: Path, device: str = "cpu", threads: int | None = None, 
     (:func:`.export.surgery.keep_outputs`); the weights are read from the file as usual,
     external data included.
     """
-    ort = _onnxruntime()
+    ort = onnxruntime_module()
 
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

@@ -9,13 +9,15 @@ import onnx
 import pytest
 
 from expertlens_lite.batching import PoolingOptions, encode, make_batch, pad_id
-from expertlens_lite.export import load_pretrained
+from expertlens_lite.devices import CUDA, cuda_available, onnxruntime_module, resolve_device
+from expertlens_lite.errors import InputError
+from expertlens_lite.export import export_model, load_pretrained
 from expertlens_lite.export.exporter import prepare_graph
 from expertlens_lite.export.quantize import onnx_sha256, quantize_model, uses_external_data
 from expertlens_lite.export.reference import torch_responses
 from expertlens_lite.export.surgery import neuron_output
 from expertlens_lite.models.sources import ModelSource, resolve_model
-from expertlens_lite.runtime import available_providers, compute_responses, create_session, feed_for
+from expertlens_lite.runtime import compute_responses, create_session, feed_for
 
 from .test_parity import ATOL
 
@@ -69,8 +71,6 @@ def test_every_export_keeps_its_weights_beside_the_graph_and_hashes_both(minilm,
 
 @pytest.mark.parametrize("quantize", ["int8", "fp16"])
 def test_quantized_variants_keep_neurons_exposed_and_close(minilm, quantize, tmp_path):
-    from expertlens_lite.export import export_model
-
     exported = export_model(ModelSource("minilm", "", None, minilm.manifest.fingerprint), minilm.directory.parent.parent, quantize)
     assert exported.directory == minilm.directory and exported.onnx_path(quantize).exists()
     outputs = {o.name for o in onnx.load(exported.onnx_path(quantize), load_external_data=False).graph.output}
@@ -84,16 +84,32 @@ def test_quantized_variants_keep_neurons_exposed_and_close(minilm, quantize, tmp
     assert np.corrcoef(quant.ravel(), fp32.ravel())[0, 1] > {"int8": 0.98, "fp16": 0.999}[quantize]
 
 
-needs_cuda = pytest.mark.skipif(
-    "CUDAExecutionProvider" not in available_providers(), reason="needs onnxruntime-gpu and a CUDA GPU"
-)
+needs_cuda = pytest.mark.skipif(not cuda_available(), reason="needs onnxruntime-gpu, its CUDA libraries and an NVIDIA GPU")
 
 
 @pytest.mark.gpu
 @needs_cuda
 @pytest.mark.parametrize("quantize", ["none", "fp16"])
-def test_cuda_matches_cpu(minilm, tmp_path, quantize):
+def test_cuda_matches_cpu(minilm, elens_home, tmp_path, quantize):
     sentences = ["Birds sing at dawn.", "The soup was far too salty.", "A red kitchen door."]
     cpu = np.asarray(compute_responses(minilm, sentences, "cpu", tmp_path, device="cpu").neurons)
-    gpu = np.asarray(compute_responses(minilm, sentences, "gpu", tmp_path, device="cuda", quantize=quantize).neurons)
+    exported = export_model(resolve_model("minilm", None, elens_home), elens_home, quantize)  # adds the variant
+    gpu = np.asarray(compute_responses(exported, sentences, "gpu", tmp_path, device="cuda", quantize=quantize).neurons)
     assert np.abs(gpu - cpu).max() <= (ATOL if quantize == "none" else 2e-2)
+
+
+def test_a_cuda_provider_that_does_not_start_is_not_used(monkeypatch):
+    """The onnxruntime-gpu build lists CUDA among its providers also where CUDA cannot
+    start (no GPU, no CUDA libraries): there ``auto`` must run on the CPU and ``cuda``
+    be a clear error. The CPU build is made to list CUDA here, as that build does."""
+    if cuda_available():
+        pytest.skip("CUDA starts on this machine")
+    ort = onnxruntime_module()
+    monkeypatch.setattr(ort, "get_available_providers", lambda: [CUDA, "CPUExecutionProvider"])
+    cuda_available.cache_clear()
+    try:
+        assert resolve_device("auto") == "cpu"
+        with pytest.raises(InputError, match="CUDA provider does not start here"):
+            resolve_device("cuda")
+    finally:
+        cuda_available.cache_clear()

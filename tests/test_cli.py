@@ -13,8 +13,8 @@ from sklearn.metrics import average_precision_score
 
 from expertlens_lite.cli import main
 from expertlens_lite.concepts import build_concept_set, read_corpus
+from expertlens_lite.devices import cuda_available
 from expertlens_lite.paths import bundled
-from expertlens_lite.runtime import available_providers
 
 SLICE_WORDS = ["birds", "feathers", "hummingbird", "kitchen", "breakfast", "soup", "salad", "dessert", "red", "pink", "purple", "yellow"]
 
@@ -190,7 +190,7 @@ def test_out_of_memory_sized_request(monkeypatch, tmp_path, slice_files, minilm)
     assert_user_error(result, "--batch-size 512 needs about", "lower --batch-size")
 
 
-@pytest.mark.skipif("CUDAExecutionProvider" in available_providers(), reason="this machine has CUDA")
+@pytest.mark.skipif(cuda_available(), reason="CUDA works on this machine")
 def test_device_cuda_without_cuda_even_with_cached_responses(minilm_run, slice_files, tmp_path):
     result = run_slice(tmp_path / "r", slice_files / "concepts.txt", "minilm", "--device", "cuda")
     assert_user_error(result, "--device cuda needs onnxruntime-gpu")

@@ -10,7 +10,7 @@ from ..batching import PoolingOptions
 from ..export import QUANTIZATIONS
 from ..models.sources import BUNDLED_MODELS
 from ..pipeline import DEFAULT_MODEL, RunConfig, run
-from ..runtime import DEVICES
+from ..devices import DEVICES
 from .main import main
 from .progress import stage_progress
 from .table import print_alignment_table

@@ -67,6 +67,10 @@ class ExportedModel:
     manifest: Manifest
 
     def onnx_path(self, quantize: str = "none") -> Path:
+        """The ONNX file of the ``quantize`` variant, which ``export_model(source, cache,
+        quantize)`` makes."""
+        if onnx_filename(quantize) not in self.manifest.files:
+            raise ModelError(f"{self.directory} has no {quantize} variant; export it with export_model(..., quantize={quantize!r})")
         return self.directory / onnx_filename(quantize)
 
     def tokenizer(self):
