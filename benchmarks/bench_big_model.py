@@ -42,25 +42,20 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
 
-    import torch
-    from transformers import AutoConfig, AutoModel, AutoTokenizer
+    from _models import random_model
 
     from expertlens_lite.concepts import read_corpus
     from expertlens_lite.export import export_model
-    from expertlens_lite.models.sources import ModelSource, resolve_model
+    from expertlens_lite.models.sources import ModelSource
     from expertlens_lite.paths import bundled
     from expertlens_lite.runtime import compute_responses
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        torch.manual_seed(0)
-        config = AutoConfig.for_model(
-            "gpt_neox", hidden_size=64, num_hidden_layers=args.layers, num_attention_heads=4,
-            intermediate_size=args.units, vocab_size=30522, max_position_embeddings=256,
+        random_model(
+            tmp / "model", "gpt_neox", hidden_size=64, num_hidden_layers=args.layers, num_attention_heads=4,
+            intermediate_size=args.units, max_position_embeddings=256,
         )
-        AutoModel.from_config(config).save_pretrained(tmp / "model")
-        AutoTokenizer.from_pretrained(resolve_model("minilm", None, tmp).path).save_pretrained(tmp / "model")
-        del config
         exported = export_model(ModelSource("big-neox", str(tmp / "model"), None, "big-neox"), tmp / "home")
         sentences = read_corpus(bundled("corpus.txt"))[: args.sentences]
         import gc

@@ -43,13 +43,13 @@ from _machine import gemm_peak_gflops, machine  # noqa: E402
 
 from expertlens_lite import RunConfig  # noqa: E402
 from expertlens_lite.batching import PoolingOptions, encode, iter_batches, pad_id  # noqa: E402
+from expertlens_lite.devices import batches_at_once  # noqa: E402
 from expertlens_lite.export import export_model, load_pretrained  # noqa: E402
 from expertlens_lite.export.reference import pool_tokens, torch_inputs, torch_responses  # noqa: E402
 from expertlens_lite.export.surgery import response_outputs  # noqa: E402
 from expertlens_lite.models.sources import resolve_model  # noqa: E402
 from expertlens_lite.paths import cache_dir  # noqa: E402
 from expertlens_lite.pipeline import load_inputs  # noqa: E402
-from expertlens_lite.devices import batches_at_once  # noqa: E402
 from expertlens_lite.runtime import inference_session, pooled_batches  # noqa: E402
 
 
