@@ -8,11 +8,15 @@ from expertlens_lite.models import Architecture, get_architecture, register, sup
 
 
 def test_supported_families_are_pinned():
-    assert supported_model_types() == ["bert", "gpt2", "gpt_neox", "llama", "mistral", "opt", "qwen2", "roberta", "xlm-roberta"]
+    assert supported_model_types() == [
+        "bert", "bloom", "codegen", "distilbert", "electra", "falcon", "gemma", "gemma2", "gpt2", "gpt_bigcode", "gpt_neox",
+        "gptj", "granite", "llama", "mistral", "olmo", "olmo2", "opt", "phi", "phi3", "qwen2", "qwen3", "roberta", "stablelm",
+        "xlm-roberta",
+    ]
 
 
 def test_unknown_architecture_lists_the_supported_ones():
-    with pytest.raises(ModelError, match=r"unsupported model architecture 't5'; supported: bert, gpt2, gpt_neox"):
+    with pytest.raises(ModelError, match=r"unsupported model architecture 't5'; supported: bert, bloom, codegen, distilbert"):
         get_architecture("t5")
 
 

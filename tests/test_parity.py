@@ -15,6 +15,7 @@ from expertlens_lite.concepts import read_corpus
 from expertlens_lite.export import export_model, load_pretrained
 from expertlens_lite.export.reference import torch_responses
 from expertlens_lite.export.surgery import SENTENCE_EMBEDDING, neuron_output
+from expertlens_lite.models import get_architecture, supported_model_types
 from expertlens_lite.models.sources import ModelSource, resolve_model
 from expertlens_lite.paths import bundled
 from expertlens_lite.runtime import create_session, feed_for
@@ -57,19 +58,37 @@ def test_minilm_parity(minilm, elens_home, options):
 def _tiny(model_type: str):
     from transformers import AutoConfig
 
-    common = dict(vocab_size=1000, max_position_embeddings=128)
+    common = {"vocab_size": 1000, "max_position_embeddings": 128}
     configs = {
-        "gpt_neox": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=256),
-        "gpt2": dict(n_embd=64, n_layer=2, n_head=4, n_inner=192, n_positions=128),
-        "llama": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, intermediate_size=160),
-        "mistral": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, intermediate_size=160),
-        "qwen2": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, intermediate_size=160),
-        "opt": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, ffn_dim=256, word_embed_proj_dim=64),
-        "bert": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=256),
-        "roberta": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=256, pad_token_id=1),
+        "gpt_neox": {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 256},
+        "gpt2": {"n_embd": 64, "n_layer": 2, "n_head": 4, "n_inner": 192, "n_positions": 128},
+        "llama": {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 160},
+        "mistral": {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 160},
+        "qwen2": {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 160},
+        "opt": {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "ffn_dim": 256, "word_embed_proj_dim": 64},
+        "bert": {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 256},
+        "roberta": {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 256, "pad_token_id": 1},
+        "xlm-roberta": {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 256, "pad_token_id": 1},
+        "electra": {"hidden_size": 64, "embedding_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 256},
+        "distilbert": {"dim": 64, "n_layers": 2, "n_heads": 4, "hidden_dim": 256},
+        "gpt_bigcode": {"n_embd": 64, "n_layer": 2, "n_head": 4, "n_inner": 256, "n_positions": 128},
+        "gptj": {"n_embd": 64, "n_layer": 2, "n_head": 4, "n_inner": 256, "rotary_dim": 8, "n_positions": 128},
+        "codegen": {"n_embd": 64, "n_layer": 2, "n_head": 4, "n_inner": 256, "rotary_dim": 8, "n_positions": 128},
+        "phi": {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 256},
+        "bloom": {"hidden_size": 64, "n_layer": 2, "n_head": 4},
+        "falcon": {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "new_decoder_architecture": False, "multi_query": True},
+        "qwen3": {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 160, "head_dim": 16},
+        "granite": {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 160},
+        "gemma": {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 160, "head_dim": 16},
+        "gemma2": {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 160, "head_dim": 16},
+        "olmo": {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 160, "pad_token_id": 991},
+        "olmo2": {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 160, "pad_token_id": 991},
+        "phi3": {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 160, "pad_token_id": 991},
+        "stablelm": {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 160},
     }
+    no_max_positions = {"gpt2", "gpt_bigcode", "gptj", "codegen", "bloom"}
     params = {**common, **configs[model_type]}
-    if model_type == "gpt2":
+    if model_type in no_max_positions:  # their configs name it otherwise, or have none
         params.pop("max_position_embeddings")
     return AutoConfig.for_model(model_type, **params)
 
@@ -102,10 +121,15 @@ def tiny_sentences(n: int = 10, seed: int = 1) -> list[str]:
     return [" ".join(f"w{j}" for j in rng.integers(0, 990, size=rng.integers(2, 14))) for _ in range(n)]
 
 
-@pytest.mark.parametrize("model_type", ["gpt_neox", "gpt2", "llama", "mistral", "qwen2", "opt", "bert", "roberta"])
+@pytest.mark.parametrize("model_type", supported_model_types())
 def test_tiny_random_family_parity(model_type, tmp_path, elens_home):
-    source = tiny_source(model_type, tmp_path / model_type)
+    """Every registered model type. A family exported with past starts its sentences with
+    a BOS, as Llama's tokenizer does, so the export's own parity check also runs the
+    baked prefix through the graph's past inputs (:mod:`expertlens_lite.export.prefix`)."""
+    architecture = get_architecture(model_type)
+    source = tiny_source(model_type, tmp_path / model_type, bos=architecture.causal and architecture.takes_past)
     exported = export_model(source, elens_home)
+    assert exported.manifest.prefix_token_ids == ([992] if architecture.causal and architecture.takes_past else [])
     assert exported.manifest.model_type == model_type
     architecture, model, tok = load_pretrained(source)
     sentences = tiny_sentences()
@@ -119,7 +143,6 @@ def test_tiny_random_family_parity(model_type, tmp_path, elens_home):
 
 def test_constant_prefix_not_for_encoders_or_tokenizers_without_one(tmp_path, elens_home):
     from expertlens_lite.export.prefix import constant_prefix
-    from expertlens_lite.models import get_architecture
 
     with_bos = load_pretrained(tiny_source("llama", tmp_path / "a", bos=True))[2]
     without = load_pretrained(tiny_source("llama", tmp_path / "b"))[2]

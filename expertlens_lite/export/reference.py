@@ -48,9 +48,12 @@ def torch_activations(model, architecture: Architecture, batch: dict[str, np.nda
             captured[layer] = args[0].detach().float().reshape(*batch["input_ids"].shape, -1).numpy()
 
         handles.append(module.register_forward_pre_hook(hook))
+    inputs = torch_inputs(model, architecture, batch)
+    if "use_cache" in inspect.signature(model.forward).parameters:  # encoders such as DistilBERT have none
+        inputs["use_cache"] = use_cache
     try:
         with torch.no_grad():
-            out = model(**torch_inputs(model, architecture, batch), use_cache=use_cache)
+            out = model(**inputs)
     finally:
         for handle in handles:
             handle.remove()
