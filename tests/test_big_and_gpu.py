@@ -16,10 +16,11 @@ from expertlens_lite.export.exporter import prepare_graph
 from expertlens_lite.export.quantize import onnx_sha256, quantize_model, uses_external_data
 from expertlens_lite.export.reference import torch_responses
 from expertlens_lite.export.surgery import neuron_output
+from expertlens_lite.models import get_architecture, supported_model_types
 from expertlens_lite.models.sources import ModelSource, resolve_model
 from expertlens_lite.runtime import compute_responses, create_session, feed_for
 
-from .test_parity import ATOL
+from .test_parity import ATOL, tiny_sentences, tiny_source
 
 
 def test_external_data_survives_surgery_and_quantization(tmp_path, elens_home):
@@ -113,3 +114,18 @@ def test_a_cuda_provider_that_does_not_start_is_not_used(monkeypatch):
             resolve_device("cuda")
     finally:
         cuda_available.cache_clear()
+
+
+@pytest.mark.parametrize("model_type", supported_model_types())
+def test_int8_keeps_every_family_close(model_type, tmp_path, elens_home):
+    """SmoothQuant folding and per-token down-projections rewrite graph patterns that
+    differ between families; on a tiny random model of each, int8 responses must still
+    follow fp32 (the bundled models' expert-set quality is in BENCHMARKS.md)."""
+    architecture = get_architecture(model_type)
+    source = tiny_source(model_type, tmp_path / model_type, bos=architecture.causal and architecture.takes_past)
+    sentences = tiny_sentences(40, seed=3)
+    fp32, quant = (
+        np.asarray(compute_responses(export_model(source, elens_home, q), sentences, "q", tmp_path, quantize=q, device="cpu").neurons)
+        for q in ("none", "int8")
+    )
+    assert np.corrcoef(quant.ravel(), fp32.ravel())[0, 1] > 0.98
