@@ -41,14 +41,21 @@ def _trained_longer(model) -> None:
 
 
 def lay_out_hub_cache(hub: Path, repo_id: str, revisions: dict[str, Path]) -> dict[str, str]:
-    """Copy model folders into ``hub`` as revisions of ``repo_id`` (``refs/<revision>``
-    naming a commit, ``snapshots/<commit>/`` its files); returns revision -> commit."""
+    """Put model folders into ``hub`` as revisions of ``repo_id``, laid out as
+    huggingface_hub does: ``refs/<revision>`` names a commit, ``snapshots/<commit>/``
+    holds links to the files in ``blobs/``. Returns revision -> commit."""
     repo = hub / f"models--{repo_id.replace('/', '--')}"
-    (repo / "refs").mkdir(parents=True)
+    for sub in ("refs", "blobs"):
+        (repo / sub).mkdir(parents=True, exist_ok=True)
     commits = {}
     for revision, folder in revisions.items():
         commit = hashlib.sha1(revision.encode()).hexdigest()
-        shutil.copytree(folder, repo / "snapshots" / commit)
+        snapshot = repo / "snapshots" / commit
+        snapshot.mkdir(parents=True)
+        for file in folder.iterdir():
+            blob = repo / "blobs" / hashlib.sha256(file.read_bytes()).hexdigest()
+            shutil.copyfile(file, blob)
+            (snapshot / file.name).symlink_to(Path("..", "..", "blobs", blob.name))
         (repo / "refs" / revision).write_text(commit)
         commits[revision] = commit
     return commits
