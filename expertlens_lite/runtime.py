@@ -89,16 +89,22 @@ def feed_for(session, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def run_batch(session, names: list[str], batch: dict[str, np.ndarray], device: str) -> list[np.ndarray]:
-    """Run one batch. On CUDA through I/O binding: the inputs are copied to the GPU once,
-    and only the small pooled outputs come back (the per-token activations never
-    leave the device)."""
+    """Run one batch; on CUDA through I/O binding (:func:`run_bound`)."""
     if device != "cuda":
         return session.run(names, feed_for(session, batch))
+    return run_bound(session, names, batch, "cuda")
+
+
+def run_bound(session, names: list[str], batch: dict[str, np.ndarray], device_type: str) -> list[np.ndarray]:
+    """Run one batch through I/O binding: the inputs are copied to ``device_type`` once,
+    the outputs ``names`` are allocated there and copied back once, and intermediate
+    tensors never leave the device. Separate from :func:`run_batch` so that this path,
+    which CUDA runs, can be checked on the CPU too."""
     binding = session.io_binding()
     for name, array in feed_for(session, batch).items():
         binding.bind_cpu_input(name, array)
     for name in names:
-        binding.bind_output(name, "cuda")
+        binding.bind_output(name, device_type)
     session.run_with_iobinding(binding)
     return binding.copy_outputs_to_cpu()
 

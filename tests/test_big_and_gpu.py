@@ -18,7 +18,7 @@ from expertlens_lite.export.reference import torch_responses
 from expertlens_lite.export.surgery import neuron_output
 from expertlens_lite.models import get_architecture, supported_model_types
 from expertlens_lite.models.sources import ModelSource, resolve_model
-from expertlens_lite.runtime import compute_responses, create_session, feed_for
+from expertlens_lite.runtime import compute_responses, create_session, feed_for, inference_session, run_bound
 
 from .test_parity import ATOL, tiny_sentences, tiny_source
 
@@ -129,3 +129,19 @@ def test_int8_keeps_every_family_close(model_type, tmp_path, elens_home):
         for q in ("none", "int8")
     )
     assert np.corrcoef(quant.ravel(), fp32.ravel())[0, 1] > 0.98
+
+
+def test_the_io_binding_path_that_cuda_runs_gives_the_same_outputs(tmp_path, elens_home):
+    """CUDA runs batches through I/O binding (:func:`run_bound`); bound to the CPU, the
+    same code must give what ``session.run`` gives, output for output, on a graph that
+    takes past inputs (a causal family with a BOS)."""
+    exported = export_model(tiny_source("llama", tmp_path / "llama", bos=True), elens_home)
+    tokenizer = exported.tokenizer()
+    names = [neuron_output(i, "max") for i in range(exported.manifest.n_layers)]
+    session = inference_session(exported.onnx_path(), "cpu", 1, names)
+    batch = make_batch(encode(tokenizer, tiny_sentences()), range(10), pad_id(tokenizer), PoolingOptions())
+    expected = session.run(names, feed_for(session, batch))
+    got = run_bound(session, names, batch, "cpu")
+    assert len(got) == len(names)
+    for g, e in zip(got, expected):
+        np.testing.assert_array_equal(g, e)
