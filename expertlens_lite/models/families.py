@@ -2,9 +2,10 @@
 
 Every entry is checked by an export of a tiny random model of each of its model
 types against a PyTorch forward (``tests/test_parity.py``). Families marked
-``takes_past=False`` fail Optimum's with-past export (it traces a causal mask one
-column wider than its keys, or GPT-BigCode's fused key/value cache), so their
-sentences run whole, without shared heads.
+``takes_past=False`` cannot take past keys and values here: Optimum's with-past
+export of them traces a causal mask one column wider than their keys, or (GPT-BigCode)
+their fused key/value cache does not split into keys and values. Their sentences run
+whole, without shared heads.
 """
 
 from __future__ import annotations
