@@ -10,7 +10,6 @@ library.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -87,9 +86,6 @@ class RunConfig:
         """Cheap checks of option values, before anything slow starts."""
         if not self.taus:
             raise InputError("give at least one --tau")
-        for tau in self.taus:
-            if not (0.0 <= tau <= 1.0) or math.isnan(tau):
-                raise InputError(f"--tau must be within [0, 1] (average precision), got {tau}")
         self.selections()  # each rule checks its own parameter
         if self.quantize not in QUANTIZATIONS:
             raise InputError(f"--quantize must be one of {', '.join(QUANTIZATIONS)}")
@@ -160,6 +156,8 @@ def run(config: RunConfig, progress: Progress | None = None) -> RunResult:
         concept_set, rated = load_inputs(config)
     with timer.stage("export"):
         exported = export_model(resolve_model(config.model, config.revision, cache), cache, config.quantize)
+    for selection in config.selections():  # before inference, now that the model's size is known
+        selection.check_neurons(exported.manifest.n_neurons)
     with timer.stage("responses"):
         responses = compute_responses(
             exported,

@@ -23,6 +23,7 @@ from .errors import InputError
 from .kernels import threshold_bitsets, topk_bitsets
 
 RULES = ("tau", "lift", "topk", "topfrac")
+OPTIONS = {"tau": "--tau", "lift": "--lift", "topk": "--topk", "topfrac": "--top-frac"}  # what errors call each rule
 
 
 @dataclass(frozen=True)
@@ -36,8 +37,16 @@ class Selection:
         if self.rule not in RULES:
             raise InputError(f"unknown selection rule {self.rule!r}; choose one of {', '.join(RULES)}")
         low, high = {"tau": (0.0, 1.0), "lift": (0.0, math.inf), "topk": (1, math.inf), "topfrac": (0.0, 1.0)}[self.rule]
-        if not (low <= self.parameter <= high) or (self.rule == "topk" and self.parameter != int(self.parameter)):
-            raise InputError(f"{self.rule} must be within [{low}, {high}]" + (" and whole" if self.rule == "topk" else "") + f", got {self.parameter}")
+        whole = self.rule != "topk" or (math.isfinite(self.parameter) and self.parameter == int(self.parameter))
+        if not (low <= self.parameter <= high and whole):
+            kind = " a whole number" if self.rule == "topk" else ""
+            raise InputError(f"{OPTIONS[self.rule]} must be{kind} within [{low:g}, {high:g}], got {self.parameter:g}")
+
+    def check_neurons(self, n_neurons: int) -> None:
+        """Refuse a top-k that is not below the model's neuron count: every neuron
+        would be every concept's expert, and all expert sets alike."""
+        if self.rule == "topk" and self.parameter >= n_neurons:
+            raise InputError(f"{OPTIONS['topk']} {int(self.parameter)} must be below the model's {n_neurons:,} neurons")
 
     @property
     def label(self) -> str:
@@ -61,5 +70,6 @@ def select(ap: np.ndarray, selection: Selection, base_rate: np.ndarray | None) -
     if selection.rule == "lift":
         return threshold_bitsets(ap / base_rate[:, None], [selection.parameter])[0]
     n_neurons = ap.shape[1]
+    selection.check_neurons(n_neurons)
     k = int(selection.parameter) if selection.rule == "topk" else math.ceil(selection.parameter * n_neurons)
-    return topk_bitsets(ap, min(k, n_neurons))
+    return topk_bitsets(ap, k)

@@ -178,6 +178,17 @@ def test_tau_outside_unit_interval(tau):
     assert_user_error(invoke("run", "--model", "minilm", "--tau", tau), "--tau must be within [0, 1]")
 
 
+@pytest.mark.parametrize("option, value, message", [("--topk", "0", "--topk must be a whole number within [1, inf], got 0"), ("--top-frac", "1.5", "--top-frac must be within [0, 1], got 1.5")])
+def test_selection_option_out_of_range(option, value, message):
+    assert_user_error(invoke("run", "--model", "minilm", option, value), message)
+
+
+def test_topk_not_below_the_neuron_count(minilm_run, slice_files, tmp_path):
+    result = run_slice(tmp_path / "r", slice_files / "concepts.txt", "minilm", "--topk", "9216")
+    assert_user_error(result, "--topk 9216 must be below the model's 9,216 neurons")
+    assert not (tmp_path / "r").exists()
+
+
 def test_unreachable_model_id_offline(tmp_path):
     assert_user_error(
         invoke("run", "--model", "no-such-org/no-such-model", "--out", str(tmp_path / "r")), "cannot load model 'no-such-org/no-such-model'"

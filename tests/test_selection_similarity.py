@@ -58,6 +58,12 @@ def test_bad_selection_parameters(rule, value):
         Selection(rule, value)
 
 
+def test_topk_must_leave_some_neurons_out():
+    select(AP, Selection("topk", AP.shape[1] - 1), RATES)
+    with pytest.raises(InputError, match="must be below"):
+        select(AP, Selection("topk", AP.shape[1]), RATES)
+
+
 def test_profile_similarities_match_python():
     cos = profile_similarity(AP, "cosine")
     pearson = profile_similarity(AP, "pearson")
