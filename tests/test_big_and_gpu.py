@@ -122,7 +122,7 @@ def test_int8_keeps_every_family_close(model_type, tmp_path, elens_home):
     differ between families; on a tiny random model of each, int8 responses must still
     follow fp32 (the bundled models' expert-set quality is in BENCHMARKS.md)."""
     architecture = get_architecture(model_type)
-    source = tiny_source(model_type, tmp_path / model_type, bos=architecture.causal and architecture.takes_past)
+    source = tiny_source(model_type, tmp_path / model_type, bos=architecture.causal)
     sentences = tiny_sentences(40, seed=3)
     fp32, quant = (
         np.asarray(compute_responses(export_model(source, elens_home, q), sentences, "q", tmp_path, quantize=q, device="cpu").neurons)

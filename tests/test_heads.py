@@ -15,6 +15,7 @@ from expertlens_lite.export import export_model, load_pretrained
 from expertlens_lite.export.reference import torch_responses
 from expertlens_lite.export.surgery import keep_outputs, response_outputs
 from expertlens_lite.heads import HeadStates, group_heads
+from expertlens_lite.models import get_architecture, supported_model_types
 from expertlens_lite.runtime import (
     compute_responses,
     create_session,
@@ -51,10 +52,13 @@ def assert_equals_whole_forward(source, exported, sentences, options, home, key)
     assert np.abs(np.asarray(got.sentence_embeddings) - expected_embedding).max() <= ATOL
 
 
-@pytest.mark.parametrize(
-    "model_type,bos", [("gpt_neox", True), ("gpt2", True), ("llama", True), ("mistral", True), ("qwen2", True), ("llama", False)]
-)
+CAUSAL = [t for t in supported_model_types() if get_architecture(t).causal]
+
+
+@pytest.mark.parametrize("model_type,bos", [(t, True) for t in CAUSAL] + [("llama", False)])
 def test_shared_heads_pool_what_a_whole_forward_pools(model_type, bos, tmp_path, elens_home):
+    """Every causal family: the heads feed back keys and values whose layout, position
+    ids and attention (rotary, ALiBi, learned positions) differ between families."""
     source = tiny_source(model_type, tmp_path / model_type, bos=bos)
     exported = export_model(source, elens_home)
     assert exported.manifest.prefix_token_ids == ([992] if bos else [])

@@ -123,13 +123,13 @@ def tiny_sentences(n: int = 10, seed: int = 1) -> list[str]:
 
 @pytest.mark.parametrize("model_type", supported_model_types())
 def test_tiny_random_family_parity(model_type, tmp_path, elens_home):
-    """Every registered model type. A family exported with past starts its sentences with
-    a BOS, as Llama's tokenizer does, so the export's own parity check also runs the
-    baked prefix through the graph's past inputs (:mod:`expertlens_lite.export.prefix`)."""
+    """Every registered model type. A causal family's sentences start with a BOS, as
+    Llama's tokenizer does, so the export's own parity check also runs the baked prefix
+    through the graph's past inputs (:mod:`expertlens_lite.export.prefix`)."""
     architecture = get_architecture(model_type)
-    source = tiny_source(model_type, tmp_path / model_type, bos=architecture.causal and architecture.takes_past)
+    source = tiny_source(model_type, tmp_path / model_type, bos=architecture.causal)
     exported = export_model(source, elens_home)
-    assert exported.manifest.prefix_token_ids == ([992] if architecture.causal and architecture.takes_past else [])
+    assert exported.manifest.prefix_token_ids == ([992] if architecture.causal else [])
     assert exported.manifest.model_type == model_type
     architecture, model, tok = load_pretrained(source)
     sentences = tiny_sentences()
@@ -150,18 +150,3 @@ def test_constant_prefix_not_for_encoders_or_tokenizers_without_one(tmp_path, el
     assert constant_prefix(with_bos, get_architecture("llama"), probes) == (992,)
     assert constant_prefix(without, get_architecture("llama"), probes) == ()
     assert constant_prefix(with_bos, get_architecture("bert"), probes) == ()
-    assert constant_prefix(with_bos, get_architecture("opt"), probes) == ()
-
-
-def test_opt_with_bos_runs_it_in_every_sentence(tmp_path, elens_home):
-    import onnx
-
-    source = tiny_source("opt", tmp_path / "opt", bos=True)
-    exported = export_model(source, elens_home)
-    assert exported.manifest.prefix_token_ids == []
-    graph = onnx.load(exported.onnx_path(), load_external_data=False).graph
-    assert not [i.name for i in graph.input if i.name.startswith("past")]
-    architecture, model, tok = load_pretrained(source)
-    batch = make_batch(encode(tok, tiny_sentences()), range(10), pad_id(tok), PoolingOptions())
-    expected, _ = torch_responses(model, architecture, batch)
-    assert np.abs(onnx_responses(exported, batch)[0] - expected).max() <= ATOL

@@ -152,10 +152,31 @@ def _onnx_export(model, folder: Path, with_past: bool) -> None:
         constructor = TasksManager.get_exporter_config_constructor(
             "onnx", model=model, task="feature-extraction", library_name="transformers"
         )
-        custom = {"model": constructor(model.config, use_past=True, use_past_in_inputs=True)}
+        custom = {"model": _with_past_mask(constructor(model.config, use_past=True, use_past_in_inputs=True))}
     with warnings.catch_warnings():  # the tracer's notes on constants are expected, not actionable
         warnings.simplefilter("ignore")
         onnx_export_from_model(model, folder, task="feature-extraction", custom_onnx_configs=custom, do_validation=False)
+
+
+def _with_past_mask(onnx_config):
+    """``onnx_config`` with its dummy attention mask as wide as past and new tokens together.
+
+    Optimum widens it so only for its ``text-generation`` task (``OnnxConfigWithPast.
+    generate_dummy_inputs``); with past inputs on a ``feature-extraction`` export the
+    trace sees a mask one column short of the keys, which OPT, BLOOM, Falcon, GPT-J,
+    CodeGen and StableLM refuse (a shape error in attention). Same widening as Optimum's.
+    """
+    from optimum.utils import DummyInputGenerator
+
+    class WithPastMask(type(onnx_config)):
+        def generate_dummy_inputs(self, framework: str = "pt", **kwargs):
+            inputs = super().generate_dummy_inputs(framework=framework, **kwargs)
+            width = inputs["input_ids"].shape[1] + inputs["past_key_values"][0][1].shape[-2]
+            inputs["attention_mask"] = DummyInputGenerator.pad_input_on_dim(inputs["attention_mask"], desired_length=width, dim=1)
+            return inputs
+
+    onnx_config.__class__ = WithPastMask
+    return onnx_config
 
 
 def _export_fresh(source: ModelSource, directory: Path) -> None:
@@ -163,7 +184,7 @@ def _export_fresh(source: ModelSource, directory: Path) -> None:
     prefix_ids = constant_prefix(tokenizer, architecture, PARITY_SENTENCES)
     log.info("exporting %s to ONNX", source.name)
     with atomic_dir(directory) as tmp:
-        _onnx_export(model, tmp, with_past=architecture.causal and architecture.takes_past)
+        _onnx_export(model, tmp, with_past=architecture.causal)
         prefix = compute_prefix(model, architecture, prefix_ids) if prefix_ids else Prefix()
         if prefix.token_ids:
             save_prefix(tmp, prefix)

@@ -44,7 +44,7 @@ def constant_prefix(tokenizer, architecture: Architecture, probes: Sequence[str]
     """The leading special tokens that the tokenizer puts before every one of ``probes``
     (empty for encoders, whose every token sees the whole sentence, and for families
     exported without past keys and values)."""
-    if not (architecture.causal and architecture.takes_past):
+    if not architecture.causal:
         return ()
     encoded = tokenizer(list(probes), add_special_tokens=True, return_special_tokens_mask=True)
     prefix: list[int] = []
@@ -66,7 +66,7 @@ def compute_prefix(model, architecture: Architecture, token_ids: tuple[int, ...]
     neurons, hidden, cache = torch_activations(model, architecture, batch, use_cache=True)
     legacy = cache.to_legacy_cache() if hasattr(cache, "to_legacy_cache") else cache
     states = {PAST_HIDDEN: hidden.astype(np.float32)}
-    for layer, (key, value) in enumerate(legacy):
+    for layer, (key, value, *_) in enumerate(legacy):  # GPT-BigCode adds (empty) cross-attention entries
         states[f"{PAST_INPUT}{layer}.key"] = key.float().numpy()
         states[f"{PAST_INPUT}{layer}.value"] = value.float().numpy()
         states[past_neurons(layer)] = neurons[layer].astype(np.float32)

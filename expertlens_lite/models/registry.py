@@ -27,17 +27,12 @@ class Architecture:
         causal: whether the model is a decoder (left-to-right attention). Causal
             models see a constant BOS token first, which carries no sentence
             information and is left out of pooling by default.
-        takes_past: whether a causal family is exported with past keys and values,
-            so that sentences that start with the same tokens run them once
-            (:mod:`expertlens_lite.heads`); needs Optimum's with-past export of the
-            family to work.
     """
 
     name: str
     model_types: tuple[str, ...]
     mlp_down: str
     causal: bool
-    takes_past: bool = True
 
     def __post_init__(self) -> None:
         if "{layer}" not in self.mlp_down:
