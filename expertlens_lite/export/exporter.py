@@ -175,7 +175,7 @@ def _with_past_mask(onnx_config):
             inputs["attention_mask"] = DummyInputGenerator.pad_input_on_dim(inputs["attention_mask"], desired_length=width, dim=1)
             return inputs
 
-    onnx_config.__class__ = WithPastMask
+    onnx_config.__class__ = WithPastMask  # the instance stays: each family's constructor takes other arguments
     return onnx_config
 
 

@@ -42,8 +42,7 @@ class Prefix:
 
 def constant_prefix(tokenizer, architecture: Architecture, probes: Sequence[str]) -> tuple[int, ...]:
     """The leading special tokens that the tokenizer puts before every one of ``probes``
-    (empty for encoders, whose every token sees the whole sentence, and for families
-    exported without past keys and values)."""
+    (empty for encoders, whose every token sees the whole sentence)."""
     if not architecture.causal:
         return ()
     encoded = tokenizer(list(probes), add_special_tokens=True, return_special_tokens_mask=True)
