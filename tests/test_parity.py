@@ -93,16 +93,17 @@ def _tiny(model_type: str):
     return AutoConfig.for_model(model_type, **params)
 
 
-def tiny_source(model_type: str, folder, edit=None, bos: bool = False) -> ModelSource:
-    """A tiny random model of ``model_type`` with a word-level tokenizer (words ``w0``..``w989``),
-    saved to ``folder``; ``edit(model)`` may change its weights first; with ``bos`` the
-    tokenizer starts every sentence with ``[BOS]``, as Llama's does."""
+def tiny_source(model_type: str, folder, edit=None, bos: bool = False, config=None) -> ModelSource:
+    """A tiny random model of ``model_type`` (from ``config`` if given) with a word-level
+    tokenizer (words ``w0``..``w989``), saved to ``folder``; ``edit(model)`` may change its
+    weights first; with ``bos`` the tokenizer starts every sentence with ``[BOS]``, as
+    Llama's does."""
     import torch
     from transformers import AutoModel, PreTrainedTokenizerFast
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
 
     torch.manual_seed(0)
-    model = AutoModel.from_config(_tiny(model_type))
+    model = AutoModel.from_config(config or _tiny(model_type))
     if edit is not None:
         edit(model)
     model.save_pretrained(folder)

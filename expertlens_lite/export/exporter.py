@@ -141,9 +141,53 @@ def load_pretrained(source: ModelSource):
     return architecture, model, tokenizer
 
 
-def _onnx_export(model, folder: Path, with_past: bool) -> None:
-    """Optimum's feature-extraction export to ``folder/model.onnx``; ``with_past`` adds the
-    ``past_key_values`` inputs (Optimum's own ``-with-past`` task only adds them as outputs)."""
+def _onnx_export(model, folder: Path, with_past: bool) -> bool:
+    """Optimum's feature-extraction export to ``folder/model.onnx``; returns whether the
+    graph takes past keys and values.
+
+    ``with_past`` adds the ``past_key_values`` inputs (Optimum's own ``-with-past`` task
+    only adds them as outputs). Every built-in causal family exports that way; a family
+    a user registers may not (Optimum's config for it may take no past, or its trace may
+    fail), and then it is exported without past, with a warning: its sentences run whole,
+    slower but with the same responses. An export that fails even so is a
+    :class:`ModelError` naming the model type.
+    """
+    model_type = model.config.model_type
+    _check_optimum_supports(model_type)
+    if with_past:
+        try:
+            _optimum_export(model, folder, with_past=True)
+            return True
+        except Exception as exc:  # noqa: BLE001  (whatever the tracer raises; the plain export below says if the model is the problem)
+            log.warning("%s cannot be exported with past keys and values (%s: %s); its sentences will run whole", model_type, type(exc).__name__, _first_line(exc))
+            for path in folder.iterdir():  # what the failed attempt left
+                path.unlink()
+    try:
+        _optimum_export(model, folder, with_past=False)
+    except Exception as exc:
+        raise ModelError(f"Optimum could not export this {model_type} model to ONNX ({type(exc).__name__}: {_first_line(exc)})") from exc
+    return False
+
+
+def _check_optimum_supports(model_type: str) -> None:
+    """Refuse, before any tracing, a model type Optimum's ONNX exporter has no config for
+    (its own error is a ``KeyError`` listing every type it knows)."""
+    import optimum.exporters.onnx.model_configs  # noqa: F401  (registers the model types it exports)
+    from optimum.exporters.tasks import TasksManager
+
+    try:
+        tasks = TasksManager.get_supported_tasks_for_model_type(model_type, "onnx", library_name="transformers")
+    except KeyError:
+        tasks = {}
+    if "feature-extraction" not in tasks:
+        raise ModelError(f"Optimum's ONNX exporter, which expertlens-lite exports through, does not support model type {model_type!r}")
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [""])[0][:300]
+
+
+def _optimum_export(model, folder: Path, with_past: bool) -> None:
     from optimum.exporters.onnx import onnx_export_from_model
     from optimum.exporters.tasks import TasksManager
 
@@ -181,10 +225,12 @@ def _with_past_mask(onnx_config):
 
 def _export_fresh(source: ModelSource, directory: Path) -> None:
     architecture, model, tokenizer = load_pretrained(source)
-    prefix_ids = constant_prefix(tokenizer, architecture, PARITY_SENTENCES)
+    n_layers = model.config.num_hidden_layers
+    units = _units_per_layer(model, architecture, n_layers)
     log.info("exporting %s to ONNX", source.name)
     with atomic_dir(directory) as tmp:
-        _onnx_export(model, tmp, with_past=architecture.causal)
+        with_past = _onnx_export(model, tmp, with_past=architecture.causal)
+        prefix_ids = constant_prefix(tokenizer, architecture, PARITY_SENTENCES) if with_past else ()
         prefix = compute_prefix(model, architecture, prefix_ids) if prefix_ids else Prefix()
         if prefix.token_ids:
             save_prefix(tmp, prefix)
@@ -194,8 +240,6 @@ def _export_fresh(source: ModelSource, directory: Path) -> None:
         encoded = encode(tokenizer, PARITY_SENTENCES)
         batch = make_batch(encoded, range(len(PARITY_SENTENCES)), pad_id(tokenizer), PoolingOptions())
         expected, expected_embedding = torch_responses(model, architecture, batch)
-        n_layers = model.config.num_hidden_layers
-        units = _units_per_layer(model, architecture, n_layers)
         onnx_path = tmp / "model.onnx"
         opset = prepare_graph(onnx_path, [architecture.onnx_scope(i) for i in range(n_layers)], units)
         diff, scaled = _parity(onnx_path, encoded, pad_id(tokenizer), prefix, n_layers, expected, expected_embedding)
@@ -239,11 +283,30 @@ def prepare_graph(onnx_path: Path, scopes: list[str], units: list[int]) -> int:
 
 
 def _units_per_layer(model, architecture: Architecture, n_layers: int) -> list[int]:
-    """Input width of each down-projection (``nn.Linear`` or GPT-2's transposed ``Conv1D``)."""
+    """Input width of each down-projection (``nn.Linear`` or GPT-2's transposed ``Conv1D``),
+    checked to be one: a linear layer that maps onto the hidden size.
+
+    Why check: the parity check compares the graph with PyTorch hooks on the same module,
+    so an entry that names a module which exists but is not the down-projection (say
+    ``up_proj``) would export consistently and find "experts" elsewhere in the MLP.
+    """
+    hidden = model.config.hidden_size
     units = []
     for layer in range(n_layers):
-        module = model.get_submodule(architecture.mlp_down_module(layer))
-        units.append(int(module.in_features if hasattr(module, "in_features") else module.weight.shape[0]))
+        path = architecture.mlp_down_module(layer)
+        try:
+            module = model.get_submodule(path)
+        except AttributeError:
+            raise ModelError(f"family {architecture.name!r}: the model has no module {path!r} (its mlp_down entry)") from None
+        weight = getattr(module, "weight", None)
+        if getattr(weight, "ndim", 0) != 2:
+            raise ModelError(f"family {architecture.name!r}: {path!r} is a {type(module).__name__}, not a linear layer")
+        n_in, n_out = (module.in_features, module.out_features) if hasattr(module, "in_features") else weight.shape
+        if n_out != hidden:
+            raise ModelError(
+                f"family {architecture.name!r}: {path!r} maps {n_in} to {n_out} units, but an MLP down-projection maps onto the hidden size {hidden}"
+            )
+        units.append(int(n_in))
     return units
 
 

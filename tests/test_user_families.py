@@ -1,0 +1,86 @@
+"""A family a user registers (the README's recipe): it exports and runs like a built-in
+one; one whose export cannot take past keys and values runs whole sentences instead;
+an entry that does not name a down-projection, or a model type Optimum cannot export,
+is refused with a one-line :class:`ModelError` before anything is traced."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+from transformers import AutoConfig
+
+from expertlens_lite.errors import ModelError
+from expertlens_lite.export import export_model, exporter
+from expertlens_lite.export.surgery import PAST_INPUT
+from expertlens_lite.models import Architecture, register, registry
+from expertlens_lite.runtime import create_session
+
+from .test_heads import OPTIONS, alike_sentences, assert_equals_whole_forward
+from .test_parity import tiny_source
+
+SMALL = {"vocab_size": 1000, "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 160}
+
+
+@pytest.fixture(autouse=True)
+def _own_registry(monkeypatch):
+    """Each test registers into a copy of the registry, which the built-in one outlives."""
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+
+
+# The tests that register another entry for a built-in model type export into their own
+# folder: the session's cache (``elens_home``) holds the tiny models of the built-in entries.
+
+
+def takes_past(exported) -> bool:
+    return any(i.name.startswith(PAST_INPUT) for i in create_session(exported.onnx_path(), "cpu").get_inputs())
+
+
+def test_the_readme_recipe_adds_a_family_that_shares_heads(tmp_path, elens_home):
+    register(Architecture("cohere", model_types=("cohere",), mlp_down="layers.{layer}.mlp.down_proj", causal=True))
+    config = AutoConfig.for_model("cohere", num_key_value_heads=2, max_position_embeddings=128, **SMALL)
+    source = tiny_source("cohere", tmp_path / "cohere", bos=True, config=config)
+    exported = export_model(source, elens_home)
+    assert takes_past(exported)
+    assert exported.manifest.prefix_token_ids == [992]
+    assert_equals_whole_forward(source, exported, alike_sentences(), OPTIONS[0], tmp_path, "cohere")
+
+
+def test_a_family_that_cannot_take_past_runs_whole_sentences(tmp_path, monkeypatch, caplog):
+    def fails(onnx_config):
+        raise RuntimeError("the trace failed\nmore detail")
+
+    monkeypatch.setattr(exporter, "_with_past_mask", fails)
+    source = tiny_source("llama", tmp_path / "llama", bos=True)
+    with caplog.at_level(logging.WARNING, logger="expertlens_lite"):
+        exported = export_model(source, tmp_path / "home")
+    assert "llama cannot be exported with past keys and values (RuntimeError: the trace failed); its sentences will run whole" in caplog.text
+    assert not takes_past(exported)
+    assert exported.manifest.prefix_token_ids == []  # no past to feed a prefix's states to
+    for options in OPTIONS[:2]:
+        assert_equals_whole_forward(source, exported, alike_sentences(), options, tmp_path, f"whole-{options.key()}")
+
+
+def test_a_model_type_optimum_cannot_export_is_refused(tmp_path, elens_home):
+    register(Architecture("persimmon", model_types=("persimmon",), mlp_down="layers.{layer}.mlp.dense_4h_to_h", causal=True))
+    config = AutoConfig.for_model("persimmon", max_position_embeddings=128, **SMALL)
+    source = tiny_source("persimmon", tmp_path / "persimmon", bos=True, config=config)
+    with pytest.raises(ModelError, match=r"^Optimum's ONNX exporter, which expertlens-lite exports through, does not support model type 'persimmon'$"):
+        export_model(source, elens_home)
+    assert not (elens_home / "models").exists() or not any("persimmon" in p.name for p in (elens_home / "models").iterdir())
+
+
+@pytest.mark.parametrize(
+    "mlp_down,message",
+    [
+        ("layers.{layer}.mlp.down", r"^family 'mine': the model has no module 'layers.0.mlp.down' \(its mlp_down entry\)$"),
+        ("layers.{layer}.mlp", r"^family 'mine': 'layers.0.mlp' is a LlamaMLP, not a linear layer$"),
+        ("layers.{layer}.mlp.up_proj", r"^family 'mine': 'layers.0.mlp.up_proj' maps 64 to 160 units, but an MLP down-projection maps onto the hidden size 64$"),
+    ],
+)
+def test_an_entry_that_names_no_down_projection_is_refused(mlp_down, message, tmp_path, monkeypatch):
+    registry._REGISTRY.pop("llama")
+    register(Architecture("mine", model_types=("llama",), mlp_down=mlp_down, causal=True))
+    monkeypatch.setattr(exporter, "_onnx_export", lambda *args, **kwargs: pytest.fail("refused only after tracing"))
+    with pytest.raises(ModelError, match=message):
+        export_model(tiny_source("llama", tmp_path / "llama", bos=True), tmp_path / "home")
