@@ -203,6 +203,7 @@ def run_one(model: str, corpus: str, pooling: str, paths: dict, concepts_path: P
     config = RunConfig(
         model=model, corpus=Path(paths[corpus]), concepts=concepts_path, n_pos=n_pos, min_pos=min_pos, n_neg=n_neg,
         seed=seed, pooling=POOLINGS[pooling], n_bootstrap=n_bootstrap, out=out_root / f"{model}_{corpus}_{pooling}", **grid,
+        overwrite=True,  # the study's own folders, remade by each run of it
     )
     start = time.perf_counter()
     result = run(config)

@@ -29,8 +29,8 @@ from .human import HumanPairs, read_human_pairs
 from .kernels import average_precision_many
 from .measures import Measure, baseline_measures, expert_measures, score_all
 from .models.sources import resolve_model
-from .paths import DEFAULT_CORPUS, DEFAULT_HUMAN, bundled, cache_dir
-from .results import write_results, write_summary
+from .paths import DEFAULT_CORPUS, DEFAULT_HUMAN, bundled, cache_dir, check_writable
+from .results import SUMMARY, write_results, write_summary
 from .runtime import compute_responses
 from .selection import Selection
 
@@ -65,6 +65,7 @@ class RunConfig:
     pooling: PoolingOptions = field(default_factory=PoolingOptions)
     n_bootstrap: int = 1000
     out: Path = Path("elens-results")
+    overwrite: bool = False
 
     def headline(self) -> str:
         """The measure a run leads with: Jaccard of the first top-fraction rule, chosen by
@@ -83,7 +84,7 @@ class RunConfig:
         )
 
     def validate(self) -> None:
-        """Cheap checks of option values, before anything slow starts."""
+        """Checks of option values and of the results folder, before anything slow starts."""
         if not self.taus:
             raise InputError("give at least one --tau")
         self.selections()  # each rule checks its own parameter
@@ -98,6 +99,9 @@ class RunConfig:
             raise InputError("--n-bootstrap must be at least 100")
         if self.out.exists() and not self.out.is_dir():
             raise InputError(f"--out {self.out} exists and is not a directory")
+        if (self.out / SUMMARY).exists() and not self.overwrite:
+            raise InputError(f"--out {self.out} holds the results of an earlier run; pass --overwrite to replace them, or choose another --out")
+        check_writable(self.out, f"--out {self.out}")
 
 
 @dataclass

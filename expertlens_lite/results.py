@@ -45,8 +45,11 @@ def experts_rows(ap: np.ndarray, concepts: Sequence[str], manifest: Manifest, mi
             yield concept, int(layers[m]), int(units[m]), f"{ap[c, m]:.6f}"
 
 
+SUMMARY = "summary.json"  # written last: a folder that has it holds a finished run's results
+
+
 def write_summary(out: Path, summary: dict) -> None:
-    write_json(out / "summary.json", summary)
+    write_json(out / SUMMARY, summary)
 
 
 def write_results(
@@ -59,8 +62,13 @@ def write_results(
     measures: list[Measure],
     min_tau: float,
 ) -> None:
-    """Write every result file except ``summary.json`` (written last, with final timings)."""
+    """Write every result file except ``summary.json`` (written last, with final timings).
+
+    An earlier run's ``summary.json`` goes first, so that a run interrupted while it
+    replaces that run's files never leaves a folder that looks finished.
+    """
     out.mkdir(parents=True, exist_ok=True)
+    (out / SUMMARY).unlink(missing_ok=True)
     concepts = concept_set.concepts
     write_text(out / "experts.csv", _csv_text(("concept", "layer", "unit", "ap"), experts_rows(ap, concepts, manifest, min_tau)))
     paper, others = measures[0], measures[1:]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -123,6 +124,26 @@ def test_rerun_reuses_export_and_responses(minilm_run, slice_files, tmp_path):
     assert again["timings"]["export"] < 5 and again["timings"]["responses"] < 5  # cached: no export, no inference
 
 
+def test_a_finished_run_is_replaced_only_with_overwrite(minilm_run, slice_files, tmp_path, monkeypatch):
+    out = tmp_path / "results"
+    shutil.copytree(minilm_run[1], out)
+    before = {path.name: path.read_bytes() for path in out.iterdir()}
+    assert_user_error(run_slice(out, slice_files / "concepts.txt", "minilm", "--seed", "1"), f"--out {out} holds the results of an earlier run", "--overwrite")
+    assert {path.name: path.read_bytes() for path in out.iterdir()} == before
+
+    def crash(*args):
+        raise RuntimeError("killed while writing")
+
+    monkeypatch.setattr("expertlens_lite.results.render_report", crash)
+    with pytest.raises(RuntimeError, match="killed while writing"):
+        run_slice(out, slice_files / "concepts.txt", "minilm", "--seed", "1", "--overwrite")
+    assert not (out / "summary.json").exists()  # half replaced: no longer looks finished
+    monkeypatch.undo()
+    result = run_slice(out, slice_files / "concepts.txt", "minilm", "--seed", "1", "--overwrite")
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "summary.json").read_text())["settings"]["seed"] == 1
+
+
 @pytest.mark.slow
 def test_run_on_smollm2_slice(slice_files, tmp_path, smollm2):
     result = run_slice(tmp_path / "smol", slice_files / "concepts.txt", "smollm2", "--quantize", "int8")
@@ -210,6 +231,17 @@ def test_device_cuda_without_cuda_even_with_cached_responses(minilm_run, slice_f
 
 def test_bad_option_value_is_one_line():
     assert_user_error(invoke("run", "--quantize", "bogus"), "--quantize")
+
+
+@pytest.mark.skipif(not Path("/proc/self").exists(), reason="needs Linux's /proc, where no folder can be made")
+def test_results_or_cache_where_nothing_can_be_written(tmp_path, monkeypatch):
+    assert_user_error(invoke("run", "--model", "minilm", "--out", "/proc/elens/results"), "--out /proc/elens/results cannot be written")
+    (tmp_path / "file").write_text("")
+    assert_user_error(invoke("run", "--model", "minilm", "--out", str(tmp_path / "file" / "r")), f"cannot be created: {tmp_path / 'file'} is not a folder")
+    assert_user_error(invoke("export", "--model", "minilm", "--out", "/proc/elens/x"), "--out /proc/elens/x cannot be written")
+    monkeypatch.setenv("ELENS_HOME", "/proc/elens")
+    assert_user_error(invoke("run", "--model", "minilm", "--out", str(tmp_path / "r")), "the cache folder /proc/elens (ELENS_HOME) cannot be written")
+    assert not (tmp_path / "r").exists()
 
 
 def test_export_refuses_to_overwrite(tmp_path):

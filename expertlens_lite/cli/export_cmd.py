@@ -11,7 +11,7 @@ from ..atomic import atomic_dir
 from ..errors import InputError
 from ..export import QUANTIZATIONS, export_model
 from ..models.sources import BUNDLED_MODELS, resolve_model
-from ..paths import cache_dir
+from ..paths import cache_dir, check_writable
 from .main import main
 
 
@@ -20,11 +20,12 @@ from .main import main
 @click.option("--revision", default=None, help="Hub revision (branch, tag or commit).")
 @click.option("--quantize", type=click.Choice(QUANTIZATIONS), default="none", help="Also write this quantized variant.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Folder to write the export to.")
-@click.option("--force", is_flag=True, help="Replace --out if it exists.")
+@click.option("--force", "--overwrite", "force", is_flag=True, help="Replace --out if it exists.")
 def export_command(model: str, revision: str | None, quantize: str, out: Path, force: bool) -> None:
     """Export MODEL to ONNX (pooled MLP neurons as outputs), validated against PyTorch."""
     if out.exists() and not force:
-        raise InputError(f"--out {out} exists; pass --force to replace it")
+        raise InputError(f"--out {out} exists; pass --force (or --overwrite) to replace it")
+    check_writable(out, f"--out {out}")
     cache = cache_dir()
     exported = export_model(resolve_model(model, revision, cache), cache, quantize)
     with atomic_dir(out) as tmp:

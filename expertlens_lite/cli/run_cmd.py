@@ -41,6 +41,7 @@ _FILE = click.Path(dir_okay=False, path_type=Path)
 @click.option("--skip-first-token", is_flag=True, help="Also leave the first real token out of pooling.")
 @click.option("--n-bootstrap", type=int, default=_DEFAULTS.n_bootstrap, help="Bootstrap resamples for CIs and paired tests.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=_DEFAULTS.out, help="Results folder.")
+@click.option("--overwrite", is_flag=True, help="Replace the results of an earlier run in --out.")
 def run_command(pooling: str, keep_special_tokens: bool, skip_first_token: bool, **options) -> None:
     """Find expert neurons and measure their alignment with human similarity."""
     config = RunConfig(pooling=PoolingOptions(pooling, keep_special_tokens, skip_first_token), **options)
