@@ -10,8 +10,10 @@ from .errors import InputError
 def read_text_file(path: Path | str, what: str) -> tuple[Path, str]:
     """The UTF-8 text of ``path``; a missing or undecodable file raises InputError naming ``what``."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise InputError(f"{what} file not found: {path}")
+    if path.is_dir():  # anything else is read: a pipe (``--corpus <(zcat big.txt.gz)``) too
+        raise InputError(f"{what} file {path} is a folder")
     try:
         return path, path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:

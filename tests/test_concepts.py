@@ -56,6 +56,21 @@ def test_read_corpus_errors(tmp_path, name, content, message):
         read_corpus(path)
 
 
+def test_a_pipe_is_read_and_a_folder_refused(tmp_path):
+    """``--corpus <(zcat corpus.txt.gz)`` hands the reader a pipe, not a regular file."""
+    import os
+    import threading
+
+    fifo = tmp_path / "corpus.fifo"
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=fifo.write_text, args=("one line\nanother line\n",))
+    writer.start()
+    assert read_corpus(fifo) == ["one line", "another line"]
+    writer.join()
+    with pytest.raises(InputError, match=f"^corpus file {tmp_path} is a folder$"):
+        read_corpus(tmp_path)
+
+
 def test_read_concepts_rejects_phrases(tmp_path):
     path = tmp_path / "c.txt"
     path.write_text("cat\n# comment\nDog\ncat\n")
