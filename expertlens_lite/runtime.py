@@ -328,7 +328,12 @@ def compute_responses(
     directory = cache_dir / "responses" / responses_key(exported, sentences_hash, options, quantize)
     final = directory / "neurons.npy", directory / "sentence_embeddings.npy"
     if all(p.exists() for p in final):
-        return Responses(np.load(final[0], mmap_mode="r"), np.load(final[1], mmap_mode="r"), directory)
+        try:
+            return Responses(np.load(final[0], mmap_mode="r"), np.load(final[1], mmap_mode="r"), directory)
+        except ValueError as exc:  # cut short from outside (they are renamed into place complete); a cache: made again
+            log.warning("the cached responses in %s are damaged (%s); computing them again", directory, exc)
+            for path in final:
+                path.unlink()
 
     tokenizer = exported.tokenizer()
     encoded = encode(tokenizer, sentences)

@@ -92,6 +92,16 @@ def test_interrupted_run_resumes(minilm, tmp_path, monkeypatch):
     np.testing.assert_array_equal(np.asarray(again.neurons), np.asarray(fresh.neurons))
 
 
+def test_damaged_cached_responses_are_computed_again(minilm, tmp_path, caplog):
+    first = np.array(compute_responses(minilm, SENTENCES, "damaged", tmp_path, batch_size=4, device="cpu").neurons)
+    (path,) = tmp_path.glob("responses/*/neurons.npy")
+    with path.open("r+b") as handle:  # cut short from outside: a full disk while copying the cache
+        handle.truncate(path.stat().st_size // 2)
+    again = compute_responses(minilm, SENTENCES, "damaged", tmp_path, batch_size=4, device="cpu")
+    assert "are damaged (mmap length is greater than file size); computing them again" in caplog.text
+    np.testing.assert_array_equal(np.asarray(again.neurons), first)
+
+
 def test_responses_are_keyed_by_the_onnx_file_that_computes_them(minilm):
     import dataclasses
 

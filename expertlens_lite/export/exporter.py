@@ -29,7 +29,7 @@ from ..errors import ModelError
 from ..models import Architecture, get_architecture
 from ..models.sources import ModelSource, cannot_load
 from ..paths import DEFAULT_CORPUS, bundled
-from .manifest import FORMAT_VERSION, Manifest
+from .manifest import FORMAT_VERSION, MANIFEST, Manifest, damage
 from .prefix import Prefix, compute_prefix, constant_prefix, load_prefix, save_prefix
 from .quantize import (
     QUANTIZATIONS,
@@ -102,7 +102,10 @@ def export_model(source: ModelSource, cache_dir: Path, quantize: str = "none") -
     if quantize not in QUANTIZATIONS:
         raise ModelError(f"unknown quantization {quantize!r}; choose one of {', '.join(QUANTIZATIONS)}")
     directory = export_dir(source, cache_dir)
-    if not (directory / "manifest.json").exists():
+    if not (directory / MANIFEST).exists():
+        _export_fresh(source, directory)
+    elif (problem := damage(directory)) is not None:  # a cache: made again, not refused
+        log.warning("the cached export %s is damaged (%s); exporting it again", directory, problem)
         _export_fresh(source, directory)
     exported = ExportedModel(directory, Manifest.load(directory))
     if quantize != "none" and onnx_filename(quantize) not in exported.manifest.files:

@@ -21,7 +21,9 @@ class Manifest:
     (one per quantization) to its SHA-256. ``prefix_token_ids``: the constant tokens
     every sentence starts with (:mod:`.prefix`), which with one more token make the
     heads that sentences share (:mod:`expertlens_lite.heads`). ``commit``: the hub
-    commit of a hub model's ``revision`` (None for local models).
+    commit of a hub model's ``revision`` (None for local models). ``sizes``: every file
+    of the export folder but the manifest, by name, in bytes (:func:`damage`; empty in
+    manifests written before it existed).
     """
 
     model: str
@@ -37,6 +39,7 @@ class Manifest:
     prefix_token_ids: list[int] = field(default_factory=list)
     commit: str | None = None
     files: dict[str, str] = field(default_factory=dict)
+    sizes: dict[str, int] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
 
     @property
@@ -54,9 +57,32 @@ class Manifest:
         return layers, units
 
     def save(self, directory: Path) -> None:
+        """Write the manifest, with the size of every other file now in ``directory``."""
+        self.sizes = {p.name: p.stat().st_size for p in sorted(directory.iterdir()) if p.is_file() and p.name != MANIFEST}
         write_json(directory / MANIFEST, asdict(self))
 
     @classmethod
     def load(cls, directory: Path) -> Manifest:
         data = json.loads((directory / MANIFEST).read_text())
         return cls(**data)
+
+
+def damage(directory: Path) -> str | None:
+    """What is wrong with the export folder ``directory``, if anything: a manifest that
+    cannot be read, or a file it lists missing or of another size.
+
+    An export is written atomically, so this is damage from outside (a file deleted by
+    hand, a copy cut short by a full disk). Sizes, not hashes: this runs on every reuse,
+    and hashing SmolLM2's 540 MB of weights would add about a second to each run.
+    """
+    try:
+        manifest = Manifest.load(directory)
+    except (OSError, ValueError, TypeError) as exc:
+        return f"{MANIFEST} cannot be read: {exc}"
+    for name, size in manifest.sizes.items():
+        path = directory / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size != size:
+            return f"{name} has {path.stat().st_size:,} bytes, not {size:,}"
+    return None
