@@ -22,3 +22,10 @@ class ModelError(ElensError):
 
 class ResourceError(ElensError):
     """A request too large for the machine (memory, disk)."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of ``exc``'s message, at most 300 characters ("" if it has none):
+    a third-party error can run to pages (Optimum's lists every model type it knows),
+    and the CLI shows one line."""
+    return (str(exc).strip().splitlines() or [""])[0][:300]

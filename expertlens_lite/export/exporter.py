@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+import shutil
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +26,7 @@ import onnx
 from ..atomic import atomic_dir
 from ..batching import Encoded, PoolingOptions, encode, iter_batches, make_batch, pad_id
 from ..concepts import read_corpus
-from ..errors import ModelError
+from ..errors import ModelError, first_line
 from ..models import Architecture, get_architecture
 from ..models.sources import ModelSource, cannot_load
 from ..paths import DEFAULT_CORPUS, bundled
@@ -162,13 +163,13 @@ def _onnx_export(model, folder: Path, with_past: bool) -> bool:
             _optimum_export(model, folder, with_past=True)
             return True
         except Exception as exc:  # noqa: BLE001  (whatever the tracer raises; the plain export below says if the model is the problem)
-            log.warning("%s cannot be exported with past keys and values (%s: %s); its sentences will run whole", model_type, type(exc).__name__, _first_line(exc))
+            log.warning("%s cannot be exported with past keys and values (%s: %s); its sentences will run whole", model_type, type(exc).__name__, first_line(exc))
             for path in folder.iterdir():  # what the failed attempt left
-                path.unlink()
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
     try:
         _optimum_export(model, folder, with_past=False)
     except Exception as exc:
-        raise ModelError(f"Optimum could not export this {model_type} model to ONNX ({type(exc).__name__}: {_first_line(exc)})") from exc
+        raise ModelError(f"Optimum could not export this {model_type} model to ONNX ({type(exc).__name__}: {first_line(exc)})") from exc
     return False
 
 
@@ -184,10 +185,6 @@ def _check_optimum_supports(model_type: str) -> None:
         tasks = {}
     if "feature-extraction" not in tasks:
         raise ModelError(f"Optimum's ONNX exporter, which expertlens-lite exports through, does not support model type {model_type!r}")
-
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [""])[0][:300]
 
 
 def _optimum_export(model, folder: Path, with_past: bool) -> None:

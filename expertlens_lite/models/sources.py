@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..atomic import atomic_dir
-from ..errors import ModelError
+from ..errors import ModelError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -153,9 +153,8 @@ def hub_commit(repo_id: str, revision: str | None) -> str:
 
 def cannot_load(name: str, revision: str | None, exc: Exception) -> ModelError:
     """The one-line error for a model transformers cannot find or read."""
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return ModelError(
-        f"cannot load model {name!r} (revision {revision or 'default'}): {first} "
+        f"cannot load model {name!r} (revision {revision or 'default'}): {first_line(exc) or type(exc).__name__} "
         "(offline, a hub id must already be in the Hugging Face cache; or pass a local folder)"
     )
 
