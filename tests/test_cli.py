@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ from sklearn.metrics import average_precision_score
 from expertlens_lite.cli import main
 from expertlens_lite.concepts import build_concept_set, read_corpus
 from expertlens_lite.devices import cuda_available
+from expertlens_lite.export.manifest import FORMAT_VERSION
 from expertlens_lite.paths import bundled
 
 SLICE_WORDS = ["birds", "feathers", "hummingbird", "kitchen", "breakfast", "soup", "salad", "dessert", "red", "pink", "purple", "yellow"]
@@ -142,6 +144,25 @@ def test_a_finished_run_is_replaced_only_with_overwrite(minilm_run, slice_files,
     result = run_slice(out, slice_files / "concepts.txt", "minilm", "--seed", "1", "--overwrite")
     assert result.exit_code == 0, result.output
     assert json.loads((out / "summary.json").read_text())["settings"]["seed"] == 1
+
+
+def test_a_run_on_an_export_folder_needs_no_pytorch(minilm_run, slice_files, tmp_path, monkeypatch):
+    """The folder ``elens-lite export`` writes is a --model of its own: exported on one
+    machine, run on another without PyTorch."""
+    assert invoke("export", "--model", "minilm", "--out", str(tmp_path / "onnx")).exit_code == 0
+    monkeypatch.setitem(sys.modules, "torch", None)  # any import of torch from here on fails
+    result = run_slice(tmp_path / "r", slice_files / "concepts.txt", str(tmp_path / "onnx"))
+    assert result.exit_code == 0, result.output
+    np.testing.assert_array_equal(np.load(tmp_path / "r" / "ap.npy"), np.load(minilm_run[1] / "ap.npy"))
+    quantized = run_slice(tmp_path / "q", slice_files / "concepts.txt", str(tmp_path / "onnx"), "--quantize", "int8")
+    assert_user_error(quantized, f"{tmp_path / 'onnx'} has no int8 variant; export it with --quantize int8")
+    manifest = tmp_path / "onnx" / "manifest.json"
+    manifest.write_text(manifest.read_text().replace(f'"format_version": {FORMAT_VERSION}', '"format_version": 6'))
+    older = run_slice(tmp_path / "o", slice_files / "concepts.txt", str(tmp_path / "onnx"))
+    assert_user_error(older, f"holds an export of format 6, this version of expertlens-lite reads format {FORMAT_VERSION}")
+    (tmp_path / "onnx" / "model.onnx_data").write_bytes(b"cut")
+    damaged = run_slice(tmp_path / "d", slice_files / "concepts.txt", str(tmp_path / "onnx"))
+    assert_user_error(damaged, f"the export in {tmp_path / 'onnx'} is damaged (model.onnx_data has 3 bytes", "export the model again")
 
 
 @pytest.mark.slow

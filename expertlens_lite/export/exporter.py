@@ -71,7 +71,7 @@ class ExportedModel:
         """The ONNX file of the ``quantize`` variant, which ``export_model(source, cache,
         quantize)`` makes."""
         if onnx_filename(quantize) not in self.manifest.files:
-            raise ModelError(f"{self.directory} has no {quantize} variant; export it with export_model(..., quantize={quantize!r})")
+            raise ModelError(f"{self.directory} has no {quantize} variant; export it with --quantize {quantize}")
         return self.directory / onnx_filename(quantize)
 
     def tokenizer(self):
@@ -99,9 +99,12 @@ def export_dir(source: ModelSource, cache_dir: Path) -> Path:
 
 
 def export_model(source: ModelSource, cache_dir: Path, quantize: str = "none") -> ExportedModel:
-    """Export (or reuse) ``source`` and make sure its ``quantize`` variant exists."""
+    """Export (or reuse) ``source`` and make sure its ``quantize`` variant exists; a folder
+    that ``elens-lite export`` wrote is used as it is (:func:`_given_export`)."""
     if quantize not in QUANTIZATIONS:
         raise ModelError(f"unknown quantization {quantize!r}; choose one of {', '.join(QUANTIZATIONS)}")
+    if (Path(source.path) / MANIFEST).exists():
+        return _given_export(Path(source.path), quantize)
     directory = export_dir(source, cache_dir)
     if not (directory / MANIFEST).exists():
         _export_fresh(source, directory)
@@ -116,6 +119,24 @@ def export_model(source: ModelSource, cache_dir: Path, quantize: str = "none") -
         path = quantize_model(exported.onnx_path(), quantize, down, calibration, per_token_downs=architecture.causal)
         exported.manifest.files[path.name] = onnx_sha256(path)
         exported.manifest.save(directory)
+    return exported
+
+
+def _given_export(directory: Path, quantize: str) -> ExportedModel:
+    """A folder ``elens-lite export`` wrote, used as it is: a run needs no PyTorch then,
+    so a model exported on one machine runs on another. The folder is the user's, so
+    it is checked, never repaired or added to."""
+    problem = damage(directory)
+    if problem is not None:
+        raise ModelError(f"the export in {directory} is damaged ({problem}); export the model again")
+    manifest = Manifest.load(directory)
+    if manifest.format_version != FORMAT_VERSION:
+        raise ModelError(
+            f"{directory} holds an export of format {manifest.format_version}, this version of expertlens-lite "
+            f"reads format {FORMAT_VERSION}; export the model again"
+        )
+    exported = ExportedModel(directory, manifest)
+    exported.onnx_path(quantize)  # refuses a variant the folder does not have
     return exported
 
 
