@@ -149,6 +149,7 @@ def test_a_finished_run_is_replaced_only_with_overwrite(minilm_run, slice_files,
 def test_a_run_on_an_export_folder_needs_no_pytorch(minilm_run, slice_files, tmp_path, monkeypatch):
     """The folder ``elens-lite export`` writes is a --model of its own: exported on one
     machine, run on another without PyTorch."""
+    monkeypatch.setenv("ELENS_HOME", str(tmp_path / "home"))  # the session's export may have an int8 variant by now
     assert invoke("export", "--model", "minilm", "--out", str(tmp_path / "onnx")).exit_code == 0
     monkeypatch.setitem(sys.modules, "torch", None)  # any import of torch from here on fails
     result = run_slice(tmp_path / "r", slice_files / "concepts.txt", str(tmp_path / "onnx"))
