@@ -99,6 +99,19 @@ def test_each_revision_is_exported_from_its_own_commit(checkpoints, tmp_path):
     assert len(cached) == 2 and all(name.startswith("pythia-tiny-") for name in cached), cached
 
 
+def test_an_unreachable_hub_is_asked_once_then_the_cache_is_read(checkpoints, tmp_path):
+    """Without ``HF_HUB_OFFLINE``, a hub that does not answer is noticed by one request
+    and the checkpoint is read from the cache: no file lookup goes through
+    huggingface_hub's five retries (about 23 s each; 7 minutes for this export)."""
+    _, commits, env = checkpoints
+    env = env | {"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9", "ELENS_HOME": str(tmp_path / "home")}
+    done = elens_lite("export", "--model", REPO, "--revision", "step2000", "--out", str(tmp_path / "x"), env=env)
+    assert done.returncode == 0, done.stderr
+    assert "Retrying" not in done.stderr, done.stderr
+    manifest = Manifest.load(tmp_path / "x")
+    assert (manifest.model, manifest.revision, manifest.commit) == (REPO, "step2000", commits["step2000"])
+
+
 def _batch(folder: Path) -> dict[str, np.ndarray]:
     _, _, tokenizer = load_pretrained(ModelSource("tiny", str(folder), None, "tiny"))
     sentences = tiny_sentences()

@@ -124,8 +124,7 @@ def resolve_model(spec: str, revision: str | None, cache_dir: Path) -> ModelSour
         return _resolve_local(path, cache_dir)
     if spec.endswith(".gguf") or spec.startswith((".", "/", "~")):
         raise ModelError(f"model path not found: {spec}")
-    commit = hub_commit(spec, revision)
-    return ModelSource(spec, spec, revision, commit, commit)
+    return _hub_source(spec, revision)
 
 
 def _no_revision(spec: str, revision: str | None, what: str) -> None:
@@ -133,22 +132,42 @@ def _no_revision(spec: str, revision: str | None, what: str) -> None:
         raise ModelError(f"--revision {revision} applies to hub model ids; {spec} is {what}, whose weights are the ones on disk")
 
 
-def hub_commit(repo_id: str, revision: str | None) -> str:
-    """The commit that ``revision`` (default: the main branch) of the hub model
-    ``repo_id`` points to.
+def _hub_source(repo_id: str, revision: str | None) -> ModelSource:
+    """A hub model, fingerprinted by the commit ``revision`` (default: the main branch)
+    points to.
 
-    Found through transformers' own file resolution, the one ``from_pretrained``
-    uses: on the hub when it can be reached, else in the Hugging Face cache, where
-    ``refs/<revision>`` names the commit and ``snapshots/<commit>/`` holds its files.
-    The config file is enough, and is fetched anyway by the export.
+    The commit is found through transformers' own file resolution, the one
+    ``from_pretrained`` uses: on the hub when it answers, else in the Hugging Face
+    cache, where ``refs/<revision>`` names the commit and ``snapshots/<commit>/`` holds
+    its files (the config is enough, and the export needs it anyway). When the hub does
+    not answer, the model is read from that snapshot folder as a local one: left to
+    transformers, every file lookup would ask the hub first, and huggingface_hub retries
+    each failed request five times with back-off (about 23 s): a cached tiny Pythia
+    checkpoint took 7 minutes to export on a machine without network, measured, unless
+    ``HF_HUB_OFFLINE=1`` was set.
     """
     from transformers.utils import cached_file
 
+    online = hub_reachable()
     try:
-        config = cached_file(repo_id, "config.json", revision=revision)
+        config = cached_file(repo_id, "config.json", revision=revision, local_files_only=not online)
     except (OSError, ValueError) as exc:
         raise cannot_load(repo_id, revision, exc) from None
-    return Path(config).parent.name
+    snapshot = Path(config).parent
+    return ModelSource(repo_id, repo_id if online else str(snapshot), revision, snapshot.name, snapshot.name)
+
+
+def hub_reachable(timeout: float = 5.0) -> bool:
+    """Whether the Hugging Face hub answers a request (never, with ``HF_HUB_OFFLINE=1``)."""
+    from huggingface_hub import constants, get_session
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    try:
+        get_session().head(constants.ENDPOINT, timeout=timeout)
+    except OSError:  # requests' connection errors and timeouts are OSErrors
+        return False
+    return True
 
 
 def cannot_load(name: str, revision: str | None, exc: Exception) -> ModelError:
