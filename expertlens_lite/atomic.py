@@ -68,3 +68,27 @@ def write_text(target: Path, text: str) -> None:
 def write_json(target: Path, data: Any) -> None:
     """Write ``data`` as indented JSON to ``target`` atomically."""
     write_text(target, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def file_sizes(directory: Path, leave_out: str) -> dict[str, int]:
+    """Name -> size of every file in ``directory`` but ``leave_out`` (the record itself),
+    recorded when a folder is written so that :func:`size_damage` can check it on reuse."""
+    return {p.name: p.stat().st_size for p in sorted(directory.iterdir()) if p.is_file() and p.name != leave_out}
+
+
+def size_damage(directory: Path, sizes: dict[str, int]) -> str | None:
+    """What is wrong with a folder written atomically with these file ``sizes``, if
+    anything: a file missing or of another size.
+
+    Such a folder is complete when written, so this is damage from outside (a file
+    deleted by hand, a copy cut short by a full disk). Sizes, not hashes: this runs on
+    every reuse, and hashing SmolLM2's 540 MB of weights would add about a second to
+    each run.
+    """
+    for name, size in sizes.items():
+        path = directory / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size != size:
+            return f"{name} has {path.stat().st_size:,} bytes, not {size:,}"
+    return None

@@ -19,6 +19,8 @@ from expertlens_lite.devices import cuda_available
 from expertlens_lite.export.manifest import FORMAT_VERSION
 from expertlens_lite.paths import bundled
 
+from .test_parity import tiny_source
+
 SLICE_WORDS = ["birds", "feathers", "hummingbird", "kitchen", "breakfast", "soup", "salad", "dessert", "red", "pink", "purple", "yellow"]
 
 
@@ -236,6 +238,22 @@ def test_unreachable_model_id_offline(tmp_path):
     assert_user_error(
         invoke("run", "--model", "no-such-org/no-such-model", "--out", str(tmp_path / "r")), "cannot load model 'no-such-org/no-such-model'"
     )
+
+
+@pytest.mark.parametrize(
+    "harm, message",
+    [
+        (lambda d: (d / "model.safetensors").unlink(), "cannot load model"),
+        (lambda d: (d / "model.safetensors").write_bytes(b"cut"), "cannot load model"),
+        (lambda d: [p.unlink() for p in d.glob("tokenizer*")], "cannot load the tokenizer of model"),
+    ],
+)
+def test_a_model_folder_missing_or_cutting_short_a_file(harm, message, tmp_path):
+    folder = tiny_source("gpt_neox", tmp_path / "model").path
+    harm(Path(folder))
+    result = invoke("export", "--model", folder, "--out", str(tmp_path / "x"))
+    assert_user_error(result, f"{message} '{folder}'", "a model folder needs its config, weights and tokenizer files")
+    assert not (tmp_path / "x").exists()
 
 
 def test_out_of_memory_sized_request(monkeypatch, tmp_path, slice_files, minilm):

@@ -1,12 +1,17 @@
-"""A cached export damaged from outside (a file deleted or cut short, an unreadable
-manifest) is exported again, with a warning, instead of failing a run with a traceback."""
+"""A cached export or dequantized GGUF folder damaged from outside (a file deleted or
+cut short, an unreadable manifest) is made again, with a warning, instead of failing a
+run with a traceback."""
 
 from __future__ import annotations
 
 import pytest
 
+from expertlens_lite.atomic import file_sizes, write_json
+from expertlens_lite.errors import ModelError
 from expertlens_lite.export import export_model
 from expertlens_lite.export.manifest import MANIFEST, damage
+from expertlens_lite.models import sources
+from expertlens_lite.models.sources import file_sha256
 
 from .test_parity import tiny_source
 
@@ -44,3 +49,46 @@ def test_a_quantized_variant_is_covered_too(tmp_path):
     assert int8, exported.manifest.sizes
     cut_short(exported.directory / int8[0])
     assert damage(exported.directory).startswith(f"{int8[0]} has")
+
+
+def _dequantized_copy(home, files: dict[str, bytes]):
+    """A stand-in GGUF file (only its magic is real) and, in ``home``, the folder a
+    dequantization of it would have written: ``files`` and their sizes."""
+    gguf = home / "model.gguf"
+    gguf.parent.mkdir(parents=True, exist_ok=True)
+    gguf.write_bytes(b"GGUF" + bytes(60))
+    folder = home / "gguf" / file_sha256(gguf)[:16]
+    folder.mkdir(parents=True)
+    for name, content in files.items():
+        (folder / name).write_bytes(content)
+    write_json(folder / "sizes.json", file_sizes(folder, leave_out="sizes.json"))
+    return gguf, folder
+
+
+def test_a_dequantized_gguf_folder_is_reused_without_reading_the_gguf(tmp_path, monkeypatch):
+    """A warm run does not parse the GGUF metadata (6 s for SmolLM2) or import PyTorch."""
+    gguf, folder = _dequantized_copy(tmp_path, {"config.json": b"{}", "model.safetensors": bytes(100)})
+
+    def unread(path):
+        raise AssertionError(f"{path} was read")
+
+    monkeypatch.setattr(sources, "gguf_architecture", unread)
+    assert sources.gguf_to_folder(gguf, tmp_path) == folder
+
+
+@pytest.mark.parametrize(
+    "harm, problem",
+    [
+        (lambda d: cut_short(d / "model.safetensors"), "model.safetensors has 50 bytes, not 100"),
+        (lambda d: (d / "config.json").unlink(), "config.json is missing"),
+        (lambda d: (d / "sizes.json").unlink(), "no sizes.json"),
+    ],
+)
+def test_a_damaged_dequantized_gguf_folder_is_made_again(harm, problem, tmp_path, caplog):
+    """Detected, and dequantized again: here that fails on the stand-in file, which is
+    no real GGUF model (the real one's dequantization is tested in test_smollm2)."""
+    gguf, folder = _dequantized_copy(tmp_path, {"config.json": b"{}", "model.safetensors": bytes(100)})
+    harm(folder)
+    with pytest.raises(ModelError, match="is not a readable GGUF model file"):
+        sources.gguf_to_folder(gguf, tmp_path)
+    assert f"the dequantized copy of model.gguf in {folder} cannot be reused ({problem}" in caplog.text

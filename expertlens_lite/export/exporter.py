@@ -151,18 +151,22 @@ def _calibration_batches(exported: ExportedModel) -> list[dict[str, np.ndarray]]
 
 
 def load_pretrained(source: ModelSource):
-    """Config, base model (fp32, eval mode) and tokenizer; clear errors when unreachable."""
+    """Config, base model (fp32, eval mode) and tokenizer; a one-line error for a model
+    that cannot be found or read (unreachable, weights missing or cut short, no tokenizer)."""
+    import torch
+    from safetensors import SafetensorError
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
     try:
         config = AutoConfig.from_pretrained(source.path, revision=source.load_revision)
-    except (OSError, ValueError) as exc:
+        architecture = get_architecture(config.model_type)
+        model = AutoModel.from_pretrained(source.path, revision=source.load_revision, dtype=torch.float32).eval()
+    except (OSError, ValueError, SafetensorError) as exc:
         raise cannot_load(source.name, source.revision, exc) from None
-    architecture = get_architecture(config.model_type)
-    import torch
-
-    model = AutoModel.from_pretrained(source.path, revision=source.load_revision, dtype=torch.float32).eval()
-    tokenizer = AutoTokenizer.from_pretrained(source.path, revision=source.load_revision)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source.path, revision=source.load_revision)
+    except (OSError, ValueError, TypeError, AttributeError) as exc:  # without its files, some classes fail on None (GPT-NeoX: AttributeError)
+        raise cannot_load(source.name, source.revision, exc, "tokenizer") from None
     return architecture, model, tokenizer
 
 

@@ -6,7 +6,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..atomic import write_json
+from ..atomic import file_sizes, size_damage, write_json
 
 FORMAT_VERSION = 7  # bump whenever the exported files change (graph, quantization)
 MANIFEST = "manifest.json"
@@ -58,7 +58,7 @@ class Manifest:
 
     def save(self, directory: Path) -> None:
         """Write the manifest, with the size of every other file now in ``directory``."""
-        self.sizes = {p.name: p.stat().st_size for p in sorted(directory.iterdir()) if p.is_file() and p.name != MANIFEST}
+        self.sizes = file_sizes(directory, leave_out=MANIFEST)
         write_json(directory / MANIFEST, asdict(self))
 
     @classmethod
@@ -69,20 +69,9 @@ class Manifest:
 
 def damage(directory: Path) -> str | None:
     """What is wrong with the export folder ``directory``, if anything: a manifest that
-    cannot be read, or a file it lists missing or of another size.
-
-    An export is written atomically, so this is damage from outside (a file deleted by
-    hand, a copy cut short by a full disk). Sizes, not hashes: this runs on every reuse,
-    and hashing SmolLM2's 540 MB of weights would add about a second to each run.
-    """
+    cannot be read, or a file it lists missing or of another size."""
     try:
         manifest = Manifest.load(directory)
     except (OSError, ValueError, TypeError) as exc:
         return f"{MANIFEST} cannot be read: {exc}"
-    for name, size in manifest.sizes.items():
-        path = directory / name
-        if not path.is_file():
-            return f"{name} is missing"
-        if path.stat().st_size != size:
-            return f"{name} has {path.stat().st_size:,} bytes, not {size:,}"
-    return None
+    return size_damage(directory, manifest.sizes)

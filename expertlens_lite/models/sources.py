@@ -18,12 +18,14 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..atomic import atomic_dir
+from ..atomic import atomic_dir, file_sizes, size_damage, write_json
 from ..errors import ModelError, first_line
 
 log = logging.getLogger(__name__)
 
 _GGUF_MAGIC = b"GGUF"
+# The file sizes of a dequantized GGUF folder, checked on reuse.
+_SIZES = "sizes.json"
 
 
 @dataclass(frozen=True)
@@ -170,12 +172,15 @@ def hub_reachable(timeout: float = 5.0) -> bool:
     return True
 
 
-def cannot_load(name: str, revision: str | None, exc: Exception) -> ModelError:
-    """The one-line error for a model transformers cannot find or read."""
-    return ModelError(
-        f"cannot load model {name!r} (revision {revision or 'default'}): {first_line(exc) or type(exc).__name__} "
-        "(offline, a hub id must already be in the Hugging Face cache; or pass a local folder)"
-    )
+def cannot_load(name: str, revision: str | None, exc: Exception, part: str = "") -> ModelError:
+    """The one-line error for a model (or a ``part`` of it) transformers cannot find or read."""
+    if Path(name).expanduser().exists():
+        hint = "a model folder needs its config, weights and tokenizer files, whole"
+    else:
+        hint = "offline, a hub id must already be in the Hugging Face cache; or pass a local folder"
+    at = f" (revision {revision})" if revision else ""
+    what = f"the {part} of model" if part else "model"
+    return ModelError(f"cannot load {what} {name!r}{at}: {first_line(exc) or type(exc).__name__} ({hint})")
 
 
 def _resolve_local(path: Path, cache_dir: Path) -> ModelSource:
@@ -212,15 +217,19 @@ def file_sha256(path: Path, chunk: int = 1 << 24) -> str:
 
 def _gguf_metadata(path: Path) -> dict:
     """The metadata fields of a GGUF file; a non-GGUF or unreadable file raises ModelError."""
-    with path.open("rb") as handle:
-        if handle.read(4) != _GGUF_MAGIC:
-            raise ModelError(f"{path} is not a GGUF file (it does not start with the GGUF magic bytes)")
+    _check_gguf_magic(path)
     from gguf import GGUFReader
 
     try:
         return GGUFReader(path).fields
     except (KeyError, ValueError, IndexError) as exc:
         raise ModelError(f"{path} is not a readable GGUF model file: {exc}") from None
+
+
+def _check_gguf_magic(path: Path) -> None:
+    with path.open("rb") as handle:
+        if handle.read(4) != _GGUF_MAGIC:
+            raise ModelError(f"{path} is not a GGUF file (it does not start with the GGUF magic bytes)")
 
 
 def _field_value(fields: dict, key: str):
@@ -237,7 +246,19 @@ def gguf_architecture(path: Path) -> str:
 
 
 def gguf_to_folder(path: Path, cache_dir: Path) -> Path:
-    """Dequantize a GGUF file to an fp32 model folder in the cache, once per file hash."""
+    """Dequantize a GGUF file to an fp32 model folder in the cache, once per file hash.
+
+    A folder already made is checked by its file sizes alone: reading the GGUF metadata
+    takes SmolLM2 6 s (the reader parses the whole vocabulary) and transformers' GGUF
+    support imports PyTorch (5 s), measured; a run on a cached export needs neither.
+    """
+    _check_gguf_magic(path)
+    folder = cache_dir / "gguf" / file_sha256(path)[:16]
+    if folder.exists():
+        problem = _dequantized_damage(folder)
+        if problem is None:
+            return folder
+        log.warning("the dequantized copy of %s in %s cannot be reused (%s); dequantizing it again", path.name, folder, problem)
     architecture = gguf_architecture(path)
     from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
 
@@ -246,9 +267,6 @@ def gguf_to_folder(path: Path, cache_dir: Path) -> Path:
             f"GGUF architecture {architecture!r} of {path} cannot be read by transformers; "
             f"readable: {', '.join(sorted(GGUF_SUPPORTED_ARCHITECTURES))}"
         )
-    folder = cache_dir / "gguf" / file_sha256(path)[:16]
-    if (folder / "config.json").exists():
-        return folder
     log.info("dequantizing %s to an fp32 model folder (once)", path.name)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -257,4 +275,16 @@ def gguf_to_folder(path: Path, cache_dir: Path) -> Path:
         tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        write_json(tmp / _SIZES, file_sizes(tmp, leave_out=_SIZES))
     return folder
+
+
+def _dequantized_damage(folder: Path) -> str | None:
+    """What is wrong with a dequantized GGUF folder, if anything (as :func:`.size_damage`)."""
+    if not (folder / _SIZES).is_file():
+        return f"no {_SIZES}: an earlier version made it, or a file was deleted"
+    try:
+        sizes = json.loads((folder / _SIZES).read_text())
+    except (OSError, ValueError) as exc:
+        return f"{_SIZES} cannot be read: {first_line(exc)}"
+    return size_damage(folder, sizes)
