@@ -47,7 +47,7 @@ class Encoded:
 
 def encode(tokenizer, sentences: Sequence[str]) -> Encoded:
     """Tokenize ``sentences`` with the model's special tokens, no padding or truncation."""
-    out = tokenizer(list(sentences), add_special_tokens=True, return_special_tokens_mask=True, truncation=False)
+    out = tokenizer(list(sentences), add_special_tokens=True, return_special_tokens_mask=True)
     return Encoded(
         tuple(np.asarray(ids, dtype=np.int64) for ids in out["input_ids"]),
         tuple(np.asarray(mask, dtype=bool) for mask in out["special_tokens_mask"]),

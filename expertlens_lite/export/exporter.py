@@ -41,6 +41,7 @@ from .quantize import (
 )
 from .reference import torch_responses
 from .surgery import add_pooled_outputs, response_outputs
+from .tokenizer import JsonTokenizer, disagreement
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +76,10 @@ class ExportedModel:
         return self.directory / onnx_filename(quantize)
 
     def tokenizer(self):
+        """The model's tokenizer: its ``tokenizer.json`` alone where the export checked
+        that this tokenizes as transformers does (no PyTorch import, :mod:`.tokenizer`)."""
+        if self.manifest.tokenizer_json:
+            return JsonTokenizer(self.directory)
         from transformers import AutoTokenizer
 
         return AutoTokenizer.from_pretrained(self.directory)
@@ -260,6 +265,9 @@ def _export_fresh(source: ModelSource, directory: Path) -> None:
         if prefix.token_ids:
             save_prefix(tmp, prefix)
         tokenizer.save_pretrained(tmp)
+        tokenizer_differs = disagreement(tokenizer, tmp)
+        if tokenizer_differs:
+            log.info("runs will tokenize %s with transformers: its tokenizer.json alone differs in %s", source.name, tokenizer_differs)
         np.save(tmp / EMBEDDINGS, model.get_input_embeddings().weight.detach().float().numpy())
 
         encoded = encode(tokenizer, PARITY_SENTENCES)
@@ -284,6 +292,7 @@ def _export_fresh(source: ModelSource, directory: Path) -> None:
             parity_max_abs_diff=diff,
             opset=opset,
             files={"model.onnx": onnx_sha256(onnx_path)},
+            tokenizer_json=tokenizer_differs is None,
         ).save(tmp)
 
 

@@ -23,7 +23,9 @@ class Manifest:
     heads that sentences share (:mod:`expertlens_lite.heads`). ``commit``: the hub
     commit of a hub model's ``revision`` (None for local models). ``sizes``: every file
     of the export folder but the manifest, by name, in bytes (:func:`damage`; empty in
-    manifests written before it existed).
+    manifests written before it existed). ``tokenizer_json``: its ``tokenizer.json`` alone
+    was checked to tokenize as transformers does (:mod:`.tokenizer`; False in manifests
+    written before that check existed, which are tokenized by transformers).
     """
 
     model: str
@@ -40,6 +42,7 @@ class Manifest:
     commit: str | None = None
     files: dict[str, str] = field(default_factory=dict)
     sizes: dict[str, int] = field(default_factory=dict)
+    tokenizer_json: bool = False
     format_version: int = FORMAT_VERSION
 
     @property
