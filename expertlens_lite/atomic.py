@@ -7,6 +7,7 @@ which POSIX guarantees to be atomic on one file system.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -15,6 +16,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from .errors import ResourceError, first_line
 
 
 @contextmanager
@@ -43,20 +46,74 @@ def atomic_dir(target: Path) -> Iterator[Path]:
     """Yield a temporary directory next to ``target``; move it to ``target`` on success.
 
     Used for whole artifacts (an exported model with its manifest) that are only
-    valid complete. An existing ``target`` is replaced.
+    valid complete. An existing ``target`` is replaced (see :func:`_replace_dir`).
+    ``target`` is resolved first because the temporary directory must sit beside it:
+    ``Path(".").parent`` is ``.`` itself, which would put it inside ``target``.
     """
-    target = Path(target)
+    target = Path(target).resolve()
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
     tmp.chmod(0o755)
     try:
         yield tmp
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
+        _replace_dir(tmp, target)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _replace_dir(new: Path, target: Path) -> None:
+    """Move the directory ``new`` to ``target``. An existing ``target`` is renamed aside
+    and deleted only once ``new`` is in place: deleting it first would lose it when the
+    deletion or the move fails halfway (a read-only file, a busy mount point)."""
+    if not target.exists():
+        os.replace(new, target)
+        return
+    old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".old"))
+    os.replace(target, old)  # onto an empty directory, which POSIX allows
+    try:
+        os.replace(new, target)
+    except OSError:
+        os.replace(old, target)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+# Why a write fails on a machine that works: the user can act on these, so they are
+# reported in one line; any other OSError is a bug and keeps its traceback.
+_WRITE_FAILURES = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO})
+
+
+@contextmanager
+def reported_write_failures(what: str) -> Iterator[None]:
+    """Turn a failed write in the block into a one-line :class:`ResourceError`
+    ``"<what>: <reason>"`` (``"--out r: no space left on device"``).
+
+    A full disk is only found while writing, after the run's slow stages, so it cannot be
+    checked up front as permissions are (:func:`~expertlens_lite.paths.check_writable`).
+    The writes in the block go through :func:`atomic_path` or :func:`atomic_dir`, which
+    remove their temporary files, so nothing half written stays behind.
+    """
+    try:
+        yield
+    except OSError as exc:
+        reason = _write_failure_reason(exc)
+        if reason is None:
+            raise
+        raise ResourceError(f"{what}: {reason}") from None
+
+
+def _write_failure_reason(exc: OSError) -> str | None:
+    """The reason to show for ``exc``, or None if it is no failure of the medium.
+
+    An OSError without errno is a short write: numpy reports a full disk as
+    ``"36864 requested and 20448 written"``.
+    """
+    if exc.errno is None:
+        return f"the write was cut short ({first_line(exc)}); is the disk full?"
+    if exc.errno in _WRITE_FAILURES:
+        return os.strerror(exc.errno).lower()
+    return None
 
 
 def write_text(target: Path, text: str) -> None:

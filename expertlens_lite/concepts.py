@@ -58,12 +58,13 @@ class ConceptSet:
 
 
 def read_corpus(path: Path | str) -> list[str]:
-    """Read a corpus: ``.jsonl`` with a ``text`` field per line, else one sentence a line.
+    """Read a corpus: ``.jsonl`` (or ``.ndjson``, in any case) with a ``text`` field per
+    line, else one sentence a line.
 
     Blank lines are ignored and duplicate sentences kept once (first occurrence).
     """
     path, text = read_text_file(path, "corpus")
-    if path.suffix == ".jsonl":
+    if path.suffix.lower() in (".jsonl", ".ndjson"):
         sentences = _parse_jsonl(path, text)
     else:
         sentences = [line.strip() for line in text.splitlines()]
@@ -141,8 +142,9 @@ def build_concept_set(
     Each concept keeps up to ``n_pos`` of its matching sentences (uniformly, seeded);
     concepts with fewer than ``min_pos`` matches are skipped and reported. The pool
     is ``n_neg`` sentences drawn from the whole corpus; a concept's negatives are the
-    pool minus the sentences containing it. Only sentences used somewhere are kept,
-    in corpus order, so each enters the model once.
+    pool minus the sentences containing it (a concept in every pool sentence is
+    refused). Only sentences used somewhere are kept, in corpus order, so each enters
+    the model once.
     """
     if n_pos < 1 or n_neg < 1 or min_pos < 1:
         raise InputError("--n-pos, --n-neg and --min-pos must be positive integers")
@@ -181,6 +183,12 @@ def build_concept_set(
     row_of[used] = np.arange(len(used))
     pool_rows = row_of[pool]
     excluded = tuple(row_of[np.intersect1d(pool, h, assume_unique=True)] for h in hits)
+    everywhere = [word for word, e in zip(kept, excluded) if len(e) == len(pool)]
+    if everywhere:
+        raise InputError(
+            f"{', '.join(everywhere[:8])}{' and more' if len(everywhere) > 8 else ''}: in every one of the "
+            f"{len(pool)} negative-pool sentences, which leaves no negatives to tell experts by; leave it out of the concepts"
+        )
     return ConceptSet(
         sentences=tuple(corpus[i] for i in used),
         concepts=tuple(kept),

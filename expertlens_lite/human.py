@@ -34,10 +34,15 @@ class HumanPairs:
 
 
 def read_human_pairs(path: Path | str) -> HumanPairs:
-    """Read a ``word1 word2 score`` file; a malformed line raises with its line number."""
+    """Read a ``word1 word2 score`` file; a malformed line raises with its line number.
+
+    So does a word paired with itself (its similarity is 1 by every measure, which
+    would lift every ρ) and a pair rated twice, in either order (which rating counts?).
+    """
     path, text = read_text_file(path, "human ratings")
     pairs: list[tuple[str, str]] = []
     scores: list[float] = []
+    rated_on: dict[frozenset[str], int] = {}
     for number, line in enumerate(text.splitlines(), start=1):
         stripped = line.strip()
         if not stripped or stripped.startswith("#"):
@@ -53,7 +58,14 @@ def read_human_pairs(path: Path | str) -> HumanPairs:
             raise InputError(
                 f"{path}:{number}: expected 'word1 word2 score' with a numeric score, got {stripped[:60]!r}"
             ) from None
-        pairs.append((fields[0].lower(), fields[1].lower()))
+        pair = (fields[0].lower(), fields[1].lower())
+        if pair[0] == pair[1]:
+            raise InputError(f"{path}:{number}: {pair[0]!r} is paired with itself")
+        key = frozenset(pair)
+        if key in rated_on:
+            raise InputError(f"{path}:{number}: the pair {pair[0]} {pair[1]} is rated already on line {rated_on[key]}")
+        rated_on[key] = number
+        pairs.append(pair)
         scores.append(score)
     if not pairs:
         raise InputError(f"human ratings file {path} has no rated pairs")

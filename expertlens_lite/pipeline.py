@@ -9,6 +9,7 @@ library.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -19,11 +20,11 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from .alignment import Bootstrap
+from .alignment import Bootstrap, bootstrap_bytes
 from .batching import PoolingOptions
 from .concepts import ConceptSet, build_concept_set, read_concepts, read_corpus, word_index
 from .devices import resolve_device
-from .errors import InputError
+from .errors import InputError, ResourceError
 from .export import QUANTIZATIONS, ExportedModel, export_model
 from .human import HumanPairs, read_human_pairs
 from .kernels import average_precision_many
@@ -31,7 +32,7 @@ from .measures import Measure, baseline_measures, expert_measures, score_all
 from .models.sources import resolve_model
 from .paths import DEFAULT_CORPUS, DEFAULT_HUMAN, bundled, cache_dir, check_writable
 from .results import SUMMARY, write_results, write_summary
-from .runtime import compute_responses
+from .runtime import available_memory, compute_responses
 from .selection import Selection
 
 log = logging.getLogger(__name__)
@@ -97,6 +98,8 @@ class RunConfig:
             raise InputError("--batch-size must be a positive integer")
         if self.n_bootstrap < 100:
             raise InputError("--n-bootstrap must be at least 100")
+        if self.seed < 0:
+            raise InputError("--seed must be a non-negative integer")
         if self.out.exists() and not self.out.is_dir():
             raise InputError(f"--out {self.out} exists and is not a directory")
         if (self.out / SUMMARY).exists() and not self.overwrite:
@@ -148,14 +151,52 @@ def load_inputs(config: RunConfig) -> tuple[ConceptSet, HumanPairs]:
             f"only {len(rated.pairs)} rated pair(s) of {human.source} have both words among the "
             f"{len(concept_set.concepts)} concepts; need at least 3 to measure alignment"
         )
+    _check_bootstrap_fits(config.n_bootstrap, len(rated.pairs))
     return concept_set, rated
+
+
+def _check_bootstrap_fits(n_resamples: int, n_pairs: int) -> None:
+    """Refuse, before the export and inference, a bootstrap larger than free memory."""
+    need, free = bootstrap_bytes(n_resamples, n_pairs), available_memory()
+    if need > free:
+        raise ResourceError(
+            f"--n-bootstrap {n_resamples} needs about {need / 1e9:.1f} GB of memory for {n_pairs} rated pairs, "
+            f"but {free / 1e9:.1f} GB are free; lower --n-bootstrap"
+        )
 
 
 def run(config: RunConfig, progress: Progress | None = None) -> RunResult:
     """Run the whole pipeline and write the results folder ``config.out``."""
+    cache = cache_dir()
+    with _only_run_into(config.out, cache):
+        return _run(config, cache, progress)
+
+
+@contextmanager
+def _only_run_into(out: Path, cache: Path) -> Iterator[None]:
+    """Hold ``out`` for this run alone; a second run into it meanwhile is refused.
+
+    Two runs into one folder at once would both pass the check for an earlier
+    ``summary.json`` and then interleave their files, one's summary beside the other's
+    results (seen in an audit). The lock is a file in the cache, named by the folder's
+    resolved path, so that a refused run leaves nothing in ``out``; ``flock`` releases it
+    when the process ends, however it ends.
+    """
+    import fcntl
+
+    lock = cache / "locks" / f"{hashlib.sha256(str(out.resolve()).encode()).hexdigest()[:16]}.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with lock.open("w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise InputError(f"--out {out} is being written by another elens-lite run; wait for it, or choose another --out") from None
+        yield
+
+
+def _run(config: RunConfig, cache: Path, progress: Progress | None) -> RunResult:
     config.validate()
     timer = _Timer()
-    cache = cache_dir()
     with timer.stage("concepts"):
         concept_set, rated = load_inputs(config)
     with timer.stage("export"):

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import atomic_path, write_json, write_text
+from .atomic import atomic_path, reported_write_failures, write_json, write_text
 from .concepts import ConceptSet
 from .export import Manifest
 from .human import HumanPairs
@@ -49,7 +49,9 @@ SUMMARY = "summary.json"  # written last: a folder that has it holds a finished 
 
 
 def write_summary(out: Path, summary: dict) -> None:
-    write_json(out / SUMMARY, summary)
+    """Write ``summary.json``, which marks ``out`` as holding a finished run's results."""
+    with reported_write_failures(f"--out {out}"):
+        write_json(out / SUMMARY, summary)
 
 
 def write_results(
@@ -65,19 +67,21 @@ def write_results(
     """Write every result file except ``summary.json`` (written last, with final timings).
 
     An earlier run's ``summary.json`` goes first, so that a run interrupted while it
-    replaces that run's files never leaves a folder that looks finished.
+    replaces that run's files never leaves a folder that looks finished. A full disk is
+    one line naming ``--out``: it is found only here, after the run's slow stages.
     """
-    out.mkdir(parents=True, exist_ok=True)
-    (out / SUMMARY).unlink(missing_ok=True)
-    concepts = concept_set.concepts
-    write_text(out / "experts.csv", _csv_text(("concept", "layer", "unit", "ap"), experts_rows(ap, concepts, manifest, min_tau)))
-    paper, others = measures[0], measures[1:]
-    header = ["concept_a", "concept_b", "human", "jaccard", *(m.name for m in others)]
-    rows = (
-        [a, b, f"{score:g}", *(f"{m.pair_values[i]:.6f}" for m in measures)]
-        for i, ((a, b), score) in enumerate(zip(rated.pairs, rated.scores))
-    )
-    write_text(out / "similarity.csv", _csv_text(header, rows))
-    with atomic_path(out / "ap.npy", suffix=".npy") as tmp:
-        np.save(tmp, ap.astype(np.float32))
-    write_text(out / "report.html", render_report(summary, measures, rated, paper, ap, manifest))
+    with reported_write_failures(f"--out {out}"):
+        out.mkdir(parents=True, exist_ok=True)
+        (out / SUMMARY).unlink(missing_ok=True)
+        concepts = concept_set.concepts
+        write_text(out / "experts.csv", _csv_text(("concept", "layer", "unit", "ap"), experts_rows(ap, concepts, manifest, min_tau)))
+        paper, others = measures[0], measures[1:]
+        header = ["concept_a", "concept_b", "human", "jaccard", *(m.name for m in others)]
+        rows = (
+            [a, b, f"{score:g}", *(f"{m.pair_values[i]:.6f}" for m in measures)]
+            for i, ((a, b), score) in enumerate(zip(rated.pairs, rated.scores))
+        )
+        write_text(out / "similarity.csv", _csv_text(header, rows))
+        with atomic_path(out / "ap.npy", suffix=".npy") as tmp:
+            np.save(tmp, ap.astype(np.float32))
+        write_text(out / "report.html", render_report(summary, measures, rated, paper, ap, manifest))

@@ -48,6 +48,7 @@ from .heads import (
     head_batch,
     is_fed_back,
 )
+from .lengths import check_lengths, export_max_tokens
 
 log = logging.getLogger(__name__)
 
@@ -169,6 +170,52 @@ def shared_heads(session, encoded: Encoded, options: PoolingOptions, before: int
     return heads
 
 
+@dataclass(frozen=True)
+class BatchPlan:
+    """Which rows every batch of a run takes, in the order they run: the heads that run
+    after the constant prefix (:mod:`.heads`; head indices), then the sentences of the
+    prefix alone, then the rests of the others (sentence indices). Fixed before any
+    batch runs, so that a resumed run can check the batch count its progress file
+    claims against it (:func:`compute_responses`)."""
+
+    heads: Heads
+    head_buckets: list[np.ndarray]
+    alone_buckets: list[np.ndarray]
+    rest_buckets: list[np.ndarray]
+
+    def __len__(self) -> int:
+        return len(self.head_buckets) + len(self.alone_buckets) + len(self.rest_buckets)
+
+    def fingerprint(self) -> str:
+        """What identifies the layout, which a resumed run must share with the interrupted
+        one: it depends on free memory too (:func:`shared_heads`), which may have changed."""
+        digest = hashlib.sha256(f"heads {self.heads.length}".encode())
+        for bucket in (*self.head_buckets, *self.alone_buckets, *self.rest_buckets):
+            digest.update(np.asarray(bucket, dtype=np.int64).tobytes() + b"|")
+        return digest.hexdigest()[:16]
+
+
+def plan_batches(session, encoded: Encoded, options: PoolingOptions, batch_size: int, prefix: Prefix) -> BatchPlan:
+    """The batches of a run over ``encoded``, each sorted into length buckets of at most
+    ``batch_size`` rows; a graph without past has empty heads: every sentence runs
+    whole, with those of the prefix alone."""
+    check_prefix(encoded, prefix)
+    before = len(prefix.token_ids)
+    heads = shared_heads(session, encoded, options, before)
+    lengths = encoded.lengths()
+
+    def buckets(rows: np.ndarray, row_lengths: np.ndarray) -> list[np.ndarray]:
+        return [rows[bucket] for bucket in length_buckets(row_lengths, batch_size)]
+
+    head_buckets: list[np.ndarray] = []
+    if heads.length > before:
+        runnable = np.flatnonzero(lengths[heads.first] > before)
+        head_buckets = buckets(runnable, np.minimum(lengths[heads.first[runnable]], heads.length))
+    alone = np.flatnonzero(lengths <= before)
+    rests = heads.rests(encoded)
+    return BatchPlan(heads, head_buckets, buckets(alone, lengths[alone]), buckets(rests, lengths[rests]))
+
+
 def pooled_batches(
     session,
     names: list[str],
@@ -181,41 +228,46 @@ def pooled_batches(
     prefix: Prefix,
     skip: int = 0,
 ) -> Iterator[tuple[np.ndarray, list[np.ndarray] | None]]:
-    """``(sentences, outputs)`` for every sentence once, in batches, in an order fixed by
-    the inputs; the first ``skip`` batches come without outputs (already written by an
-    interrupted run), computed only as far as later ones need.
+    """``(sentences, outputs)`` for every sentence once, in batches of at most
+    ``batch_size`` (:func:`plan_batches`, :func:`run_plan`)."""
+    plan = plan_batches(session, encoded, options, batch_size, prefix)
+    yield from run_plan(session, names, encoded, plan, options, pad, device, workers, prefix, skip)
+
+
+def run_plan(
+    session,
+    names: list[str],
+    encoded: Encoded,
+    plan: BatchPlan,
+    options: PoolingOptions,
+    pad: int,
+    device: str,
+    workers: int,
+    prefix: Prefix,
+    skip: int = 0,
+) -> Iterator[tuple[np.ndarray, list[np.ndarray] | None]]:
+    """``(sentences, outputs)`` for every sentence once, batch by batch of ``plan``; the
+    first ``skip`` batches come without outputs (already written by an interrupted run),
+    computed only as far as later ones need.
 
     First the distinct heads run after the constant ``prefix`` (:mod:`.heads`;
     :meth:`.ExportedModel.prefix`), which finishes the sentences that end within them;
     then the sentences of the prefix alone run whole; then every other sentence runs
-    from the token after its head. A graph without past has empty heads: every
-    sentence runs whole.
+    from the token after its head.
     """
-    check_prefix(encoded, prefix)
-    before = len(prefix.token_ids)
-    heads = shared_heads(session, encoded, options, before)
+    heads = plan.heads
     states = HeadStates.empty(session, len(heads.first), heads.length, prefix)
-    lengths = encoded.lengths()
-
-    def buckets(rows: np.ndarray, row_lengths: np.ndarray) -> list[np.ndarray]:
-        return [rows[bucket] for bucket in length_buckets(row_lengths, batch_size)]
-
-    if heads.length > before:
+    if plan.head_buckets:
         feeds = fed_back(session)
-        runnable = np.flatnonzero(lengths[heads.first] > before)
-        head_buckets = buckets(runnable, np.minimum(lengths[heads.first[runnable]], heads.length))
-        runs = _run_buckets(session, names + list(feeds), head_buckets, lambda rows: head_batch(encoded, heads, rows, pad, prefix), device, workers)
+        runs = _run_buckets(session, names + list(feeds), plan.head_buckets, lambda rows: head_batch(encoded, heads, rows, pad, prefix), device, workers)
         for number, (rows, outputs) in enumerate(runs):  # skipped or not: later batches read their states
-            states.store(rows, dict(zip(feeds.values(), outputs[len(names) :])), before)
+            states.store(rows, dict(zip(feeds.values(), outputs[len(names) :])), len(prefix.token_ids))
             ended, at = heads.ended_in(encoded, rows)
             yield ended, [output[at] for output in outputs[: len(names)]] if number >= skip else None
-        skip = max(0, skip - len(head_buckets))
-    alone = np.flatnonzero(lengths <= before)
-    alone_buckets = buckets(alone, lengths[alone])
-    yield from _run_buckets(session, names, alone_buckets, lambda rows: make_batch(encoded, rows, pad, options), device, workers, skip)
-    rests = heads.rests(encoded)
-    skip = max(0, skip - len(alone_buckets))
-    yield from _run_buckets(session, names, buckets(rests, lengths[rests]), lambda rows: states.rest_batch(encoded, heads, rows, pad), device, workers, skip)
+    skip = max(0, skip - len(plan.head_buckets))
+    yield from _run_buckets(session, names, plan.alone_buckets, lambda rows: make_batch(encoded, rows, pad, options), device, workers, skip)
+    skip = max(0, skip - len(plan.alone_buckets))
+    yield from _run_buckets(session, names, plan.rest_buckets, lambda rows: states.rest_batch(encoded, heads, rows, pad), device, workers, skip)
 
 
 def _run_buckets(
@@ -306,6 +358,55 @@ class _RowWriter:
         os.close(self.fd)
 
 
+class _CannotResume(Exception):
+    """Why the files an interrupted run left cannot be resumed from (changed from outside)."""
+
+
+def _recorded_batches(state_path: Path, plan: BatchPlan) -> int:
+    """The finished batches that the progress file ``state_path`` records, checked to be
+    a whole number from 0 to the ``plan``'s batch count (a larger one would skip batches
+    never computed and leave their rows zero in the final matrices), of the same layout."""
+    try:
+        state = json.loads(state_path.read_text())
+        done, layout = state["batches_done"], state.get("plan")
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:  # not JSON, no such key, not an object
+        raise _CannotResume(f"{state_path.name} cannot be read: {type(exc).__name__}: {exc}") from None
+    if not isinstance(done, int) or isinstance(done, bool) or not 0 <= done <= len(plan):
+        raise _CannotResume(f"{state_path.name} records {done!r} finished batches, of {len(plan)}")
+    if layout != plan.fingerprint():
+        raise _CannotResume(f"{state_path.name} is of batches laid out otherwise (the shared heads depend on free memory)")
+    return done
+
+
+def _check_partial(path: Path, shape: tuple[int, int]) -> None:
+    """Refuse a partial matrix that is not the float32 ``shape`` .npy file, of exactly
+    its size, that :class:`_RowWriter` made: a resumed run writes the missing rows into
+    it in place and keeps every other row as it finds it."""
+    try:
+        matrix = np.load(path, mmap_mode="r")
+    except (ValueError, EOFError) as exc:
+        raise _CannotResume(f"{path.name} cannot be read: {exc}") from None
+    size = path.stat().st_size
+    if matrix.shape != shape or matrix.dtype != np.float32 or size != matrix.offset + matrix.nbytes:
+        raise _CannotResume(f"{path.name} holds {matrix.dtype} {matrix.shape} in {size} bytes, not float32 {shape}")
+
+
+def _resume_point(state_path: Path, partial: Sequence[Path], shapes: Sequence[tuple[int, int]], plan: BatchPlan) -> int:
+    """How many batches an interrupted run finished (0: start afresh). Its progress file
+    and partial matrices are checked first, since a resumed run keeps their rows
+    unchecked; damaged ones are warned about and the run starts afresh."""
+    if state_path.exists() and all(p.exists() for p in partial):
+        try:
+            done = _recorded_batches(state_path, plan)
+            for path, shape in zip(partial, shapes):
+                _check_partial(path, shape)
+            return done
+        except _CannotResume as exc:
+            log.warning("the interrupted responses in %s cannot be resumed (%s); computing them again", state_path.parent, exc)
+    state_path.unlink(missing_ok=True)  # the fresh partial files must not inherit its count
+    return 0
+
+
 def compute_responses(
     exported: ExportedModel,
     sentences: Sequence[str],
@@ -337,6 +438,7 @@ def compute_responses(
 
     tokenizer = exported.tokenizer()
     encoded = encode(tokenizer, sentences)
+    check_lengths(encoded, sentences, export_max_tokens(exported), exported.manifest.model)
     workers = batches_at_once(device)
     check_resources(len(sentences), int(encoded.lengths().max()), batch_size, exported.manifest, directory, workers)
     if quantize == "fp16" and device == "cpu":
@@ -344,23 +446,24 @@ def compute_responses(
     manifest = exported.manifest
     names = response_outputs(manifest.n_layers, options.pooling)
     session = inference_session(exported.onnx_path(quantize), device, workers, names)
+    prefix = exported.prefix()
+    plan = plan_batches(session, encoded, options, batch_size, prefix)
     shapes = (len(sentences), manifest.n_neurons), (len(sentences), manifest.hidden_size)
     partial = [directory / f"{p.stem}.partial-b{batch_size}.npy" for p in final]
     state_path = directory / f"progress-b{batch_size}.json"
-    done = json.loads(state_path.read_text())["batches_done"] if state_path.exists() and all(p.exists() for p in partial) else 0
+    done = _resume_point(state_path, partial, shapes, plan)
+    layout = plan.fingerprint()
     writers = [_RowWriter(path, shape, fresh=not done) for path, shape in zip(partial, shapes)]
     if done:
         log.info("resuming responses after %d finished batches", done)
-    results = pooled_batches(
-        session, names, encoded, options, batch_size, pad_id(tokenizer), device, workers, exported.prefix(), skip=done
-    )
+    results = run_plan(session, names, encoded, plan, options, pad_id(tokenizer), device, workers, prefix, skip=done)
     finished = 0
     try:
         for number, (rows, outputs) in enumerate(results, start=1):
             if outputs is not None:
                 writers[0].write(rows, np.concatenate(outputs[:-1], axis=1))
                 writers[1].write(rows, outputs[-1])
-                write_json(state_path, {"batches_done": number})  # only after the rows are written
+                write_json(state_path, {"batches_done": number, "plan": layout})  # only after the rows are written
             finished += len(rows)
             if progress is not None:
                 progress(finished, len(sentences))

@@ -24,6 +24,14 @@ from .kernels import threshold_bitsets, topk_bitsets
 
 RULES = ("tau", "lift", "topk", "topfrac")
 OPTIONS = {"tau": "--tau", "lift": "--lift", "topk": "--topk", "topfrac": "--top-frac"}  # what errors call each rule
+# Per rule, the values it takes (finite ones only) and how errors say so. A lift of 0
+# would make every neuron an expert, a top fraction of 0 none.
+_ALLOWED = {
+    "tau": (lambda v: 0 <= v <= 1, "within [0, 1]"),
+    "lift": (lambda v: v > 0, "a finite number above 0"),
+    "topk": (lambda v: v >= 1 and v == int(v), "a whole number of at least 1"),
+    "topfrac": (lambda v: 0 < v <= 1, "within (0, 1]"),
+}
 
 
 @dataclass(frozen=True)
@@ -36,11 +44,8 @@ class Selection:
     def __post_init__(self) -> None:
         if self.rule not in RULES:
             raise InputError(f"unknown selection rule {self.rule!r}; choose one of {', '.join(RULES)}")
-        low, high = {"tau": (0.0, 1.0), "lift": (0.0, math.inf), "topk": (1, math.inf), "topfrac": (0.0, 1.0)}[self.rule]
-        whole = self.rule != "topk" or (math.isfinite(self.parameter) and self.parameter == int(self.parameter))
-        if not (low <= self.parameter <= high and whole):
-            kind = " a whole number" if self.rule == "topk" else ""
-            raise InputError(f"{OPTIONS[self.rule]} must be{kind} within [{low:g}, {high:g}], got {self.parameter:g}")
+        if not math.isfinite(self.parameter) or not _ALLOWED[self.rule][0](self.parameter):
+            raise InputError(f"{OPTIONS[self.rule]} must be {_ALLOWED[self.rule][1]}, got {self.parameter:g}")
 
     def check_neurons(self, n_neurons: int) -> None:
         """Refuse a top-k that is not below the model's neuron count: every neuron

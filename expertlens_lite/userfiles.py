@@ -8,13 +8,15 @@ from .errors import InputError
 
 
 def read_text_file(path: Path | str, what: str) -> tuple[Path, str]:
-    """The UTF-8 text of ``path``; a missing or undecodable file raises InputError naming ``what``."""
+    """The UTF-8 text of ``path``, without the byte-order mark some editors (Windows
+    Notepad) put first, which would otherwise stick to the first word; a missing or
+    undecodable file raises InputError naming ``what``."""
     path = Path(path)
     if not path.exists():
         raise InputError(f"{what} file not found: {path}")
     if path.is_dir():  # anything else is read: a pipe (``--corpus <(zcat big.txt.gz)``) too
         raise InputError(f"{what} file {path} is a folder")
     try:
-        return path, path.read_text(encoding="utf-8")
+        return path, path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as exc:
         raise InputError(f"{what} file {path} is not UTF-8 text (undecodable byte at offset {exc.start})") from None

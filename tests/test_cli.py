@@ -223,9 +223,45 @@ def test_tau_outside_unit_interval(tau):
     assert_user_error(invoke("run", "--model", "minilm", "--tau", tau), "--tau must be within [0, 1]")
 
 
-@pytest.mark.parametrize("option, value, message", [("--topk", "0", "--topk must be a whole number within [1, inf], got 0"), ("--top-frac", "1.5", "--top-frac must be within [0, 1], got 1.5")])
+@pytest.mark.parametrize(
+    "option, value, message",
+    [
+        ("--topk", "0", "--topk must be a whole number of at least 1, got 0"),
+        ("--top-frac", "1.5", "--top-frac must be within (0, 1], got 1.5"),
+        ("--top-frac", "0", "--top-frac must be within (0, 1], got 0"),
+        ("--lift", "inf", "--lift must be a finite number above 0, got inf"),
+        ("--lift", "0", "--lift must be a finite number above 0, got 0"),
+    ],
+)
 def test_selection_option_out_of_range(option, value, message):
     assert_user_error(invoke("run", "--model", "minilm", option, value), message)
+
+
+def test_a_negative_seed():
+    assert_user_error(invoke("run", "--model", "minilm", "--seed", "-1"), "--seed must be a non-negative integer")
+
+
+def test_an_empty_model_name(tmp_path):
+    """Not the current folder, which Path("") would name."""
+    assert_user_error(invoke("export", "--model", "", "--out", str(tmp_path / "x")), "--model is empty")
+
+
+def test_a_bootstrap_larger_than_memory_is_refused_before_the_export(slice_files, tmp_path, monkeypatch):
+    monkeypatch.setenv("ELENS_HOME", str(tmp_path / "home"))
+    result = run_slice(tmp_path / "r", slice_files / "concepts.txt", "minilm", "--n-bootstrap", "100000000000")
+    assert_user_error(result, "--n-bootstrap 100000000000 needs about", "lower --n-bootstrap")
+    assert not (tmp_path / "home" / "models").exists()
+
+
+def test_a_second_run_into_the_same_out_at_once_is_refused(slice_files, tmp_path):
+    """Both would pass the check for an earlier summary.json, then mix their files."""
+    from expertlens_lite.paths import cache_dir
+    from expertlens_lite.pipeline import _only_run_into
+
+    with _only_run_into(tmp_path / "r", cache_dir()):  # as a run in another process holds it
+        result = run_slice(tmp_path / "r", slice_files / "concepts.txt", "minilm")
+    assert_user_error(result, f"--out {tmp_path / 'r'} is being written by another elens-lite run")
+    assert not (tmp_path / "r").exists()
 
 
 def test_topk_not_below_the_neuron_count(minilm_run, slice_files, tmp_path):

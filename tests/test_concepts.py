@@ -36,6 +36,9 @@ def test_read_corpus_txt_and_jsonl(tmp_path):
     jsonl = tmp_path / "c.jsonl"
     jsonl.write_text(json.dumps({"text": "x y"}) + "\n" + json.dumps({"text": "z", "id": 2}) + "\n")
     assert read_corpus(jsonl) == ["x y", "z"]
+    for name in ("C.JSONL", "c.ndjson"):  # not read as text lines of raw JSON
+        (tmp_path / name).write_text(jsonl.read_text())
+        assert read_corpus(tmp_path / name) == ["x y", "z"]
 
 
 @pytest.mark.parametrize(
@@ -140,3 +143,31 @@ def test_human_pairs_parse_and_errors(tmp_path):
     path.write_text("cat dog many\n")
     with pytest.raises(InputError, match=":1:"):
         read_human_pairs(path)
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("cat dog 30\ncat cat 50\n", r"h.txt:2: 'cat' is paired with itself"),
+        ("cat dog 30\ncar bus 4\ndog cat 10\n", r"h.txt:3: the pair dog cat is rated already on line 1"),
+    ],
+)
+def test_human_pairs_refuse_self_pairs_and_repeats(tmp_path, content, message):
+    """A self pair scores 1 on every measure, lifting every ρ; a repeat has two ratings."""
+    (tmp_path / "h.txt").write_text(content)
+    with pytest.raises(InputError, match=message):
+        read_human_pairs(tmp_path / "h.txt")
+
+
+def test_a_byte_order_mark_is_not_part_of_the_first_word(tmp_path):
+    """As Windows Notepad saves UTF-8."""
+    (tmp_path / "h.txt").write_bytes("\ufeffcat dog 4\ncat car 3\n".encode())
+    (tmp_path / "c.txt").write_bytes("\ufeffcat\ndog\n".encode())
+    assert read_human_pairs(tmp_path / "h.txt").pairs[0] == ("cat", "dog")
+    assert read_concepts(tmp_path / "c.txt") == ["cat", "dog"]
+
+
+def test_a_concept_in_every_pool_sentence_is_refused():
+    corpus = [f"the cat number {i}." for i in range(30)] + [f"the dog number {i}." for i in range(30)]
+    with pytest.raises(InputError, match="^the: in every one of the 60 negative-pool sentences"):
+        build_concept_set(corpus, ["the", "cat", "dog"], n_pos=10, n_neg=100, min_pos=5, seed=0)

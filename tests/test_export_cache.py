@@ -4,6 +4,8 @@ run with a traceback."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from expertlens_lite.atomic import file_sizes, write_json
@@ -14,6 +16,11 @@ from expertlens_lite.models import sources
 from expertlens_lite.models.sources import file_sha256
 
 from .test_parity import tiny_source
+
+
+def edit_manifest(directory, **fields):
+    data = json.loads((directory / MANIFEST).read_text())
+    (directory / MANIFEST).write_text(json.dumps(data | fields))
 
 
 def cut_short(path):
@@ -27,6 +34,7 @@ def cut_short(path):
         (lambda d: cut_short(d / "model.onnx_data"), "model.onnx_data has"),
         (lambda d: (d / "tokenizer.json").unlink(), "tokenizer.json is missing"),
         (lambda d: (d / MANIFEST).write_text("{cut"), f"{MANIFEST} cannot be read"),
+        (lambda d: edit_manifest(d, sizes=None, units_per_layer="six"), f"{MANIFEST} cannot be read: fields of the wrong type: units_per_layer, sizes"),
     ],
 )
 def test_a_damaged_export_is_made_again(harm, problem, tmp_path, caplog):

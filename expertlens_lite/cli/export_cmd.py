@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import shutil
+from functools import partial
 from pathlib import Path
 
 import click
 
-from ..atomic import atomic_dir
+from ..atomic import atomic_dir, reported_write_failures
 from ..errors import InputError
 from ..export import QUANTIZATIONS, export_model
+from ..export.manifest import MANIFEST
 from ..models.sources import BUNDLED_MODELS, resolve_model
 from ..paths import cache_dir, check_writable
 from .main import main
@@ -20,18 +22,57 @@ from .main import main
 @click.option("--revision", default=None, help="Hub revision (branch, tag or commit).")
 @click.option("--quantize", type=click.Choice(QUANTIZATIONS), default="none", help="Also write this quantized variant.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Folder to write the export to.")
-@click.option("--force", "--overwrite", "force", is_flag=True, help="Replace --out if it exists.")
+@click.option("--force", "--overwrite", "force", is_flag=True, help="Replace --out if it is an earlier export.")
 def export_command(model: str, revision: str | None, quantize: str, out: Path, force: bool) -> None:
     """Export MODEL to ONNX (pooled MLP neurons as outputs), validated against PyTorch."""
+    cache = cache_dir()
+    _refuse_unsafe_out(out, cache)
     if out.exists() and not force:
         raise InputError(f"--out {out} exists; pass --force (or --overwrite) to replace it")
     check_writable(out, f"--out {out}")
-    cache = cache_dir()
     exported = export_model(resolve_model(model, revision, cache), cache, quantize)
-    with atomic_dir(out) as tmp:
-        shutil.copytree(exported.directory, tmp, dirs_exist_ok=True)
+    _copy_export(exported.directory, out)
     manifest = exported.manifest
     click.echo(
         f"exported {model}: {manifest.n_layers} layers, {manifest.n_neurons:,} neurons, "
         f"parity {manifest.parity_max_abs_diff:.1e} → {out}/ ({', '.join(manifest.files)})"
     )
+
+
+def _refuse_unsafe_out(out: Path, cache: Path) -> None:
+    """Refuse an ``--out`` whose replacement would delete what is not an export: the
+    current folder or one holding it (``.``, ``..``, the root), a folder overlapping the
+    cache (``ELENS_HOME``), which holds the very export being copied, and any other file or
+    folder but an earlier export (it has a manifest) or an empty folder.
+
+    Checked whether or not ``--force`` is given, so that the "pass --force" advice is never
+    given for such a folder. Paths are resolved: ``.`` and ``/x/../x`` name the same folder.
+    """
+    target, cwd, cache = out.resolve(), Path.cwd().resolve(), cache.resolve()
+    if target == cwd:
+        raise InputError(f"--out {out} is the current folder, which --force would delete; choose a new folder")
+    if target in cwd.parents:
+        raise InputError(f"--out {out} holds the current folder, which --force would delete; choose a new folder")
+    if target == cache or target in cache.parents or cache in target.parents:
+        raise InputError(f"--out {out} overlaps the cache folder {cache} (ELENS_HOME); choose a folder outside it")
+    if out.exists() and not (out.is_dir() and ((out / MANIFEST).is_file() or not any(out.iterdir()))):
+        raise InputError(f"--out {out} exists and is not an earlier export, the only folder --force replaces (or an empty one); choose a new folder")
+
+
+def _copy_export(source: Path, out: Path) -> None:
+    """Copy the export folder ``source`` to ``out`` atomically; a failed write (a full
+    disk) is one line naming ``--out`` and leaves ``out`` as it was.
+
+    Each file's failure is reported as it happens: ``copytree`` on its own would carry on
+    past a full disk and raise one ``shutil.Error`` listing every file, without errno.
+    """
+    what = f"--out {out}"
+    with reported_write_failures(what), atomic_dir(out) as tmp:
+        shutil.copytree(source, tmp, dirs_exist_ok=True, copy_function=partial(_copy_file, what=what))
+
+
+def _copy_file(source: str, target: str, what: str) -> None:
+    """``shutil.copy2``, raising a failed write as the ResourceError that ``copytree``
+    lets through (it collects OSErrors)."""
+    with reported_write_failures(what):
+        shutil.copy2(source, target)

@@ -66,8 +66,33 @@ class Manifest:
 
     @classmethod
     def load(cls, directory: Path) -> Manifest:
-        data = json.loads((directory / MANIFEST).read_text())
-        return cls(**data)
+        """The manifest in ``directory``; ValueError or TypeError when it is not one."""
+        manifest = cls(**json.loads((directory / MANIFEST).read_text()))
+        manifest._check_types()
+        return manifest
+
+    def _check_types(self) -> None:
+        """Refuse fields of the wrong type (a manifest edited by hand), which would
+        otherwise fail a run later, deep inside it, with a TypeError."""
+
+        def ints(value) -> bool:
+            return isinstance(value, list) and all(isinstance(v, int) for v in value)
+
+        def mapping(value, kind: type) -> bool:
+            return isinstance(value, dict) and all(isinstance(v, kind) for v in value.values())
+
+        checks = {
+            "units_per_layer": ints(self.units_per_layer),
+            "prefix_token_ids": ints(self.prefix_token_ids),
+            "hidden_size": isinstance(self.hidden_size, int),
+            "causal": isinstance(self.causal, bool),
+            "files": mapping(self.files, str),
+            "sizes": mapping(self.sizes, int),
+            "tokenizer_json": isinstance(self.tokenizer_json, bool),
+        }
+        wrong = [name for name, right in checks.items() if not right]
+        if wrong:
+            raise ValueError(f"fields of the wrong type: {', '.join(wrong)}")
 
 
 def damage(directory: Path) -> str | None:

@@ -113,6 +113,8 @@ def resolve_model(spec: str, revision: str | None, cache_dir: Path) -> ModelSour
     weights on disk, and silently ignoring the revision would label a run with a
     checkpoint it did not use.
     """
+    if not spec.strip():
+        raise ModelError("--model is empty; give a bundled name, a model folder, a .gguf file or a hub id")
     if spec in BUNDLED_MODELS:
         _no_revision(spec, revision, "a bundled model")
         path = BUNDLED_MODELS[spec].path()

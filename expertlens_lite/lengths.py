@@ -1,0 +1,78 @@
+"""The most tokens a sentence may have for a model, and the check of a pool against it.
+
+Read from the export folder's JSON files alone: a run does not import transformers
+(seconds) just to learn a number.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+from .batching import Encoded
+from .errors import InputError
+from .export import ExportedModel
+
+# config.json keys of a model's position-embedding table size, by family (BERT/Llama, GPT-2, others).
+POSITION_KEYS = ("max_position_embeddings", "n_positions", "max_positions")
+TOKENIZER_NO_LIMIT = 1_000_000  # transformers writes 1e30 as model_max_length of a tokenizer without a limit
+
+
+def max_tokens(config: dict, tokenizer_config: dict) -> int | None:
+    """The most tokens a sentence of the model may have, None if neither file says: its
+    position-embedding table size (``config.json``, :data:`POSITION_KEYS`) and its
+    tokenizer's ``model_max_length`` when that is a real limit, whichever is smaller.
+    Both, because RoBERTa has 514 positions (two taken by its padding offset) but reads
+    512 tokens, which only its tokenizer says."""
+    positions = next((config[key] for key in POSITION_KEYS if _is_count(config.get(key))), None)
+    tokenizer = tokenizer_config.get("model_max_length")
+    limits = [positions] if positions is not None else []
+    if _is_count(tokenizer) and tokenizer < TOKENIZER_NO_LIMIT:
+        limits.append(tokenizer)
+    return min(limits, default=None)
+
+
+def _is_count(value) -> bool:
+    """Whether a JSON value is a positive whole number (``true`` is not)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _json_object(path: Path) -> dict:
+    """The JSON object in ``path``; empty if there is none there, so that the length
+    check it serves (:func:`check_lengths`) is skipped rather than failing a run that
+    ONNX Runtime may well finish."""
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def export_max_tokens(exported: ExportedModel) -> int | None:
+    """:func:`max_tokens` of an export folder."""
+    return max_tokens(_json_object(exported.directory / "config.json"), _json_object(exported.directory / "tokenizer_config.json"))
+
+
+def check_lengths(encoded: Encoded, sentences: Sequence[str], limit: int | None, model: str) -> None:
+    """Refuse, before any work, a pool whose longest sentence (special and prefix tokens
+    included, as the graph reads them) has more tokens than the model's ``limit``:
+    ONNX Runtime would fail deep in the graph with a traceback, and
+    :func:`check_resources` would blame ``--batch-size``, which cannot help."""
+    lengths = encoded.lengths()
+    longest = int(lengths.argmax())
+    if limit is None or lengths[longest] <= limit:
+        return
+    others = int((lengths > limit).sum()) - 1
+    more = f" (and {others} more sentence(s) over the limit)" if others else ""
+    raise InputError(
+        f"sentence {longest} of the pool ({_opening(sentences[longest])!r}) has {lengths[longest]} tokens; "
+        f"model {model!r} reads at most {limit}: shorten or split it{more}"
+    )
+
+
+def _opening(sentence: str, words: int = 6, chars: int = 60) -> str:
+    """The first few words of ``sentence``, enough to find it, short enough for one line."""
+    split = sentence.split()
+    opening = " ".join(split[:words])
+    return opening[:chars] + " ..." if len(split) > words or len(opening) > chars else opening

@@ -1,0 +1,132 @@
+"""``--out`` never costs the user a file: folders whose replacement would delete their
+own files or the cache are refused, and a full disk is one line that leaves no torn file."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from .test_cli import SLICE_WORDS, assert_user_error, invoke, run_slice
+
+FULL_DISK = OSError(errno.ENOSPC, "No space left on device")
+SHORT_WRITE = OSError("36864 requested and 20448 written")  # how np.save reports a full disk
+
+
+def folder_with_a_file(folder: Path) -> Path:
+    """``folder`` holding a file of the user's, which nothing may delete."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "thesis.tex").write_text("years of work")
+    return folder
+
+
+def assert_untouched(folder: Path) -> None:
+    assert (folder / "thesis.tex").read_text() == "years of work"
+
+
+def earlier_export(folder: Path) -> Path:
+    """``folder`` as an earlier export: the only kind of folder ``--force`` replaces."""
+    folder.mkdir(parents=True)
+    (folder / "manifest.json").write_text("the earlier export")
+    return folder
+
+
+def assert_earlier_export_kept(folder: Path) -> None:
+    assert sorted(p.name for p in folder.iterdir()) == ["manifest.json"]
+    assert (folder / "manifest.json").read_text() == "the earlier export"
+
+
+def test_export_replaces_nothing_but_an_earlier_export_even_with_force(tmp_path):
+    mine = folder_with_a_file(tmp_path / "mine")
+    assert_user_error(invoke("export", "--model", "minilm", "--out", str(mine), "--force"), "is not an earlier export")
+    assert_untouched(mine)
+
+
+@pytest.mark.parametrize("out, cwd, message", [(".", "mine", "is the current folder"), ("..", "mine/sub", "holds the current folder")])
+def test_export_refuses_the_current_folder_even_with_force(out, cwd, message, tmp_path, monkeypatch):
+    mine = folder_with_a_file(tmp_path / "mine")
+    (tmp_path / cwd).mkdir(exist_ok=True)
+    monkeypatch.chdir(tmp_path / cwd)
+    assert_user_error(invoke("export", "--model", "minilm", "--out", out, "--force"), f"--out {out} {message}")
+    assert_untouched(mine)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"]  # no temporary folder left beside it
+
+
+def test_export_refuses_the_root_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # without --force: a failing test must not be able to touch /
+    assert_user_error(invoke("export", "--model", "minilm", "--out", "/"), "--out / holds the current folder")
+
+
+@pytest.mark.parametrize("out", ["home", "home/models/mine", "."], ids=["the cache", "inside it", "holding it"])
+def test_export_refuses_a_folder_overlapping_the_cache_even_with_force(out, tmp_path, monkeypatch):
+    home = folder_with_a_file(tmp_path / "home")
+    monkeypatch.setenv("ELENS_HOME", str(home))
+    out = tmp_path / out
+    assert_user_error(invoke("export", "--model", "minilm", "--out", str(out), "--force"), f"--out {out} overlaps the cache folder {home}")
+    assert_untouched(home)
+    assert sorted(p.name for p in home.iterdir()) == ["thesis.tex"]  # not even an export was made
+
+
+def test_export_to_a_relative_folder_replaces_it_with_force(minilm, tmp_path, monkeypatch):
+    """The temporary folder is made beside the resolved --out, not inside the current folder."""
+    monkeypatch.chdir(folder_with_a_file(tmp_path / "mine"))
+    earlier_export(Path("onnx"))
+    result = invoke("export", "--model", "minilm", "--out", "onnx", "--force")
+    assert result.exit_code == 0, result.output
+    assert json.loads((Path("onnx") / "manifest.json").read_text())["model"] == "minilm"
+    assert sorted(p.name for p in Path.cwd().iterdir()) == ["onnx", "thesis.tex"]
+
+
+def test_export_to_a_full_disk_is_one_line_and_keeps_the_old_folder(minilm, tmp_path, monkeypatch):
+    out = earlier_export(tmp_path / "onnx")
+    real_copyfile = shutil.copyfile
+
+    def full_at_weights(source, target, **kwargs):
+        if Path(source).name == "model.onnx_data":  # some files are copied by now
+            raise FULL_DISK
+        return real_copyfile(source, target, **kwargs)
+
+    monkeypatch.setattr(shutil, "copyfile", full_at_weights)
+    assert_user_error(invoke("export", "--model", "minilm", "--out", str(out), "--force"), f"--out {out}: no space left on device")
+    assert_earlier_export_kept(out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["onnx"]  # the partial copy is gone
+
+
+def test_export_keeps_the_old_folder_when_the_new_one_cannot_be_moved_in(minilm, tmp_path, monkeypatch):
+    """The folder --force replaces is deleted only once the new one is in place."""
+    out = earlier_export(tmp_path / "onnx")
+    real_replace = os.replace
+
+    def failing_disk(source, target):
+        if str(source).endswith(".tmp"):  # the complete new export, moved onto --out
+            raise OSError(errno.EIO, "Input/output error")
+        return real_replace(source, target)
+
+    monkeypatch.setattr(os, "replace", failing_disk)
+    assert_user_error(invoke("export", "--model", "minilm", "--out", str(out), "--force"), f"--out {out}: input/output error")
+    assert_earlier_export_kept(out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["onnx"]
+
+
+@pytest.mark.parametrize("failure, reason", [(FULL_DISK, "no space left on device"), (SHORT_WRITE, "the write was cut short (36864 requested and 20448 written)")])
+def test_run_results_to_a_full_disk_is_one_line_and_leaves_no_torn_file(failure, reason, minilm, tmp_path, monkeypatch):
+    out = folder_with_a_file(tmp_path / "results")
+    (tmp_path / "concepts.txt").write_text("\n".join(SLICE_WORDS) + "\n")
+    real_save = np.save
+
+    def full_at_ap(file, *args, **kwargs):
+        if Path(file).parent == out:
+            raise failure
+        return real_save(file, *args, **kwargs)
+
+    monkeypatch.setattr(np, "save", full_at_ap)
+    assert_user_error(run_slice(out, tmp_path / "concepts.txt"), f"--out {out}: {reason}")
+    assert_untouched(out)
+    # The files written before ap.npy are whole (each is renamed in complete); no temporary
+    # file, no ap.npy, and no summary.json that would make the folder look finished.
+    assert sorted(p.name for p in out.iterdir()) == ["experts.csv", "similarity.csv", "thesis.tex"]

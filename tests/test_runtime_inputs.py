@@ -1,0 +1,146 @@
+"""Responses on bad input: files an interrupted run left, damaged from outside, are
+not resumed from but computed again with a warning; a sentence longer than the model
+reads is a one-line error before any work, not an ONNX Runtime traceback."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+from expertlens_lite import runtime
+from expertlens_lite.batching import Encoded
+from expertlens_lite.errors import InputError
+from expertlens_lite.lengths import check_lengths, export_max_tokens, max_tokens
+from expertlens_lite.runtime import compute_responses
+
+from .test_runtime import SENTENCES, Interrupt, count_batches_run, interrupt_after
+
+BATCHES = 5  # SENTENCES in batches of 4
+
+
+@pytest.fixture(scope="module")
+def fresh_neurons(minilm, tmp_path_factory) -> np.ndarray:
+    """The responses of SENTENCES computed in one go, to compare a recovered run with."""
+    return np.array(compute_responses(minilm, SENTENCES, "fresh", tmp_path_factory.mktemp("fresh"), batch_size=4, device="cpu").neurons)
+
+
+def write_progress(folder, text: str) -> None:
+    (folder / "progress-b4.json").write_text(text)
+
+
+def truncate_partial(folder) -> None:
+    path = folder / "neurons.partial-b4.npy"
+    with path.open("r+b") as handle:
+        handle.truncate(path.stat().st_size // 2)
+
+
+def reshape_partial(folder) -> None:
+    np.save(folder / "neurons.partial-b4.npy", np.zeros((len(SENTENCES), 7), dtype=np.float32))
+
+
+DAMAGES = {
+    "not JSON": (lambda folder: write_progress(folder, '{"batches_done": 2'), "progress-b4.json cannot be read: JSONDecodeError"),
+    "no count": (lambda folder: write_progress(folder, '{"done": 2}'), "progress-b4.json cannot be read: KeyError"),
+    "not an object": (lambda folder: write_progress(folder, "[2]"), "progress-b4.json cannot be read: TypeError"),
+    "count not a number": (lambda folder: write_progress(folder, '{"batches_done": "2"}'), "records '2' finished batches, of 5"),
+    "count below zero": (lambda folder: write_progress(folder, '{"batches_done": -1}'), "records -1 finished batches, of 5"),
+    "more batches than the run has": (lambda folder: write_progress(folder, '{"batches_done": 999999}'), "records 999999 finished batches, of 5"),
+    "batches laid out otherwise": (lambda folder: write_progress(folder, '{"batches_done": 2, "plan": "0123"}'), "is of batches laid out otherwise"),
+    "partial cut short": (truncate_partial, "neurons.partial-b4.npy cannot be read: mmap length is greater than file size"),
+    "partial of another shape": (reshape_partial, "neurons.partial-b4.npy holds float32 (20, 7)"),
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGES)
+def test_damaged_interrupted_run_is_computed_again(damage, minilm, tmp_path, monkeypatch, caplog, fresh_neurons):
+    interrupt_after(minilm, SENTENCES, "damaged", tmp_path, 2)
+    (folder,) = tmp_path.glob("responses/*")
+    change, problem = DAMAGES[damage]
+    change(folder)
+    ran = count_batches_run(monkeypatch)
+    again = compute_responses(minilm, SENTENCES, "damaged", tmp_path, batch_size=4, device="cpu")
+    assert "cannot be resumed" in caplog.text and problem in caplog.text
+    assert len(ran) == BATCHES  # started afresh, nothing kept
+    np.testing.assert_array_equal(np.asarray(again.neurons), fresh_neurons)
+    assert sorted(p.name for p in folder.iterdir()) == ["neurons.npy", "sentence_embeddings.npy"]
+
+
+def test_fresh_start_after_damage_drops_the_old_progress_file(minilm, tmp_path, monkeypatch, fresh_neurons):
+    """Interrupted again before its first batch, the fresh run must not leave the old
+    count next to its new (empty) partial files: the next run would take their zero
+    rows as finished."""
+    interrupt_after(minilm, SENTENCES, "again", tmp_path, 2)
+    (folder,) = tmp_path.glob("responses/*")
+    truncate_partial(folder)
+
+    def interrupted(*args):
+        raise Interrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(runtime, "run_batch", interrupted)
+        with pytest.raises(Interrupt):
+            compute_responses(minilm, SENTENCES, "again", tmp_path, batch_size=4, device="cpu")
+    assert not (folder / "progress-b4.json").exists()
+    again = compute_responses(minilm, SENTENCES, "again", tmp_path, batch_size=4, device="cpu")
+    np.testing.assert_array_equal(np.asarray(again.neurons), fresh_neurons)
+
+
+LONG = " ".join(["word"] * 700)  # 702 MiniLM tokens with [CLS] and [SEP]
+
+
+def test_sentence_longer_than_the_model_reads_is_a_one_line_error(minilm, tmp_path):
+    message = "sentence 3 of the pool ('word word word word word word ...') has 702 tokens; model 'minilm' reads at most 512: shorten or split it"
+    with pytest.raises(InputError, match=f"^{re.escape(message)}$"):
+        compute_responses(minilm, [*SENTENCES[:3], LONG], "long", tmp_path, batch_size=4, device="cpu")
+
+
+def test_sentence_longer_than_the_model_reads_is_refused_before_the_memory_check(minilm, tmp_path, monkeypatch):
+    """Its batch needs more memory than any other, but lowering --batch-size cannot help."""
+    monkeypatch.setattr(runtime, "available_memory", lambda: 0)
+    with pytest.raises(InputError, match="reads at most 512"):
+        compute_responses(minilm, [*SENTENCES[:3], LONG], "long", tmp_path, batch_size=4, device="cpu")
+
+
+def test_sentence_as_long_as_the_model_reads_runs(minilm, tmp_path):
+    longest = " ".join(["word"] * 510)  # 512 tokens
+    responses = compute_responses(minilm, [*SENTENCES[:3], longest], "longest", tmp_path, batch_size=4, device="cpu")
+    assert responses.neurons.shape == (4, minilm.manifest.n_neurons)
+
+
+def encoded_of_lengths(*lengths: int) -> Encoded:
+    return Encoded(tuple(np.zeros(n, dtype=np.int64) for n in lengths), tuple(np.zeros(n, dtype=bool) for n in lengths))
+
+
+def test_length_check_names_the_longest_sentence_and_counts_the_others():
+    sentences = ["short", "x" * 200, "a b c", "also over"]
+    with pytest.raises(InputError, match=re.escape(f"sentence 1 of the pool ('{'x' * 60} ...') has 600 tokens; model 'm' reads at most 512: shorten or split it (and 1 more sentence(s) over the limit)")):
+        check_lengths(encoded_of_lengths(3, 600, 512, 513), sentences, 512, "m")
+    check_lengths(encoded_of_lengths(3, 512), sentences[:2], 512, "m")  # at the limit: fine
+    check_lengths(encoded_of_lengths(3, 600), sentences[:2], None, "m")  # no known limit: no check
+
+
+@pytest.mark.parametrize(
+    ("config", "tokenizer_config", "limit"),
+    [
+        ({"max_position_embeddings": 512}, {"model_max_length": 512}, 512),  # BERT
+        ({"max_position_embeddings": 514}, {"model_max_length": 512}, 512),  # RoBERTa: two positions for its padding offset
+        ({"n_positions": 1024}, {}, 1024),  # GPT-2
+        ({"max_positions": 2048}, {}, 2048),
+        ({"max_position_embeddings": 8192}, {"model_max_length": 1000000000000000019884624838656}, 8192),  # tokenizer without a limit
+        ({}, {"model_max_length": 128}, 128),
+        ({"max_position_embeddings": None, "n_positions": 64}, {}, 64),
+        ({"max_position_embeddings": "512", "n_positions": True}, {"model_max_length": 1e30}, None),  # nothing usable
+        ({}, {}, None),
+    ],
+)
+def test_max_tokens_is_the_smaller_known_limit(config, tokenizer_config, limit):
+    assert max_tokens(config, tokenizer_config) == limit
+
+
+def test_max_tokens_of_an_export_folder(minilm, tmp_path):
+    from expertlens_lite.export import ExportedModel
+
+    assert export_max_tokens(minilm) == 512
+    assert export_max_tokens(ExportedModel(tmp_path, minilm.manifest)) is None  # no config files: no check
