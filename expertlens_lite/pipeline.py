@@ -31,7 +31,7 @@ from .kernels import average_precision_many
 from .measures import Measure, baseline_measures, expert_measures, score_all
 from .models.sources import resolve_model
 from .paths import DEFAULT_CORPUS, DEFAULT_HUMAN, bundled, cache_dir, check_writable
-from .results import SUMMARY, write_results, write_summary
+from .results import RESULT_FILES, SUMMARY, write_results, write_summary
 from .runtime import available_memory, compute_responses
 from .selection import Selection
 
@@ -105,6 +105,9 @@ class RunConfig:
         if (self.out / SUMMARY).exists() and not self.overwrite:
             raise InputError(f"--out {self.out} holds the results of an earlier run; pass --overwrite to replace them, or choose another --out")
         check_writable(self.out, f"--out {self.out}")
+        for name in RESULT_FILES:  # found now, not when the results are written after the slow stages
+            if (self.out / name).is_dir():
+                raise InputError(f"--out {self.out} holds a folder named {name}, where a result file goes; move it, or choose another --out")
 
 
 @dataclass

@@ -46,6 +46,8 @@ def experts_rows(ap: np.ndarray, concepts: Sequence[str], manifest: Manifest, mi
 
 
 SUMMARY = "summary.json"  # written last: a folder that has it holds a finished run's results
+EXPERTS, SIMILARITY, AP, REPORT = "experts.csv", "similarity.csv", "ap.npy", "report.html"
+RESULT_FILES = (EXPERTS, SIMILARITY, AP, REPORT, SUMMARY)
 
 
 def write_summary(out: Path, summary: dict) -> None:
@@ -74,14 +76,14 @@ def write_results(
         out.mkdir(parents=True, exist_ok=True)
         (out / SUMMARY).unlink(missing_ok=True)
         concepts = concept_set.concepts
-        write_text(out / "experts.csv", _csv_text(("concept", "layer", "unit", "ap"), experts_rows(ap, concepts, manifest, min_tau)))
+        write_text(out / EXPERTS, _csv_text(("concept", "layer", "unit", "ap"), experts_rows(ap, concepts, manifest, min_tau)))
         paper, others = measures[0], measures[1:]
         header = ["concept_a", "concept_b", "human", "jaccard", *(m.name for m in others)]
         rows = (
             [a, b, f"{score:g}", *(f"{m.pair_values[i]:.6f}" for m in measures)]
             for i, ((a, b), score) in enumerate(zip(rated.pairs, rated.scores))
         )
-        write_text(out / "similarity.csv", _csv_text(header, rows))
-        with atomic_path(out / "ap.npy", suffix=".npy") as tmp:
+        write_text(out / SIMILARITY, _csv_text(header, rows))
+        with atomic_path(out / AP, suffix=".npy") as tmp:
             np.save(tmp, ap.astype(np.float32))
-        write_text(out / "report.html", render_report(summary, measures, rated, paper, ap, manifest))
+        write_text(out / REPORT, render_report(summary, measures, rated, paper, ap, manifest))

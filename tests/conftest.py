@@ -25,6 +25,13 @@ def _use_session_cache(elens_home: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
 
+@pytest.fixture(autouse=True)
+def _in_a_scratch_folder(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test in a folder of its own: a run that a test expected to refuse, but that
+    goes ahead, writes its default --out (``elens-results``) there, not into the checkout."""
+    monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))
+
+
 def _require(package: str) -> None:
     if importlib.util.find_spec(package) is None:
         pytest.fail(f"the bundled model package {package} is not installed (see the README's install command)")

@@ -18,6 +18,7 @@ from expertlens_lite.concepts import build_concept_set, read_corpus
 from expertlens_lite.devices import cuda_available
 from expertlens_lite.export.manifest import FORMAT_VERSION
 from expertlens_lite.paths import bundled
+from expertlens_lite.results import RESULT_FILES
 
 from .test_parity import tiny_source
 
@@ -72,6 +73,7 @@ def test_run_writes_the_documented_results(minilm_run):
         assert row["measure"] in result.output
     html = (out / "report.html").read_text()
     assert "<img" in html and "Spearman" in html and "tau=0.3 jaccard" in html
+    assert sorted(p.name for p in out.iterdir()) == sorted(RESULT_FILES)
 
 
 def test_experts_and_similarity_files_agree_with_the_ap_matrix(minilm_run):
@@ -262,6 +264,12 @@ def test_a_second_run_into_the_same_out_at_once_is_refused(slice_files, tmp_path
         result = run_slice(tmp_path / "r", slice_files / "concepts.txt", "minilm")
     assert_user_error(result, f"--out {tmp_path / 'r'} is being written by another elens-lite run")
     assert not (tmp_path / "r").exists()
+
+
+def test_a_folder_where_a_result_file_goes_is_refused_before_the_run(slice_files, tmp_path):
+    (tmp_path / "r" / "experts.csv").mkdir(parents=True)
+    result = run_slice(tmp_path / "r", slice_files / "concepts.txt", "minilm", "--overwrite")
+    assert_user_error(result, f"--out {tmp_path / 'r'} holds a folder named experts.csv")
 
 
 def test_topk_not_below_the_neuron_count(minilm_run, slice_files, tmp_path):
