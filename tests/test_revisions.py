@@ -131,3 +131,23 @@ def test_a_revision_of_a_local_model_is_refused(checkpoints, tmp_path, what):
     model = "minilm" if what == "bundled" else str(checkpoints[0]["step1000"])
     result = invoke("export", "--model", model, "--revision", "step1000", "--out", str(tmp_path / "x"))
     assert_user_error(result, "--revision step1000 applies to hub model ids", "whose weights are the ones on disk")
+
+
+def test_optimum_copies_no_tokenizer_from_where_the_model_was_loaded(tmp_path, monkeypatch):
+    """For a hub id, Optimum's exporter would fetch the tokenizer at the default revision
+    (and ask for processors), not at the one asked; only the export's own load reads it."""
+    from transformers import AutoTokenizer
+
+    from expertlens_lite.export import export_model
+
+    source = tiny_source("gpt_neox", tmp_path / "model")
+    reads = []
+    real = AutoTokenizer.from_pretrained.__func__
+
+    def recorded(cls, path, *args, **kwargs):
+        reads.append(str(path))
+        return real(cls, path, *args, **kwargs)
+
+    monkeypatch.setattr(AutoTokenizer, "from_pretrained", classmethod(recorded))
+    export_model(source, tmp_path / "home")
+    assert reads.count(source.path) == 1

@@ -227,9 +227,17 @@ def _optimum_export(model, folder: Path, with_past: bool) -> None:
             "onnx", model=model, task="feature-extraction", library_name="transformers"
         )
         custom = {"model": _with_past_mask(constructor(model.config, use_past=True, use_past_in_inputs=True))}
-    with warnings.catch_warnings():  # the tracer's notes on constants are expected, not actionable
-        warnings.simplefilter("ignore")
-        onnx_export_from_model(model, folder, task="feature-extraction", custom_onnx_configs=custom, do_validation=False)
+    # Optimum then copies the model's tokenizer and processors from where the model was
+    # loaded (config._name_or_path): for a hub id, from the hub at its default revision,
+    # whatever revision was asked. Pointed at the output folder, which has none yet, it
+    # copies nothing; the export saves the tokenizer it loaded itself.
+    loaded_from, model.config._name_or_path = model.config._name_or_path, str(folder)
+    try:
+        with warnings.catch_warnings():  # the tracer's notes on constants are expected, not actionable
+            warnings.simplefilter("ignore")
+            onnx_export_from_model(model, folder, task="feature-extraction", custom_onnx_configs=custom, do_validation=False)
+    finally:
+        model.config._name_or_path = loaded_from
 
 
 def _with_past_mask(onnx_config):
