@@ -132,3 +132,10 @@ def test_gguf_of_unsupported_architecture(tmp_path, elens_home):
     writer.close()
     with pytest.raises(ModelError, match=r"GGUF architecture 'rwkv6' .* cannot be read by transformers; readable: .*llama"):
         resolve_model(str(path), None, elens_home)
+
+
+def test_dequantizing_prints_no_tokenizer_notice(tmp_path, capfd):
+    """transformers' paragraph on Llama's "legacy" tokenizer default, which says itself
+    that it does not apply to a tokenizer read from a GGUF file."""
+    gguf_to_folder(BUNDLED_MODELS["smollm2"].path(), tmp_path)
+    assert "legacy" not in capfd.readouterr().err

@@ -271,10 +271,18 @@ def gguf_to_folder(path: Path, cache_dir: Path) -> Path:
         )
     log.info("dequantizing %s to an fp32 model folder (once)", path.name)
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as transformers_logging
 
     with atomic_dir(folder) as tmp:
         model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name)
-        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        # Llama's tokenizer class warns, in a paragraph, about its "legacy" default; the
+        # warning itself says to ignore it for a tokenizer read from a GGUF file.
+        verbosity = transformers_logging.get_verbosity()
+        transformers_logging.set_verbosity_error()
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        finally:
+            transformers_logging.set_verbosity(verbosity)
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         write_json(tmp / _SIZES, file_sizes(tmp, leave_out=_SIZES))
