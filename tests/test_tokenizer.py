@@ -118,3 +118,15 @@ def test_an_export_whose_tokenizer_json_differs_is_tokenized_by_transformers(tmp
     exported = export_model(source, tmp_path / "home")
     assert not exported.manifest.tokenizer_json
     assert type(exported.tokenizer()).__name__ == "PreTrainedTokenizerFast"
+
+
+def test_an_export_made_before_the_check_is_checked_once_when_reused(tmp_path):
+    source = tiny_source("gpt_neox", tmp_path / "model", bos=True)
+    exported = export_model(source, tmp_path / "home")
+    manifest = json.loads((exported.directory / "manifest.json").read_text())
+    del manifest["tokenizer_json"]
+    (exported.directory / "manifest.json").write_text(json.dumps(manifest))
+    again = export_model(source, tmp_path / "home")
+    assert again.manifest.tokenizer_json is True and isinstance(again.tokenizer(), JsonTokenizer)
+    assert json.loads((exported.directory / "manifest.json").read_text())["tokenizer_json"] is True
+    assert again.manifest.sizes == exported.manifest.sizes  # nothing else changed

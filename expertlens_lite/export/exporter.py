@@ -117,6 +117,9 @@ def export_model(source: ModelSource, cache_dir: Path, quantize: str = "none") -
         log.warning("the cached export %s is damaged (%s); exporting it again", directory, problem)
         _export_fresh(source, directory)
     exported = ExportedModel(directory, Manifest.load(directory))
+    if exported.manifest.tokenizer_json is None:  # exported before the check existed: checked once, now
+        exported.manifest.tokenizer_json = _tokenizer_json_agrees(exported.tokenizer(), directory, source.name)
+        exported.manifest.save(directory)
     if quantize != "none" and onnx_filename(quantize) not in exported.manifest.files:
         architecture = get_architecture(exported.manifest.model_type)
         down = [architecture.onnx_scope(i) for i in range(exported.manifest.n_layers)]
@@ -273,9 +276,7 @@ def _export_fresh(source: ModelSource, directory: Path) -> None:
         if prefix.token_ids:
             save_prefix(tmp, prefix)
         tokenizer.save_pretrained(tmp)
-        tokenizer_differs = disagreement(tokenizer, tmp)
-        if tokenizer_differs:
-            log.info("runs will tokenize %s with transformers: its tokenizer.json alone differs in %s", source.name, tokenizer_differs)
+        tokenizer_json = _tokenizer_json_agrees(tokenizer, tmp, source.name)
         np.save(tmp / EMBEDDINGS, model.get_input_embeddings().weight.detach().float().numpy())
 
         encoded = encode(tokenizer, PARITY_SENTENCES)
@@ -300,8 +301,17 @@ def _export_fresh(source: ModelSource, directory: Path) -> None:
             parity_max_abs_diff=diff,
             opset=opset,
             files={"model.onnx": onnx_sha256(onnx_path)},
-            tokenizer_json=tokenizer_differs is None,
+            tokenizer_json=tokenizer_json,
         ).save(tmp)
+
+
+def _tokenizer_json_agrees(reference, directory: Path, name: str) -> bool:
+    """Whether runs can tokenize with ``directory``'s tokenizer.json alone, checked
+    against the transformers tokenizer ``reference`` saved there (:mod:`.tokenizer`)."""
+    differs = disagreement(reference, directory)
+    if differs:
+        log.info("runs will tokenize %s with transformers: its tokenizer.json alone differs in %s", name, differs)
+    return differs is None
 
 
 def prepare_graph(onnx_path: Path, scopes: list[str], units: list[int]) -> int:

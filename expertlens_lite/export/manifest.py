@@ -23,9 +23,9 @@ class Manifest:
     heads that sentences share (:mod:`expertlens_lite.heads`). ``commit``: the hub
     commit of a hub model's ``revision`` (None for local models). ``sizes``: every file
     of the export folder but the manifest, by name, in bytes (:func:`damage`; empty in
-    manifests written before it existed). ``tokenizer_json``: its ``tokenizer.json`` alone
-    was checked to tokenize as transformers does (:mod:`.tokenizer`; False in manifests
-    written before that check existed, which are tokenized by transformers).
+    manifests written before it existed). ``tokenizer_json``: whether its ``tokenizer.json``
+    alone tokenizes as transformers does (:mod:`.tokenizer`); None in manifests written
+    before that check existed, until a run checks it.
     """
 
     model: str
@@ -42,7 +42,7 @@ class Manifest:
     commit: str | None = None
     files: dict[str, str] = field(default_factory=dict)
     sizes: dict[str, int] = field(default_factory=dict)
-    tokenizer_json: bool = False
+    tokenizer_json: bool | None = None
     format_version: int = FORMAT_VERSION
 
     @property
@@ -88,7 +88,7 @@ class Manifest:
             "causal": isinstance(self.causal, bool),
             "files": mapping(self.files, str),
             "sizes": mapping(self.sizes, int),
-            "tokenizer_json": isinstance(self.tokenizer_json, bool),
+            "tokenizer_json": self.tokenizer_json is None or isinstance(self.tokenizer_json, bool),
         }
         wrong = [name for name, right in checks.items() if not right]
         if wrong:
