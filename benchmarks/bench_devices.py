@@ -37,7 +37,7 @@ from expertlens_lite.export import export_model  # noqa: E402
 from expertlens_lite.export.surgery import response_outputs  # noqa: E402
 from expertlens_lite.models.sources import ModelSource  # noqa: E402
 from expertlens_lite.pipeline import load_inputs  # noqa: E402
-from expertlens_lite.runtime import inference_session, pooled_batches  # noqa: E402
+from expertlens_lite.runtime import inference_session, plan_batches, pooled_batches  # noqa: E402
 
 
 def engine(exported, quantize: str, device: str, batch_size: int):
@@ -52,7 +52,7 @@ def engine(exported, quantize: str, device: str, batch_size: int):
     def run(sentences: list[str]) -> np.ndarray:
         encoded = encode(tokenizer, sentences)
         out = np.empty((len(sentences), exported.manifest.n_neurons), dtype=np.float32)
-        for rows, outputs in pooled_batches(session, names, encoded, PoolingOptions(), batch_size, pad_id(tokenizer), device, workers, prefix):
+        for rows, outputs in pooled_batches(session, names, encoded, plan_batches(session, encoded, PoolingOptions(), batch_size, prefix), PoolingOptions(), pad_id(tokenizer), device, workers, prefix):
             out[rows] = np.concatenate(outputs[:-1], axis=1)  # the last is the sentence embedding
         return out
 

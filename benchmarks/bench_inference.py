@@ -50,7 +50,7 @@ from expertlens_lite.export.surgery import response_outputs  # noqa: E402
 from expertlens_lite.models.sources import resolve_model  # noqa: E402
 from expertlens_lite.paths import cache_dir  # noqa: E402
 from expertlens_lite.pipeline import load_inputs  # noqa: E402
-from expertlens_lite.runtime import inference_session, pooled_batches  # noqa: E402
+from expertlens_lite.runtime import inference_session, plan_batches, pooled_batches  # noqa: E402
 
 
 def time_engine(batches, run_all) -> tuple[float, np.ndarray]:
@@ -163,7 +163,7 @@ def main() -> None:
     def onnx_engine(session):
         def run_all(_batches):
             out = np.empty((len(sentences), exported.manifest.n_neurons), dtype=np.float32)
-            for rows, outputs in pooled_batches(session, names, encoded, PoolingOptions(), args.batch_size, pad_id(tokenizer), "cpu", workers, prefix):
+            for rows, outputs in pooled_batches(session, names, encoded, plan_batches(session, encoded, PoolingOptions(), args.batch_size, prefix), PoolingOptions(), pad_id(tokenizer), "cpu", workers, prefix):
                 out[rows] = np.concatenate(outputs[:-1], axis=1)  # the last is the sentence embedding
             return out
 

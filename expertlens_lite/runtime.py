@@ -220,24 +220,6 @@ def pooled_batches(
     session,
     names: list[str],
     encoded: Encoded,
-    options: PoolingOptions,
-    batch_size: int,
-    pad: int,
-    device: str,
-    workers: int,
-    prefix: Prefix,
-    skip: int = 0,
-) -> Iterator[tuple[np.ndarray, list[np.ndarray] | None]]:
-    """``(sentences, outputs)`` for every sentence once, in batches of at most
-    ``batch_size`` (:func:`plan_batches`, :func:`run_plan`)."""
-    plan = plan_batches(session, encoded, options, batch_size, prefix)
-    yield from run_plan(session, names, encoded, plan, options, pad, device, workers, prefix, skip)
-
-
-def run_plan(
-    session,
-    names: list[str],
-    encoded: Encoded,
     plan: BatchPlan,
     options: PoolingOptions,
     pad: int,
@@ -456,7 +438,7 @@ def compute_responses(
     writers = [_RowWriter(path, shape, fresh=not done) for path, shape in zip(partial, shapes)]
     if done:
         log.info("resuming responses after %d finished batches", done)
-    results = run_plan(session, names, encoded, plan, options, pad_id(tokenizer), device, workers, prefix, skip=done)
+    results = pooled_batches(session, names, encoded, plan, options, pad_id(tokenizer), device, workers, prefix, skip=done)
     finished = 0
     try:
         for number, (rows, outputs) in enumerate(results, start=1):

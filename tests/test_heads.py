@@ -20,6 +20,7 @@ from expertlens_lite.runtime import (
     compute_responses,
     create_session,
     inference_session,
+    plan_batches,
     pooled_batches,
     shared_heads,
 )
@@ -157,7 +158,7 @@ def test_a_run_computes_only_the_outputs_it_reads(pooling, other, tmp_path, elen
     pad = pad_id(exported.tokenizer())
 
     def run(session) -> list[np.ndarray]:
-        return [o for _, outputs in pooled_batches(session, names, encoded, PoolingOptions(pooling), 7, pad, "cpu", 1, exported.prefix()) for o in outputs]
+        return [o for _, outputs in pooled_batches(session, names, encoded, plan_batches(session, encoded, PoolingOptions(pooling), 7, exported.prefix()), PoolingOptions(pooling), pad, "cpu", 1, exported.prefix()) for o in outputs]
 
     for got, want in zip(run(pruned), run(create_session(exported.onnx_path(), "cpu")), strict=True):
         np.testing.assert_array_equal(got, want)

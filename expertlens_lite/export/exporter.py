@@ -375,14 +375,16 @@ def _parity(
     scaled by max(1, |PyTorch|) (float32 cannot resolve 1e-4 on activations in the
     hundreds, which some models have), both ways the graph runs: on whole sentences
     and as a run does, heads after the ``prefix`` (:mod:`..heads`)."""
-    from ..runtime import create_session, feed_for, pooled_batches
+    from ..runtime import create_session, feed_for, plan_batches, pooled_batches
 
     session = create_session(onnx_path, device="cpu")
     names = response_outputs(n_layers, "max")
     n = len(encoded.input_ids)
-    whole = session.run(names, feed_for(session, make_batch(encoded, range(n), pad, PoolingOptions())))
+    options = PoolingOptions()
+    whole = session.run(names, feed_for(session, make_batch(encoded, range(n), pad, options)))
     run = [np.empty_like(output) for output in whole]
-    for rows, outputs in pooled_batches(session, names, encoded, PoolingOptions(), n, pad, "cpu", 1, prefix):
+    plan = plan_batches(session, encoded, options, n, prefix)
+    for rows, outputs in pooled_batches(session, names, encoded, plan, options, pad, "cpu", 1, prefix):
         for target, value in zip(run, outputs):
             target[rows] = value
     pairs = [(np.concatenate(o[:-1], axis=1), expected) for o in (whole, run)] + [(o[-1], expected_embedding) for o in (whole, run)]
