@@ -215,7 +215,7 @@ def memmap_child(path: str, n_pool: int, n_concepts: int, check_neurons: int) ->
     """Runs in a fresh process: process the file, print JSON with timings and peak RSS."""
     from sklearn.metrics import average_precision_score
 
-    x = np.load(path, mmap_mode="r")
+    x = np.load(Path(path), mmap_mode="r")  # a Path, as the pipeline opens its responses
     n_sentences, n_neurons = x.shape
     rng = np.random.default_rng(1)
     n_pos = (n_sentences - n_pool) // n_concepts

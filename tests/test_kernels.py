@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import importlib
+import mmap
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -327,3 +330,42 @@ def test_float16_and_wider_copies_give_identical_aps(wide_digits, monkeypatch):
         np.testing.assert_array_equal(
             average_precision_many(x.astype(wider), positives, pool, excluded), base
         )
+
+
+@pytest.mark.parametrize("as_path", [str, Path])
+def test_memmap_is_read_with_positioned_reads(as_path, tmp_path, monkeypatch):
+    """A file-backed input is read with ``os.preadv``, not through its mapping,
+    whether ``np.load`` got a string or a ``Path`` (a Path used to turn the reads
+    off, so resident memory grew with the pages the mapping touched)."""
+    x, positives, pool, excluded, expected = _small_concepts()
+    np.save(tmp_path / "r.npy", x)
+    reads = []
+    preadv = os.preadv
+    monkeypatch.setattr(os, "preadv", lambda *args: reads.append(args[2]) or preadv(*args))
+    got = average_precision_many(np.load(as_path(tmp_path / "r.npy"), mmap_mode="r"), positives, pool, excluded, block_size=32)
+    np.testing.assert_array_equal(got, expected)
+    rows_in_use = len(pool) + sum(len(p) for p in positives)
+    assert len(reads) >= 1 + rows_in_use  # the probe, then every row in use of each read
+
+
+@pytest.mark.parametrize("missing", ["preadv", "madvise"])
+def test_memmap_without_posix_calls_reads_through_the_mapping(missing, tmp_path, monkeypatch):
+    """Where a platform's Python lacks ``os.preadv`` or ``madvise`` (Windows), a
+    memory-mapped input is read through its mapping, and its pages are left to the OS
+    (both used to fail with AttributeError). Without ``madvise``, a Fortran-order
+    file, whose rows are not contiguous, is the case that reads through the mapping."""
+    x, positives, pool, excluded, expected = _small_concepts()
+    np.save(tmp_path / "r.npy", x if missing == "preadv" else np.asfortranarray(x))
+    monkeypatch.delattr(*((os, "preadv") if missing == "preadv" else (mmap, "MADV_DONTNEED")))
+    got = average_precision_many(np.load(str(tmp_path / "r.npy"), mmap_mode="r"), positives, pool, excluded, block_size=32)
+    np.testing.assert_array_equal(got, expected)
+
+
+def _small_concepts():
+    """Responses, four concepts' rows and their APs computed in memory."""
+    rng = np.random.default_rng(11)
+    x = rng.normal(size=(300, 90)).astype(np.float32)
+    pool = np.arange(0, 300, 3)
+    positives = [np.arange(1, 300, 3)[c::4] for c in range(4)]
+    excluded = [pool[c::5] for c in range(4)]
+    return x, positives, pool, excluded, average_precision_many(x, positives, pool, excluded)

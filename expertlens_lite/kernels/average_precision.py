@@ -819,20 +819,23 @@ def _droppable(root: np.memmap | None) -> bool:
 
     Shared mappings (modes "r", "r+", "w+") are backed by the file, so dropping
     their pages only means reading them again; copy-on-write ("c") pages are not.
+    Where ``madvise`` is missing (Windows), nothing is dropped.
     """
-    return root is not None and root.mode != "c"
+    return root is not None and root.mode != "c" and hasattr(mmap, "MADV_DONTNEED")
 
 
 def _open_rows(x: np.ndarray, mapping: mmap.mmap, root: np.memmap | None) -> _RowFile | None:
     """A reader of ``x``'s rows straight from its file, or None if that is unsafe.
 
-    Needs a shared mapping made by ``np.memmap`` of a named file, contiguous
-    rows, and a file offset that checks out against the mapped bytes.
+    Needs ``os.preadv`` (not every platform's Python has it), a shared mapping made
+    by ``np.memmap`` of a named file, contiguous rows, and a file offset that checks
+    out against the mapped bytes.
     """
     if (
-        root is None
+        not hasattr(os, "preadv")
+        or root is None
         or root.mode == "c"
-        or not isinstance(root.filename, str)
+        or not isinstance(root.filename, (str, os.PathLike))  # np.load(Path) keeps the Path
         or x.shape[0] == 0
         or x.shape[1] == 0
         or x.strides[1] != x.dtype.itemsize
@@ -844,7 +847,7 @@ def _open_rows(x: np.ndarray, mapping: mmap.mmap, root: np.memmap | None) -> _Ro
     mapped_at = np.frombuffer(mapping, np.uint8).ctypes.data
     map_start = root.offset - root.offset % mmap.ALLOCATIONGRANULARITY
     first = map_start + x.ctypes.data - mapped_at
-    reader = _RowFile(root.filename, first, x.strides[0], x.dtype)
+    reader = _RowFile(os.fspath(root.filename), first, x.strides[0], x.dtype)
     probe = np.empty(x.shape[1], x.dtype)
     try:
         reader.read_into(probe, first)
