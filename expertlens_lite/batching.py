@@ -13,6 +13,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .errors import InputError
+
+POOLINGS = ("max", "mean")  # how a neuron's responses over a sentence's tokens become one
+
 
 @dataclass(frozen=True)
 class PoolingOptions:
@@ -29,6 +33,12 @@ class PoolingOptions:
     pooling: str = "max"
     keep_special_tokens: bool = False
     skip_first_token: bool = False
+
+    def __post_init__(self) -> None:
+        # Checked here, where every stage gets its options, rather than failing as a
+        # missing graph output of ONNX Runtime.
+        if self.pooling not in POOLINGS:
+            raise InputError(f"--pooling must be one of {', '.join(POOLINGS)}; got {self.pooling!r}")
 
     def key(self) -> str:
         return f"{self.pooling}-special{int(self.keep_special_tokens)}-skipfirst{int(self.skip_first_token)}"

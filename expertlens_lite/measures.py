@@ -9,6 +9,7 @@ the paper's measure (τ-Jaccard at the first τ) by a paired bootstrap.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -23,6 +24,8 @@ from .kernels import jaccard_matrix, popcount
 from .runtime import Responses
 from .selection import Selection, base_rates, select
 from .similarity import PROFILE_SIMILARITIES, profile_similarity
+
+log = logging.getLogger(__name__)
 
 PAPER_MEASURE = "tau"
 
@@ -83,6 +86,11 @@ def expert_measures(ap: np.ndarray, concept_set: ConceptSet, selections: Sequenc
     rates = base_rates(n_pos, n_neg)
     measures = []
     for selection in selections:
+        if selection.rule == "lift" and (unreachable := int(np.sum(rates * selection.parameter > 1))):
+            log.warning(
+                "--lift %g selects no expert for %d of %d concepts: their base rate P/(P+N) is above 1/%g, so their AP "
+                "would have to exceed 1; lower --lift or raise --n-neg", selection.parameter, unreachable, len(rates), selection.parameter,
+            )
         bits = select(ap, selection, rates)
         measures.append(Measure(f"{selection.label} jaccard", "experts", selection, "jaccard", jaccard_matrix(bits), popcount(bits)))
     for name in profiles:

@@ -9,11 +9,10 @@ library.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -22,12 +21,19 @@ import numpy as np
 from . import __version__
 from .alignment import Bootstrap, bootstrap_bytes
 from .batching import PoolingOptions
-from .concepts import ConceptSet, build_concept_set, read_concepts, read_corpus, word_index
+from .concepts import (
+    ConceptSet,
+    build_concept_set,
+    read_concepts,
+    read_corpus,
+    word_index,
+)
 from .devices import resolve_device
 from .errors import InputError, ResourceError
 from .export import QUANTIZATIONS, ExportedModel, export_model
 from .human import HumanPairs, read_human_pairs
 from .kernels import average_precision_many
+from .locks import refusing
 from .measures import Measure, baseline_measures, expert_measures, score_all
 from .models.sources import resolve_model
 from .paths import DEFAULT_CORPUS, DEFAULT_HUMAN, bundled, cache_dir, check_writable
@@ -68,6 +74,18 @@ class RunConfig:
     out: Path = Path("elens-results")
     overwrite: bool = False
 
+    def __post_init__(self) -> None:
+        """Paths given as strings, and rules given as a list, one number or None (no such
+        rule), as library users write them, become what the CLI passes (an ``out`` string
+        used to fail with AttributeError, a list of τs made the config unhashable)."""
+        for name in ("corpus", "concepts", "human", "out"):
+            if isinstance(value := getattr(self, name), str):
+                object.__setattr__(self, name, Path(value))
+        for name in ("taus", "lifts", "topks", "top_fracs"):
+            value = getattr(self, name)
+            if value is None or isinstance(value, (int, float, list)):
+                object.__setattr__(self, name, () if value is None else tuple(value) if isinstance(value, list) else (value,))
+
     def headline(self) -> str:
         """The measure a run leads with: Jaccard of the first top-fraction rule, chosen by
         measurement on two models and three corpora (RESULTS.md); the paper's τ-Jaccard
@@ -86,14 +104,17 @@ class RunConfig:
 
     def validate(self) -> None:
         """Checks of option values and of the results folder, before anything slow starts."""
+        for name in ("n_pos", "n_neg", "min_pos", "seed", "batch_size", "n_bootstrap"):
+            if isinstance(value := getattr(self, name), bool) or not isinstance(value, (int, np.integer)):
+                raise InputError(f"--{name.replace('_', '-')} must be a whole number; got {value!r}")
         if not self.taus:
             raise InputError("give at least one --tau")
         self.selections()  # each rule checks its own parameter
         if self.quantize not in QUANTIZATIONS:
             raise InputError(f"--quantize must be one of {', '.join(QUANTIZATIONS)}")
         resolve_device(self.device)  # --device cuda without CUDA fails now, not after the export
-        if self.pooling.pooling not in ("max", "mean"):
-            raise InputError("--pooling must be 'max' or 'mean'")
+        if not isinstance(self.pooling, PoolingOptions) or self.pooling.pooling not in ("max", "mean"):
+            raise InputError("--pooling must be 'max' or 'mean' (in a RunConfig: PoolingOptions('max') or PoolingOptions('mean'))")
         if self.batch_size < 1:
             raise InputError("--batch-size must be a positive integer")
         if self.n_bootstrap < 100:
@@ -175,26 +196,15 @@ def run(config: RunConfig, progress: Progress | None = None) -> RunResult:
         return _run(config, cache, progress)
 
 
-@contextmanager
-def _only_run_into(out: Path, cache: Path) -> Iterator[None]:
+def _only_run_into(out: Path, cache: Path) -> AbstractContextManager[None]:
     """Hold ``out`` for this run alone; a second run into it meanwhile is refused.
 
     Two runs into one folder at once would both pass the check for an earlier
     ``summary.json`` and then interleave their files, one's summary beside the other's
-    results (seen in an audit). The lock is a file in the cache, named by the folder's
-    resolved path, so that a refused run leaves nothing in ``out``; ``flock`` releases it
-    when the process ends, however it ends.
+    results (seen in an audit). The lock lives in the cache (:mod:`.locks`), so that a
+    refused run leaves nothing in ``out``.
     """
-    import fcntl
-
-    lock = cache / "locks" / f"{hashlib.sha256(str(out.resolve()).encode()).hexdigest()[:16]}.lock"
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    with lock.open("w") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise InputError(f"--out {out} is being written by another elens-lite run; wait for it, or choose another --out") from None
-        yield
+    return refusing(out, cache, f"--out {out} is being written by another elens-lite run; wait for it, or choose another --out")
 
 
 def _run(config: RunConfig, cache: Path, progress: Progress | None) -> RunResult:

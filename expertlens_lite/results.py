@@ -26,6 +26,7 @@ from .export import Manifest
 from .human import HumanPairs
 from .measures import Measure
 from .report import render_report
+from .selection import AP_ROUNDING
 
 
 def _csv_text(header: Sequence[str], rows) -> str:
@@ -37,10 +38,11 @@ def _csv_text(header: Sequence[str], rows) -> str:
 
 
 def experts_rows(ap: np.ndarray, concepts: Sequence[str], manifest: Manifest, min_tau: float):
-    """``(concept, layer, unit, ap)`` for each AP ≥ ``min_tau``, by concept then descending AP."""
+    """``(concept, layer, unit, ap)`` for each AP ≥ ``min_tau`` (with the expert sets'
+    margin, :data:`.selection.AP_ROUNDING`), by concept then descending AP."""
     layers, units = (np.asarray(a) for a in manifest.layer_and_unit())
     for c, concept in enumerate(concepts):
-        columns = np.flatnonzero(ap[c] >= min_tau)
+        columns = np.flatnonzero(ap[c] + AP_ROUNDING >= min_tau)
         for m in columns[np.argsort(-ap[c, columns], kind="stable")]:
             yield concept, int(layers[m]), int(units[m]), f"{ap[c, m]:.6f}"
 

@@ -50,6 +50,7 @@ from .heads import (
     is_fed_back,
 )
 from .lengths import check_lengths, export_max_tokens
+from .locks import waiting_for
 
 log = logging.getLogger(__name__)
 
@@ -412,20 +413,48 @@ def compute_responses(
 ) -> Responses:
     """Run every sentence once and return (or reuse) the cached response matrices.
 
-    ``progress(done, total)`` is called after each batch, in sentences.
+    ``sentences_hash`` names the cache entry, so it must identify ``sentences``
+    (:meth:`.ConceptSet.sentences_hash`). ``progress(done, total)`` is called after
+    each batch, in sentences.
     """
-    if batch_size < 1:
+    if isinstance(sentences, str) or not isinstance(sentences, Sequence) or not sentences:
+        raise InputError(f"sentences must be a non-empty list of strings; got {type(sentences).__name__} {str(sentences)[:40]!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise InputError("--batch-size must be a positive integer")
+    cache_dir = Path(cache_dir)
     device = resolve_device(device)  # checked even when the responses are cached
     directory = cache_dir / "responses" / responses_key(exported, sentences_hash, options, quantize)
+    with waiting_for(directory, cache_dir, "the same responses"):
+        return _cached_or_computed(exported, sentences, directory, options, quantize, device, batch_size, progress)
+
+
+def _cached_or_computed(
+    exported: ExportedModel,
+    sentences: Sequence[str],
+    directory: Path,
+    options: PoolingOptions,
+    quantize: str,
+    device: str,
+    batch_size: int,
+    progress: Callable[[int, int], None] | None,
+) -> Responses:
+    """:func:`compute_responses` once it holds ``directory``: the cached matrices, or
+    the sentences run (resumed where an interrupted run left them) and cached."""
     final = directory / "neurons.npy", directory / "sentence_embeddings.npy"
     if all(p.exists() for p in final):
         try:
-            return Responses(np.load(final[0], mmap_mode="r"), np.load(final[1], mmap_mode="r"), directory)
+            cached = Responses(np.load(final[0], mmap_mode="r"), np.load(final[1], mmap_mode="r"), directory)
         except ValueError as exc:  # cut short from outside (they are renamed into place complete); a cache: made again
             log.warning("the cached responses in %s are damaged (%s); computing them again", directory, exc)
             for path in final:
                 path.unlink()
+        else:
+            if len(cached.neurons) != len(sentences):  # the key trusts the caller's hash
+                raise InputError(
+                    f"the cached responses in {directory} are of {len(cached.neurons)} sentences, not the "
+                    f"{len(sentences)} given: sentences_hash must identify the sentences (ConceptSet.sentences_hash())"
+                )
+            return cached
 
     tokenizer = exported.tokenizer()
     encoded = encode(tokenizer, sentences)

@@ -361,6 +361,25 @@ def test_memmap_without_posix_calls_reads_through_the_mapping(missing, tmp_path,
     np.testing.assert_array_equal(got, expected)
 
 
+@pytest.mark.parametrize("change", ["rewritten", "deleted"])
+def test_memmap_whose_file_name_changed_is_read_through_the_mapping(change, tmp_path):
+    """The positioned reads reopen the file by name. A file renamed over it since (here
+    with the same first row, which was all that was checked) used to be read instead of
+    the mapped array, and a deleted one raised FileNotFoundError."""
+    x, positives, pool, excluded, expected = _small_concepts()
+    path = tmp_path / "r.npy"
+    np.save(path, x)
+    mapped = np.load(path, mmap_mode="r")
+    if change == "rewritten":
+        other = x.copy()
+        other[1:] = np.random.default_rng(12).normal(size=(x.shape[0] - 1, x.shape[1]))
+        np.save(tmp_path / "new.npy", other)
+        os.replace(tmp_path / "new.npy", path)
+    else:
+        path.unlink()
+    np.testing.assert_array_equal(average_precision_many(mapped, positives, pool, excluded, block_size=32), expected)
+
+
 def _small_concepts():
     """Responses, four concepts' rows and their APs computed in memory."""
     rng = np.random.default_rng(11)

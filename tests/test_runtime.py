@@ -4,6 +4,9 @@ from its finished batches; padding never wins the max."""
 
 from __future__ import annotations
 
+import threading
+import time
+
 import numpy as np
 import pytest
 
@@ -17,6 +20,7 @@ from expertlens_lite.batching import (
     pad_id,
 )
 from expertlens_lite.concepts import read_corpus
+from expertlens_lite.errors import InputError
 from expertlens_lite.export.surgery import neuron_output
 from expertlens_lite.paths import bundled
 from expertlens_lite.runtime import compute_responses, create_session, run_batches
@@ -151,3 +155,35 @@ def test_stopping_early_starts_no_further_batches(minilm):
     next(results)
     results.close()
     assert len(taken) <= 4 < len(batches)  # at most the workers' batches and one queued
+
+
+def test_two_runs_of_the_same_new_responses_compute_them_once(minilm, tmp_path, monkeypatch, caplog):
+    """A second run that needs the responses a first one is computing waits for them and
+    reuses them; both used to write the same partial files, and one failed with a traceback."""
+    ran = count_batches_run(monkeypatch)
+    first_batch, results = threading.Event(), {}
+
+    def slow_start(done, total):
+        if not first_batch.is_set():
+            first_batch.set()
+            time.sleep(1.0)  # the second run reaches the lock meanwhile
+
+    def run(name, progress=None):
+        results[name] = compute_responses(minilm, SENTENCES, "shared", tmp_path, batch_size=4, device="cpu", progress=progress)
+
+    first = threading.Thread(target=run, args=("first", slow_start))
+    first.start()
+    assert first_batch.wait(60)
+    run("second")
+    first.join()
+    assert len(ran) == 5  # one run's batches
+    assert "waiting for another elens-lite run that is making the same responses" in caplog.text
+    np.testing.assert_array_equal(np.asarray(results["first"].neurons), np.asarray(results["second"].neurons))
+
+
+def test_cached_responses_of_other_sentences_are_refused(minilm, tmp_path):
+    """The cache key trusts the caller's hash of the sentences; a hash reused for another
+    list used to return the first list's matrix, silently."""
+    compute_responses(minilm, SENTENCES[:3], "reused", tmp_path, batch_size=4, device="cpu")
+    with pytest.raises(InputError, match="are of 3 sentences, not the 4 given: sentences_hash must identify the sentences"):
+        compute_responses(minilm, SENTENCES[:4], "reused", tmp_path, batch_size=4, device="cpu")

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from expertlens_lite import runtime
-from expertlens_lite.batching import Encoded
-from expertlens_lite.errors import InputError
+from expertlens_lite.batching import Encoded, PoolingOptions
+from expertlens_lite.errors import InputError, ModelError
 from expertlens_lite.lengths import check_lengths, export_max_tokens, max_tokens
 from expertlens_lite.runtime import compute_responses
 
@@ -164,3 +164,24 @@ def test_available_memory_counts_the_reclaimable_page_cache(tmp_path):
     if gap < 128 << 20:
         pytest.skip(f"MemAvailable and MemFree differ by only {gap >> 20} MiB here")
     assert abs(runtime.available_memory() - _meminfo_bytes("MemAvailable")) < gap / 2
+
+
+@pytest.mark.parametrize(
+    ("sentences", "options", "quantize", "batch_size", "message"),
+    [
+        ("The cat sat.", PoolingOptions(), "none", 4, "sentences must be a non-empty list of strings; got str 'The cat sat.'"),
+        ([], PoolingOptions(), "none", 4, "sentences must be a non-empty list of strings; got list '[]'"),
+        (SENTENCES[:2], PoolingOptions(), "none", 1.5, "--batch-size must be a positive integer"),
+        (SENTENCES[:2], PoolingOptions(), "int4", 4, "unknown quantization 'int4'; choose one of none, int8, fp16"),
+    ],
+)
+def test_library_inputs_of_the_wrong_kind_are_one_line_errors(minilm, tmp_path, sentences, options, quantize, batch_size, message):
+    """A string used to run as one sentence per character, an empty list failed in
+    NumPy, and int4 was said to be exportable with --quantize int4."""
+    with pytest.raises((InputError, ModelError), match=f"^{re.escape(message)}$"):
+        compute_responses(minilm, sentences, "kinds", str(tmp_path), options=options, quantize=quantize, batch_size=batch_size, device="cpu")
+
+
+def test_unknown_pooling_is_refused_where_the_options_are_made():
+    with pytest.raises(InputError, match=r"^--pooling must be one of max, mean; got 'median'$"):
+        PoolingOptions("median")

@@ -93,3 +93,42 @@ def test_alignment_matches_scipy_and_bootstrap_is_sane():
     assert boot.paired_p_value(np.asarray(human.scores), RNG.random(len(pairs))) < 0.05
     assert boot.paired_p_value(values, values) == 1.0
     assert math.isnan(boot.align(np.zeros(len(pairs))).spearman)  # constant: undefined, not an error
+
+
+def test_an_ap_that_equals_the_threshold_exactly_is_an_expert():
+    """Four positives ranked 1, 6, 9 and 12 of 12 have AP (1 + 2/6 + 3/9 + 4/12) / 4 = 1/2
+    exactly (sklearn says 0.5), but the kernel's sum of rounded fractions is
+    0.49999999999999994, which AP ≥ τ = 0.5 used to leave out; AP / base rate = 1/2 / (4/12)
+    = 1.5 likewise. A neuron a little further below stays out."""
+    from sklearn.metrics import average_precision_score
+
+    from expertlens_lite.kernels import average_precision
+
+    labels = np.array([1, 0, 0, 0, 0, 1, 0, 0, 1, 0, 0, 1])
+    scores = np.arange(12, 0, -1.0)[:, None]
+    ap = average_precision(scores, labels)[None]
+    assert average_precision_score(labels, scores[:, 0]) == 0.5 and ap[0, 0] < 0.5  # the rounding this is about
+    ap = np.hstack([ap, ap - 1e-9])
+    assert unpack_masks(select(ap, Selection("tau", 0.5), None), 2).tolist() == [[True, False]]
+    assert unpack_masks(select(ap, Selection("lift", 1.5), base_rates(np.array([4]), np.array([8]))), 2).tolist() == [[True, False]]
+
+
+def test_a_lift_that_some_concepts_cannot_reach_is_warned_about(caplog):
+    """With 30 positives and 200 negatives the base rate is 0.13, so a lift of 10 would
+    need an AP of 1.3: every such set used to come out empty without a word."""
+    from expertlens_lite.concepts import ConceptSet
+    from expertlens_lite.measures import expert_measures
+
+    concepts = ConceptSet(
+        sentences=tuple(f"s{i}" for i in range(430)),
+        concepts=("a", "b"),
+        positives=(np.arange(200, 230), np.arange(230, 430)),
+        pool=np.arange(200),
+        excluded=(np.array([], int), np.array([], int)),
+    )
+    ap = np.random.default_rng(0).uniform(size=(2, 50))
+    expert_measures(ap, concepts, [Selection("lift", 10.0), Selection("lift", 2.0)], profiles=())
+    assert caplog.messages == [
+        "--lift 10 selects no expert for 2 of 2 concepts: their base rate P/(P+N) is above 1/10, so their AP would "
+        "have to exceed 1; lower --lift or raise --n-neg"
+    ]

@@ -27,6 +27,7 @@ from ..atomic import atomic_dir
 from ..batching import Encoded, PoolingOptions, encode, iter_batches, make_batch, pad_id
 from ..concepts import read_corpus
 from ..errors import ModelError, first_line
+from ..locks import waiting_for
 from ..models import Architecture, get_architecture
 from ..models.sources import ModelSource, cannot_load
 from ..paths import DEFAULT_CORPUS, bundled
@@ -71,6 +72,7 @@ class ExportedModel:
     def onnx_path(self, quantize: str = "none") -> Path:
         """The ONNX file of the ``quantize`` variant, which ``export_model(source, cache,
         quantize)`` makes."""
+        _check_quantize(quantize)
         if onnx_filename(quantize) not in self.manifest.files:
             raise ModelError(f"{self.directory} has no {quantize} variant; export it with --quantize {quantize}")
         return self.directory / onnx_filename(quantize)
@@ -103,14 +105,25 @@ def export_dir(source: ModelSource, cache_dir: Path) -> Path:
     return cache_dir / "models" / f"{readable}-{export_key(source)}"
 
 
+def _check_quantize(quantize: str) -> None:
+    if quantize not in QUANTIZATIONS:
+        raise ModelError(f"unknown quantization {quantize!r}; choose one of {', '.join(QUANTIZATIONS)}")
+
+
 def export_model(source: ModelSource, cache_dir: Path, quantize: str = "none") -> ExportedModel:
     """Export (or reuse) ``source`` and make sure its ``quantize`` variant exists; a folder
     that ``elens-lite export`` wrote is used as it is (:func:`_given_export`)."""
-    if quantize not in QUANTIZATIONS:
-        raise ModelError(f"unknown quantization {quantize!r}; choose one of {', '.join(QUANTIZATIONS)}")
+    _check_quantize(quantize)
     if (Path(source.path) / MANIFEST).exists():
         return _given_export(Path(source.path), quantize)
     directory = export_dir(source, cache_dir)
+    with waiting_for(directory, cache_dir, f"the export of {source.name}"):
+        return _cached_export(source, directory, quantize)
+
+
+def _cached_export(source: ModelSource, directory: Path, quantize: str) -> ExportedModel:
+    """:func:`export_model` once it holds ``directory``: the cached export, made or
+    repaired if need be, with its ``quantize`` variant."""
     if not (directory / MANIFEST).exists():
         _export_fresh(source, directory)
     elif (problem := damage(directory)) is not None:  # a cache: made again, not refused

@@ -790,6 +790,19 @@ class _RowFile:
             os.posix_fadvise(self._fd, start + r * self._row_stride, length,
                              os.POSIX_FADV_WILLNEED)
 
+    def size(self) -> int:
+        """Bytes in the file."""
+        return os.fstat(self._fd).st_size
+
+    def holds(self, x: np.ndarray, row: int) -> bool:
+        """Whether the file's ``row`` is ``x``'s (the mapped array's)."""
+        probe = np.empty(x.shape[1], x.dtype)
+        try:
+            self.read_into(probe, self._first + row * self._row_stride)
+        except (InputError, OSError):
+            return False
+        return probe.tobytes() == x[row].tobytes()
+
     def read_into(self, buffer: np.ndarray, offset: int) -> None:
         if os.preadv(self._fd, [buffer], offset) != buffer.nbytes:
             raise InputError(
@@ -828,8 +841,11 @@ def _open_rows(x: np.ndarray, mapping: mmap.mmap, root: np.memmap | None) -> _Ro
     """A reader of ``x``'s rows straight from its file, or None if that is unsafe.
 
     Needs ``os.preadv`` (not every platform's Python has it), a shared mapping made
-    by ``np.memmap`` of a named file, contiguous rows, and a file offset that checks
-    out against the mapped bytes.
+    by ``np.memmap`` of a named file, contiguous rows, and the file under that name
+    still being the mapped one: of the mapped file's size (``mmap.size()`` reads the
+    file the mapping keeps open), with the same first and last rows at the offset
+    worked out. A file renamed over it with the same size and the same first and last
+    rows would pass; nothing portable tells which file a mapping is of.
     """
     if (
         not hasattr(os, "preadv")
@@ -847,14 +863,11 @@ def _open_rows(x: np.ndarray, mapping: mmap.mmap, root: np.memmap | None) -> _Ro
     mapped_at = np.frombuffer(mapping, np.uint8).ctypes.data
     map_start = root.offset - root.offset % mmap.ALLOCATIONGRANULARITY
     first = map_start + x.ctypes.data - mapped_at
-    reader = _RowFile(os.fspath(root.filename), first, x.strides[0], x.dtype)
-    probe = np.empty(x.shape[1], x.dtype)
     try:
-        reader.read_into(probe, first)
-    except (InputError, OSError):
-        reader.close()
+        reader = _RowFile(os.fspath(root.filename), first, x.strides[0], x.dtype)
+    except OSError:  # deleted or moved since it was mapped; the mapping still reads
         return None
-    if probe.tobytes() != x[0].tobytes():
-        reader.close()
+    if reader.size() != mapping.size() or not all(reader.holds(x, row) for row in (0, x.shape[0] - 1)):
+        reader.close()  # the name now holds another file (rewritten and renamed into place)
         return None
     return reader

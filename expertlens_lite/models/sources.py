@@ -20,6 +20,7 @@ from pathlib import Path
 
 from ..atomic import atomic_dir, file_sizes, size_damage, write_json
 from ..errors import ModelError, first_line
+from ..locks import waiting_for
 
 log = logging.getLogger(__name__)
 
@@ -256,6 +257,12 @@ def gguf_to_folder(path: Path, cache_dir: Path) -> Path:
     """
     _check_gguf_magic(path)
     folder = cache_dir / "gguf" / file_sha256(path)[:16]
+    with waiting_for(folder, cache_dir, f"the dequantized copy of {path.name}"):
+        return _dequantized(path, folder)
+
+
+def _dequantized(path: Path, folder: Path) -> Path:
+    """:func:`gguf_to_folder` once it holds ``folder``: the copy made, or reused."""
     if folder.exists():
         problem = _dequantized_damage(folder)
         if problem is None:
