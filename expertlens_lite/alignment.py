@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy import stats
 
+from .errors import InputError
 from .human import HumanPairs
 
 
@@ -35,6 +36,8 @@ class Alignment:
 def pair_values(matrix: np.ndarray, concepts: tuple[str, ...] | list[str], human: HumanPairs) -> np.ndarray:
     """``matrix[a, b]`` for each rated pair ``(a, b)`` of ``human`` (whose words must be concepts)."""
     position = {c: i for i, c in enumerate(concepts)}
+    if missing := sorted(human.words - position.keys()):
+        raise InputError(f"the rated pairs name words that are not concepts: {', '.join(missing[:5])}; restrict them first (HumanPairs.restricted_to)")
     rows = np.array([position[a] for a, _ in human.pairs], dtype=np.int64)
     cols = np.array([position[b] for _, b in human.pairs], dtype=np.int64)
     return np.asarray(matrix)[rows, cols]
@@ -68,13 +71,15 @@ class Bootstrap:
     Args:
         human: the rated pairs every measure is scored against.
         n_resamples: bootstrap resamples (percentile method).
-        rng: source of randomness (seeded by the caller).
+        rng: source of randomness (seeded by the caller), or a seed.
     """
 
-    def __init__(self, human: HumanPairs, n_resamples: int, rng: np.random.Generator) -> None:
+    def __init__(self, human: HumanPairs, n_resamples: int, rng: np.random.Generator | int) -> None:
+        if isinstance(n_resamples, bool) or not isinstance(n_resamples, (int, np.integer)) or n_resamples < 1:
+            raise InputError(f"n_resamples must be a positive whole number; got {n_resamples!r}")
         self.human = np.asarray(human.scores, dtype=np.float64)
         n = len(self.human)
-        self.indices = rng.integers(0, n, size=(n_resamples, n))
+        self.indices = np.random.default_rng(rng).integers(0, n, size=(n_resamples, n))
         self._human_resampled = self.human[self.indices]
 
     def resampled_rho(self, values: np.ndarray) -> np.ndarray:
@@ -82,9 +87,12 @@ class Bootstrap:
         return _rowwise_spearman(np.asarray(values, dtype=np.float64)[self.indices], self._human_resampled)
 
     def align(self, values: np.ndarray) -> Alignment:
-        """Spearman ρ of ``values`` (one per rated pair) with the human scores."""
+        """Spearman ρ of ``values`` (one per rated pair) with the human scores; all NaN
+        where ρ is undefined (constant values, or a NaN among them)."""
         values = np.asarray(values, dtype=np.float64)
-        if np.ptp(values) == 0:  # constant: ρ undefined
+        if values.shape != self.human.shape:
+            raise InputError(f"values must have one number per rated pair ({len(self.human)}); got shape {values.shape}")
+        if np.ptp(values) == 0 or not np.all(np.isfinite(values)):
             return Alignment(math.nan, math.nan, math.nan, math.nan, len(values))
         result = stats.spearmanr(values, self.human)
         boot = self.resampled_rho(values)

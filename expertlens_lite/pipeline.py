@@ -79,8 +79,8 @@ class RunConfig:
         rule), as library users write them, become what the CLI passes (an ``out`` string
         used to fail with AttributeError, a list of τs made the config unhashable)."""
         for name in ("corpus", "concepts", "human", "out"):
-            if isinstance(value := getattr(self, name), str):
-                object.__setattr__(self, name, Path(value))
+            if isinstance(value := getattr(self, name), (str, Path)):  # ~ too: --out=~/r reaches us unexpanded
+                object.__setattr__(self, name, Path(value).expanduser())
         for name in ("taus", "lifts", "topks", "top_fracs"):
             value = getattr(self, name)
             if value is None or isinstance(value, (int, float, list)):

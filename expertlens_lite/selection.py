@@ -55,6 +55,8 @@ class Selection:
     def __post_init__(self) -> None:
         if self.rule not in RULES:
             raise InputError(f"unknown selection rule {self.rule!r}; choose one of {', '.join(RULES)}")
+        if isinstance(self.parameter, bool) or not isinstance(self.parameter, (int, float, np.integer, np.floating)):
+            raise InputError(f"{OPTIONS[self.rule]} must be a number, got {self.parameter!r}")
         if not math.isfinite(self.parameter) or not _ALLOWED[self.rule][0](self.parameter):
             raise InputError(f"{OPTIONS[self.rule]} must be {_ALLOWED[self.rule][1]}, got {self.parameter:g}")
 
@@ -81,6 +83,9 @@ def select(ap: np.ndarray, selection: Selection, base_rate: np.ndarray | None) -
 
     ``base_rate`` ``[C]`` is needed by the ``lift`` rule only.
     """
+    ap = np.asarray(ap, dtype=np.float64)
+    if selection.rule == "lift" and base_rate is None:
+        raise InputError("the lift rule needs the concepts' base rates (selection.base_rates)")
     if selection.rule == "tau":
         return threshold_bitsets(ap + AP_ROUNDING, [selection.parameter])[0]
     if selection.rule == "lift":

@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from .baselines import cosine_matrix
+from .errors import InputError
 
 PROFILE_SIMILARITIES = ("cosine", "pearson", "weighted_jaccard")
 
@@ -33,6 +34,8 @@ def weighted_jaccard_matrix(profiles: np.ndarray) -> np.ndarray:
 
 def profile_similarity(ap: np.ndarray, name: str) -> np.ndarray:
     """Concept-by-concept similarity ``[C, C]`` of AP profiles ``[C, N]``."""
+    if np.ndim(ap) != 2:
+        raise InputError(f"AP profiles must be a [concepts, neurons] matrix; got {np.ndim(ap)} dimension(s)")
     if name == "cosine":
         return cosine_matrix(ap)
     if name == "pearson":
@@ -40,4 +43,4 @@ def profile_similarity(ap: np.ndarray, name: str) -> np.ndarray:
         return cosine_matrix(ap - ap.mean(axis=1, keepdims=True))
     if name == "weighted_jaccard":
         return weighted_jaccard_matrix(ap)
-    raise ValueError(f"unknown profile similarity {name!r}")
+    raise InputError(f"unknown profile similarity {name!r}; choose one of {', '.join(PROFILE_SIMILARITIES)}")

@@ -10,8 +10,9 @@ from .errors import InputError
 def read_text_file(path: Path | str, what: str) -> tuple[Path, str]:
     """The UTF-8 text of ``path``, without the byte-order mark some editors (Windows
     Notepad) put first, which would otherwise stick to the first word; a missing or
-    undecodable file raises InputError naming ``what``."""
-    path = Path(path)
+    undecodable file raises InputError naming ``what``. A leading ``~`` is the home
+    folder, which the shell does not expand in ``--corpus=~/corpus.txt``."""
+    path = Path(path).expanduser()
     if not path.exists():
         raise InputError(f"{what} file not found: {path}")
     if path.is_dir():  # anything else is read: a pipe (``--corpus <(zcat big.txt.gz)``) too

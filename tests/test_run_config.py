@@ -34,3 +34,13 @@ def test_strings_lists_and_single_numbers_become_what_the_cli_passes():
 def test_values_of_the_wrong_type_are_one_line_errors(field, value, message):
     with pytest.raises(InputError, match=f"^{re.escape(message)}$"):
         RunConfig(**{field: value}).validate()
+
+
+def test_a_leading_tilde_is_the_home_folder(tmp_path, monkeypatch):
+    """The shell leaves ``--out=~/r`` as it is; it used to make a folder named ``~``."""
+    from expertlens_lite.concepts import read_corpus
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "corpus.txt").write_text("A cat sat.\n")
+    assert read_corpus("~/corpus.txt") == ["A cat sat."]
+    assert RunConfig(out="~/r", corpus=Path("~/corpus.txt")).out == tmp_path / "r"

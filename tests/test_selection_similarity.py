@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -129,6 +130,43 @@ def test_a_lift_that_some_concepts_cannot_reach_is_warned_about(caplog):
     ap = np.random.default_rng(0).uniform(size=(2, 50))
     expert_measures(ap, concepts, [Selection("lift", 10.0), Selection("lift", 2.0)], profiles=())
     assert caplog.messages == [
-        "--lift 10 selects no expert for 2 of 2 concepts: their base rate P/(P+N) is above 1/10, so their AP would "
-        "have to exceed 1; lower --lift or raise --n-neg"
+        (
+            "--lift 10 selects no expert for 2 of 2 concepts: their base rate P/(P+N) is above 1/10, so their AP would "
+            "have to exceed 1; lower --lift or raise --n-neg"
+        )
     ]
+
+
+def test_stage_functions_take_plain_python_inputs_and_refuse_wrong_ones_in_one_line():
+    """Seen in an audit of the library: each of these was a bare TypeError, AttributeError
+    or KeyError from deep inside, or (a lift without base rates) NumPy's."""
+    ap = [[0.9, 0.1, 0.5], [0.2, 0.8, 0.6]]
+    assert unpack_masks(select(ap, Selection("topk", 1), None), 3).tolist() == [[True, False, False], [False, True, False]]
+    with pytest.raises(InputError, match=r"^the lift rule needs the concepts' base rates \(selection.base_rates\)$"):
+        select(ap, Selection("lift", 2.0), None)
+    for parameter in (True, "0.5", None):
+        with pytest.raises(InputError, match=f"^--tau must be a number, got {re.escape(repr(parameter))}$"):
+            Selection("tau", parameter)
+    human = HumanPairs("test", (("a", "b"), ("a", "c"), ("b", "c")), (1.0, 2.0, 3.0))
+    seeded, generator = Bootstrap(human, 50, 3), Bootstrap(human, 50, np.random.default_rng(3))
+    assert seeded.align([1.0, 3.0, 2.0]) == generator.align([1.0, 3.0, 2.0])
+    with pytest.raises(InputError, match=r"^n_resamples must be a positive whole number; got 0$"):
+        Bootstrap(human, 0, 3)
+    with pytest.raises(InputError, match=r"^values must have one number per rated pair \(3\); got shape \(2,\)$"):
+        seeded.align([1.0, 2.0])
+    undefined = seeded.align([1.0, math.nan, 2.0])
+    assert all(math.isnan(v) for v in (undefined.spearman, undefined.p_value, undefined.ci_low, undefined.ci_high))
+
+
+def test_pair_values_and_profiles_refuse_what_they_cannot_use():
+    human = HumanPairs("test", (("a", "b"), ("a", "e")), (1.0, 2.0))
+    with pytest.raises(InputError, match=r"^the rated pairs name words that are not concepts: e; restrict them first"):
+        pair_values(np.eye(3), ["a", "b", "c"], human)
+    with pytest.raises(InputError, match=r"^AP profiles must be a \[concepts, neurons\] matrix; got 1 dimension\(s\)$"):
+        profile_similarity(np.ones(4), "cosine")
+    with pytest.raises(InputError, match=r"^unknown profile similarity 'dice'; choose one of cosine, pearson, weighted_jaccard$"):
+        profile_similarity(np.ones((2, 4)), "dice")
+    from expertlens_lite.kernels import topk_bitsets
+
+    with pytest.raises(InputError, match=r"^k must be an integer in \[0, 4\]; got None$"):
+        topk_bitsets(np.ones((2, 4)), None)

@@ -149,7 +149,7 @@ def topk_bitsets(scores: np.ndarray, k: int) -> np.ndarray:
     """
     s = _check_scores(scores)
     n_concepts, n_neurons = s.shape
-    if isinstance(k, bool) or int(k) != k or not 0 <= k <= n_neurons:
+    if isinstance(k, bool) or not isinstance(k, (int, float, np.integer, np.floating)) or int(k) != k or not 0 <= k <= n_neurons:
         raise InputError(f"k must be an integer in [0, {n_neurons}]; got {k!r}")
     k = int(k)
     out = np.zeros((n_concepts, -(-n_neurons // 64)), np.uint64)
