@@ -282,6 +282,13 @@ def test_bad_concept_sets_raise(positives, pool, excluded, block_size):
         average_precision_many(np.zeros((5, 3)), positives, pool, excluded, block_size=block_size)
 
 
+@pytest.mark.parametrize("positives", [{0: [0, 1]}, np.array([0, 1])])
+def test_positives_not_given_per_concept_are_named_as_such(positives):
+    """A dict was iterated by its keys and refused for a 0-d 'positives[0]'."""
+    with pytest.raises(InputError, match="^positives must be a sequence of index arrays, one per concept$"):
+        average_precision_many(np.zeros((5, 3)), positives, [2, 3])
+
+
 @pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
 @pytest.mark.parametrize("wide_digits", [False, True])
 def test_many_edge_cases_match_sklearn_in_every_float(dtype, wide_digits, monkeypatch):

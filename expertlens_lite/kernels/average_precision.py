@@ -619,9 +619,9 @@ class _Plan:
         excluded: Sequence[np.ndarray] | None,
         n_sentences: int,
     ) -> None:
-        if isinstance(positives, np.ndarray) and positives.ndim == 1 and (
-            positives.dtype.kind in "iu"
-        ):
+        if isinstance(positives, (dict, set, str)) or (
+            isinstance(positives, np.ndarray) and positives.ndim == 1 and positives.dtype.kind in "iu"
+        ):  # a dict would be iterated by its keys, a flat array as one-row concepts
             raise InputError("positives must be a sequence of index arrays, one per concept")
         pos = [_index_array(p, f"positives[{c}]", n_sentences) for c, p in enumerate(positives)]
         if not pos:
