@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -18,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ResourceError, first_line
+
+log = logging.getLogger(__name__)
 
 
 @contextmanager
@@ -60,6 +63,27 @@ def atomic_dir(target: Path) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def remove_leftovers(folder: Path, *patterns: str) -> None:
+    """Delete what a killed run left of its scratch work in ``folder``: the files and
+    folders matching ``patterns``. A run killed outright (SIGKILL, a lost machine) never
+    reaches the ``finally`` that removes them, and they piled up, hundreds of MB each
+    (seen in an audit: export copies, GGUF copies, quantizer scratch). Call it only
+    while holding the lock of the work (:mod:`.locks`), so that nothing matched is in use.
+    """
+    for pattern in patterns:
+        for path in folder.glob(pattern):
+            log.info("removing %s, left by an interrupted run", path)
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+
+
+def dir_leftovers(target: Path) -> tuple[str, ...]:
+    """The patterns of what :func:`atomic_dir` leaves beside ``target`` when killed."""
+    return f".{target.name}.*.tmp", f".{target.name}.*.old"
 
 
 def _replace_dir(new: Path, target: Path) -> None:

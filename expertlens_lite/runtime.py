@@ -25,7 +25,7 @@ import numpy as np
 import onnx
 import psutil
 
-from .atomic import write_json
+from .atomic import remove_leftovers, write_json
 from .batching import (
     Encoded,
     PoolingOptions,
@@ -350,6 +350,11 @@ class _RowWriter:
         os.close(self.fd)
 
 
+# The files of an unfinished run, one set per --batch-size (a resumed run needs the same
+# batches): once the responses are final, nothing reads them.
+_PARTIAL = ("*.partial-b*.npy", "progress-b*.json")
+
+
 class _CannotResume(Exception):
     """Why the files an interrupted run left cannot be resumed from (changed from outside)."""
 
@@ -454,6 +459,7 @@ def _cached_or_computed(
                     f"the cached responses in {directory} are of {len(cached.neurons)} sentences, not the "
                     f"{len(sentences)} given: sentences_hash must identify the sentences (ConceptSet.sentences_hash())"
                 )
+            remove_leftovers(directory, *_PARTIAL)  # of an interrupted run with another --batch-size
             return cached
 
     tokenizer = exported.tokenizer()
@@ -493,5 +499,5 @@ def _cached_or_computed(
             writer.close()
     for src, dst in zip(partial, final):
         os.replace(src, dst)
-    state_path.unlink(missing_ok=True)
+    remove_leftovers(directory, *_PARTIAL)  # this run's progress file, and those of other --batch-size runs
     return Responses(np.load(final[0], mmap_mode="r"), np.load(final[1], mmap_mode="r"), directory)

@@ -100,3 +100,41 @@ def test_a_damaged_dequantized_gguf_folder_is_made_again(harm, problem, tmp_path
     with pytest.raises(ModelError, match="is not a readable GGUF model file"):
         sources.gguf_to_folder(gguf, tmp_path)
     assert f"the dequantized copy of model.gguf in {folder} cannot be reused ({problem}" in caplog.text
+
+
+def _leave(path, is_dir: bool) -> None:
+    """Scratch work that a run killed outright leaves behind (it never reaches its ``finally``)."""
+    if is_dir:
+        path.mkdir(parents=True)
+        (path / "model.onnx_data").write_bytes(bytes(1000))
+    else:
+        path.write_bytes(bytes(1000))
+
+
+def test_what_killed_exports_left_is_removed_by_the_next_one(tmp_path):
+    """Seen in an audit: each SIGKILL during an export or an int8 quantization left
+    87-132 MB of scratch in the cache that no later run removed."""
+    source = tiny_source("bert", tmp_path / "bert")
+    exported = export_model(source, tmp_path / "home")
+    directory = exported.directory
+    leftovers = [
+        (directory.parent / f".{directory.name}.k1ll3d.tmp", True),  # a whole export copy
+        (directory.parent / f".{directory.name}.k1ll3d.old", True),  # the one it replaced
+        (directory / ".quantize-k1ll3d", True),  # the int8 quantizer's scratch
+        (directory / ".calibration-probe-12345.onnx", False),
+        (directory / ".manifest.json.k1ll3d.tmp", False),  # an atomic file write
+    ]
+    for path, is_dir in leftovers:
+        _leave(path, is_dir)
+    again = export_model(source, tmp_path / "home", "int8")
+    assert [path for path, _ in leftovers if path.exists()] == []
+    assert damage(again.directory) is None and again.manifest.files.keys() > exported.manifest.files.keys()
+
+
+def test_what_killed_dequantizations_left_is_removed_by_the_next_run(tmp_path):
+    gguf, folder = _dequantized_copy(tmp_path, {"config.json": b"{}", "model.safetensors": bytes(100)})
+    leftovers = [folder.parent / f".{folder.name}.k1ll3d.tmp", folder.parent / f".{folder.name}.k1ll3d.old"]
+    for path in leftovers:
+        _leave(path, True)
+    assert sources.gguf_to_folder(gguf, tmp_path) == folder
+    assert [path for path in leftovers if path.exists()] == []

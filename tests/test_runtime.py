@@ -187,3 +187,13 @@ def test_cached_responses_of_other_sentences_are_refused(minilm, tmp_path):
     compute_responses(minilm, SENTENCES[:3], "reused", tmp_path, batch_size=4, device="cpu")
     with pytest.raises(InputError, match="are of 3 sentences, not the 4 given: sentences_hash must identify the sentences"):
         compute_responses(minilm, SENTENCES[:4], "reused", tmp_path, batch_size=4, device="cpu")
+
+
+def test_files_of_an_unfinished_run_with_another_batch_size_are_removed(minilm, tmp_path):
+    """An interrupted run's partial matrices (82 MB in an audit) stayed for good when
+    the rerun chose another --batch-size, which cannot resume them."""
+    interrupt_after(minilm, SENTENCES, "sizes", tmp_path, 2)
+    (directory,) = tmp_path.glob("responses/*")
+    assert sorted(p.name for p in directory.iterdir()) == ["neurons.partial-b4.npy", "progress-b4.json", "sentence_embeddings.partial-b4.npy"]
+    compute_responses(minilm, SENTENCES, "sizes", tmp_path, batch_size=8, device="cpu")
+    assert sorted(p.name for p in directory.iterdir()) == ["neurons.npy", "sentence_embeddings.npy"]

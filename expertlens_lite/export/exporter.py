@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from ..atomic import atomic_dir
+from ..atomic import atomic_dir, dir_leftovers, remove_leftovers
 from ..batching import Encoded, PoolingOptions, encode, iter_batches, make_batch, pad_id
 from ..concepts import read_corpus
 from ..errors import ModelError, first_line
@@ -35,12 +35,14 @@ from .manifest import FORMAT_VERSION, MANIFEST, Manifest, damage
 from .prefix import Prefix, compute_prefix, constant_prefix, load_prefix, save_prefix
 from .quantize import (
     QUANTIZATIONS,
+    SCRATCH_PREFIX,
     onnx_filename,
     onnx_sha256,
     quantize_model,
     uses_external_data,
 )
 from .reference import torch_responses
+from .smoothing import PROBE_PREFIX
 from .surgery import add_pooled_outputs, response_outputs
 from .tokenizer import JsonTokenizer, disagreement
 
@@ -123,7 +125,11 @@ def export_model(source: ModelSource, cache_dir: Path, quantize: str = "none") -
 
 def _cached_export(source: ModelSource, directory: Path, quantize: str) -> ExportedModel:
     """:func:`export_model` once it holds ``directory``: the cached export, made or
-    repaired if need be, with its ``quantize`` variant."""
+    repaired if need be, with its ``quantize`` variant; what killed runs left of their
+    work on it is removed first."""
+    remove_leftovers(directory.parent, *dir_leftovers(directory))
+    if directory.is_dir():  # atomic file writes, the int8 quantizer's scratch, its calibration probe
+        remove_leftovers(directory, ".*.tmp*", f"{SCRATCH_PREFIX}*", f"{PROBE_PREFIX}*.onnx")
     if not (directory / MANIFEST).exists():
         _export_fresh(source, directory)
     elif (problem := damage(directory)) is not None:  # a cache: made again, not refused

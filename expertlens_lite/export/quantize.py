@@ -41,6 +41,7 @@ from .per_token import quantize_per_token
 from .smoothing import channel_maxima, find_groups, smooth
 
 QUANTIZATIONS = ("none", "int8", "fp16")
+SCRATCH_PREFIX = ".quantize-"  # the int8 quantizer's scratch folder, beside the model
 # SmolLM2 top-1% Jaccard fp32 vs int8 (BENCHMARKS.md): 0.791 with no layer kept, 0.811 with 3 of 30.
 FP32_DOWN_FRACTION = 0.1
 
@@ -94,7 +95,7 @@ def quantize_model(
         # Work in a scratch folder beside the target: the quantizer names an external
         # data file after its output (``<output>.data``), so the output gets the
         # target's name there and both files are then renamed into place, graph last.
-        with tempfile.TemporaryDirectory(prefix=".quantize-", dir=fp32_path.parent) as scratch:
+        with tempfile.TemporaryDirectory(prefix=SCRATCH_PREFIX, dir=fp32_path.parent) as scratch:
             prepared, keep_fp32 = _prepare_int8(fp32_path, Path(scratch), down_scopes, calibration, external, per_token_downs)
             quantized = Path(scratch) / target.name
             with _quiet_quantizer():

@@ -40,6 +40,7 @@ from onnx import numpy_helper
 from .surgery import drop_unused_initializers
 
 ALPHA = 0.8
+PROBE_PREFIX = ".calibration-probe-"  # the graph that reads the activations, beside the model while it runs
 # Shape queries of the normalized tensor do not read its values.
 _VALUE_FREE_READERS = ("Shape",)
 
@@ -128,7 +129,7 @@ def channel_maxima(model_path: Path, tensors: Sequence[str], feeds: Iterable[dic
     probe = onnx.load(model_path, load_external_data=False)
     for name in tensors:
         probe.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
-    probe_path = model_path.with_name(f".calibration-probe-{os.getpid()}.onnx")
+    probe_path = model_path.with_name(f"{PROBE_PREFIX}{os.getpid()}.onnx")
     onnx.save(probe, probe_path)
     try:
         session = create_session(probe_path, "cpu")

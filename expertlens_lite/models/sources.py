@@ -18,7 +18,14 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..atomic import atomic_dir, file_sizes, size_damage, write_json
+from ..atomic import (
+    atomic_dir,
+    dir_leftovers,
+    file_sizes,
+    remove_leftovers,
+    size_damage,
+    write_json,
+)
 from ..errors import ModelError, first_line
 from ..locks import waiting_for
 
@@ -262,7 +269,9 @@ def gguf_to_folder(path: Path, cache_dir: Path) -> Path:
 
 
 def _dequantized(path: Path, folder: Path) -> Path:
-    """:func:`gguf_to_folder` once it holds ``folder``: the copy made, or reused."""
+    """:func:`gguf_to_folder` once it holds ``folder``: the copy made, or reused; what
+    killed runs left of their copies is removed first."""
+    remove_leftovers(folder.parent, *dir_leftovers(folder))
     if folder.exists():
         problem = _dequantized_damage(folder)
         if problem is None:
