@@ -5,8 +5,24 @@ stages are importable on their own (``concepts``, ``export``, ``runtime``,
 ``kernels``, ``selection``, ``similarity``, ``alignment``).
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 __version__ = "0.1.0"
 
-from .pipeline import RunConfig, RunResult, run  # noqa: E402
+if TYPE_CHECKING:
+    from .pipeline import RunConfig, RunResult, run
 
 __all__ = ["RunConfig", "RunResult", "__version__", "run"]
+
+
+def __getattr__(name: str):
+    """The pipeline's names, imported when first asked for (PEP 562): importing the
+    package, as ``elens-lite`` does first, then costs no NumPy, Numba or ONNX import,
+    so a Ctrl-C in the command's first second meets its handler, not a traceback."""
+    if name in ("RunConfig", "RunResult", "run"):
+        from . import pipeline
+
+        return getattr(pipeline, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -5,7 +5,10 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -331,3 +334,26 @@ def test_results_or_cache_where_nothing_can_be_written(tmp_path, monkeypatch):
 def test_export_refuses_to_overwrite(tmp_path):
     (tmp_path / "x").mkdir()
     assert_user_error(invoke("export", "--model", "minilm", "--out", str(tmp_path / "x")), "pass --force")
+
+
+@pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="watches the exec in Linux's /proc")
+@pytest.mark.parametrize("after", [0.2, 0.6])
+def test_ctrl_c_while_the_command_starts_is_one_line(after, tmp_path):
+    """The commands import NumPy, Numba and ONNX for over a second; a Ctrl-C then used
+    to print a traceback of whichever import it interrupted (seen in an audit)."""
+    script = str(Path(sys.executable).parent / "elens-lite")  # the console script pip wrote
+    command = [script, "run", "--model", "minilm", "--out", str(tmp_path / "r")]
+    # Ctrl-C's default action, as in a terminal (a background job ignores SIGINT, and
+    # Python keeps an ignored one ignored), set before the exec rather than in a
+    # preexec_fn, which is unsafe in a process with threads.
+    restore = f"import os, signal; signal.signal(signal.SIGINT, signal.SIG_DFL); os.execv({script!r}, {command!r})"
+    process = subprocess.Popen([sys.executable, "-c", restore], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    cmdline = Path(f"/proc/{process.pid}/cmdline")
+    deadline = time.monotonic() + 30
+    while script.encode() not in cmdline.read_bytes() and time.monotonic() < deadline:  # until the exec
+        time.sleep(0.01)
+    time.sleep(after)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130 and "Traceback" not in err, err
+    assert err.startswith("interrupted"), err
