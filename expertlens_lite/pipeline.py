@@ -113,7 +113,7 @@ class RunConfig:
         if self.quantize not in QUANTIZATIONS:
             raise InputError(f"--quantize must be one of {', '.join(QUANTIZATIONS)}")
         resolve_device(self.device)  # --device cuda without CUDA fails now, not after the export
-        if not isinstance(self.pooling, PoolingOptions) or self.pooling.pooling not in ("max", "mean"):
+        if not isinstance(self.pooling, PoolingOptions):  # whose own check names the poolings
             raise InputError("--pooling must be 'max' or 'mean' (in a RunConfig: PoolingOptions('max') or PoolingOptions('mean'))")
         if self.batch_size < 1:
             raise InputError("--batch-size must be a positive integer")
