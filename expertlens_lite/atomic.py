@@ -23,6 +23,37 @@ from .errors import ResourceError, first_line
 log = logging.getLogger(__name__)
 
 
+def _umask() -> int:
+    """The process's umask. Linux shows it in ``/proc/self/status``; elsewhere
+    ``os.umask`` can only read it by setting it, so it is set back at once."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+# The modes ``open()`` and ``mkdir`` would give a new file or folder. ``mkstemp`` and
+# ``mkdtemp`` make them 0600 and 0700, and so do some writers (safetensors' weights,
+# ONNX's external data): results and cached models would be unreadable to the
+# collaborators the user's umask lets in.
+FILE_MODE = 0o666 & ~_umask()
+DIR_MODE = 0o777 & ~_umask()
+
+
+def as_if_created(tree: Path) -> None:
+    """Give ``tree`` and every file and folder under it the mode :data:`FILE_MODE` or
+    :data:`DIR_MODE`, before it is moved into place."""
+    for path in [tree, *tree.rglob("*")]:
+        if path.is_symlink():
+            continue
+        path.chmod(DIR_MODE if path.is_dir() else FILE_MODE)
+
+
 @contextmanager
 def atomic_path(target: Path, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path next to ``target``; rename it onto ``target`` on success.
@@ -36,9 +67,9 @@ def atomic_path(target: Path, suffix: str = "") -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp" + suffix)
     os.close(fd)
     tmp_path = Path(tmp)
-    tmp_path.chmod(0o644)  # mkstemp's 0600 would make results unreadable to collaborators
     try:
         yield tmp_path
+        as_if_created(tmp_path)
         os.replace(tmp_path, target)
     finally:
         tmp_path.unlink(missing_ok=True)
@@ -55,10 +86,10 @@ def atomic_dir(target: Path) -> Iterator[Path]:
     """
     target = Path(target).resolve()
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
-    tmp.chmod(0o755)
+    tmp = _folder_beside(target, _NEW)
     try:
         yield tmp
+        as_if_created(tmp)
         _replace_dir(tmp, target)
     finally:
         if tmp.exists():
@@ -81,9 +112,19 @@ def remove_leftovers(folder: Path, *patterns: str) -> None:
                 path.unlink(missing_ok=True)
 
 
+# The suffixes of the folders :func:`atomic_dir` makes beside its target: the new
+# content, and the old one while it is being replaced.
+_NEW, _OLD = ".tmp", ".old"
+
+
+def _folder_beside(target: Path, suffix: str) -> Path:
+    """A new empty folder ``.<target name>.<random><suffix>`` beside ``target``."""
+    return Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=suffix))
+
+
 def dir_leftovers(target: Path) -> tuple[str, ...]:
     """The patterns of what :func:`atomic_dir` leaves beside ``target`` when killed."""
-    return f".{target.name}.*.tmp", f".{target.name}.*.old"
+    return tuple(f".{target.name}.*{suffix}" for suffix in (_NEW, _OLD))
 
 
 def _replace_dir(new: Path, target: Path) -> None:
@@ -93,7 +134,7 @@ def _replace_dir(new: Path, target: Path) -> None:
     if not target.exists():
         os.replace(new, target)
         return
-    old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".old"))
+    old = _folder_beside(target, _OLD)
     os.replace(target, old)  # onto an empty directory, which POSIX allows
     try:
         os.replace(new, target)

@@ -5,10 +5,11 @@ run with a traceback."""
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
-from expertlens_lite.atomic import file_sizes, write_json
+from expertlens_lite.atomic import DIR_MODE, FILE_MODE, file_sizes, write_json
 from expertlens_lite.errors import ModelError
 from expertlens_lite.export import export_model
 from expertlens_lite.export.manifest import MANIFEST, damage
@@ -138,3 +139,22 @@ def test_what_killed_dequantizations_left_is_removed_by_the_next_run(tmp_path):
         _leave(path, True)
     assert sources.gguf_to_folder(gguf, tmp_path) == folder
     assert [path for path in leftovers if path.exists()] == []
+
+
+def _modes(folder) -> dict[str, str]:
+    return {str(path.relative_to(folder)): oct(path.stat().st_mode & 0o777) for path in sorted(folder.rglob("*"))}
+
+
+def test_cached_files_get_the_modes_the_umask_gives_new_files(tmp_path):
+    """ONNX's external data (and safetensors' weights) used to be written 0600: a cache
+    shared with collaborators was unreadable to them."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    assert (FILE_MODE, DIR_MODE) == (0o666 & ~mask, 0o777 & ~mask)
+    source = tiny_source("bert", tmp_path / "bert")
+    for quantize in ("none", "int8", "fp16"):
+        exported = export_model(source, tmp_path / "home", quantize)
+    files = _modes(exported.directory)
+    assert {"model.onnx_data", "model.int8.onnx.data", "model.fp16.onnx.data"} <= files.keys()
+    assert files == dict.fromkeys(files, oct(FILE_MODE))
+    assert oct(exported.directory.stat().st_mode & 0o777) == oct(DIR_MODE)

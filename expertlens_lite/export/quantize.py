@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from ..atomic import atomic_path
+from ..atomic import as_if_created, atomic_path
 from ..models.sources import file_sha256
 from .per_token import quantize_per_token
 from .smoothing import channel_maxima, find_groups, smooth
@@ -110,8 +110,9 @@ def quantize_model(
                 )
             data = quantized.with_name(f"{quantized.name}.data")
             if data.exists():
+                as_if_created(data)
                 os.replace(data, target.with_name(data.name))
-            quantized.chmod(0o644)
+            as_if_created(quantized)
             os.replace(quantized, target)
     elif quantize == "fp16":
         from onnxruntime.transformers.float16 import convert_float_to_float16
@@ -119,6 +120,8 @@ def quantize_model(
         model = convert_float_to_float16(onnx.load(fp32_path), keep_io_types=True)
         with atomic_path(target, suffix=".onnx") as tmp:
             onnx.save(model, tmp, save_as_external_data=external, all_tensors_to_one_file=True, location=f"{target.name}.data")
+        if external:
+            as_if_created(target.with_name(f"{target.name}.data"))
     else:
         raise ValueError(f"unknown quantization {quantize!r}")
     return target
