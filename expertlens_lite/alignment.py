@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy import stats
 
-from .errors import InputError
+from .errors import InputError, whole_number
 from .human import HumanPairs
 
 
@@ -75,7 +75,7 @@ class Bootstrap:
     """
 
     def __init__(self, human: HumanPairs, n_resamples: int, rng: np.random.Generator | int) -> None:
-        if isinstance(n_resamples, bool) or not isinstance(n_resamples, (int, np.integer)) or n_resamples < 1:
+        if whole_number(n_resamples) is None or n_resamples < 1:
             raise InputError(f"n_resamples must be a positive whole number; got {n_resamples!r}")
         self.human = np.asarray(human.scores, dtype=np.float64)
         n = len(self.human)

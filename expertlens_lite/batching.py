@@ -38,7 +38,7 @@ class PoolingOptions:
         # Checked here, where every stage gets its options, rather than failing as a
         # missing graph output of ONNX Runtime.
         if self.pooling not in POOLINGS:
-            raise InputError(f"--pooling must be one of {', '.join(POOLINGS)}; got {self.pooling!r}")
+            raise InputError(f"pooling must be one of {', '.join(POOLINGS)}; got {self.pooling!r}")
 
     def key(self) -> str:
         return f"{self.pooling}-special{int(self.keep_special_tokens)}-skipfirst{int(self.skip_first_token)}"

@@ -7,6 +7,9 @@ problems the *user* can fix (bad files, bad options), never for internal errors.
 
 from __future__ import annotations
 
+import math
+import numbers
+
 
 class ElensError(Exception):
     """A problem with the user's input or environment, explained in one line."""
@@ -29,3 +32,17 @@ def first_line(exc: BaseException) -> str:
     a third-party error can run to pages (Optimum's lists every model type it knows),
     and the CLI shows one line."""
     return (str(exc).strip().splitlines() or [""])[0][:300]
+
+
+def whole_number(value: object, *, from_float: bool = False) -> int | None:
+    """``value`` as an ``int`` if it is a whole number, else None: an int or a NumPy
+    integer, and with ``from_float`` a float equal to one (a top-k read as a number).
+    ``True`` and ``False`` are None: Python counts them as ints, but no one means a
+    count by them, so taking them would hide a mistake."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if from_float and isinstance(value, numbers.Real) and math.isfinite(value) and float(value).is_integer():
+        return int(value)
+    return None

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .batching import Encoded
-from .errors import InputError
+from .errors import InputError, whole_number
 from .export import ExportedModel
 
 # config.json keys of a model's position-embedding table size, by family (BERT/Llama, GPT-2, others).
@@ -35,7 +35,7 @@ def max_tokens(config: dict, tokenizer_config: dict) -> int | None:
 
 def _is_count(value) -> bool:
     """Whether a JSON value is a positive whole number (``true`` is not)."""
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+    return whole_number(value) is not None and value > 0
 
 
 def _json_object(path: Path) -> dict:

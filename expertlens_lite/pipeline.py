@@ -29,7 +29,7 @@ from .concepts import (
     word_index,
 )
 from .devices import resolve_device
-from .errors import InputError, ResourceError
+from .errors import InputError, ResourceError, whole_number
 from .export import QUANTIZATIONS, ExportedModel, export_model
 from .human import HumanPairs, read_human_pairs
 from .kernels import average_precision_many
@@ -105,7 +105,7 @@ class RunConfig:
     def validate(self) -> None:
         """Checks of option values and of the results folder, before anything slow starts."""
         for name in ("n_pos", "n_neg", "min_pos", "seed", "batch_size", "n_bootstrap"):
-            if isinstance(value := getattr(self, name), bool) or not isinstance(value, (int, np.integer)):
+            if whole_number(value := getattr(self, name)) is None:
                 raise InputError(f"--{name.replace('_', '-')} must be a whole number; got {value!r}")
         if not self.taus:
             raise InputError("give at least one --tau")

@@ -35,7 +35,7 @@ from .batching import (
     pad_id,
 )
 from .devices import batches_at_once, onnxruntime_module, resolve_device
-from .errors import InputError, ResourceError
+from .errors import InputError, ResourceError, whole_number
 from .export import ExportedModel
 from .export.prefix import Prefix
 from .export.quantize import onnx_filename
@@ -368,7 +368,7 @@ def _recorded_batches(state_path: Path, plan: BatchPlan) -> int:
         done, layout = state["batches_done"], state.get("plan")
     except (ValueError, KeyError, TypeError, AttributeError) as exc:  # not JSON, no such key, not an object
         raise _CannotResume(f"{state_path.name} cannot be read: {type(exc).__name__}: {exc}") from None
-    if not isinstance(done, int) or isinstance(done, bool) or not 0 <= done <= len(plan):
+    if whole_number(done) is None or not 0 <= done <= len(plan):
         raise _CannotResume(f"{state_path.name} records {done!r} finished batches, of {len(plan)}")
     if layout != plan.fingerprint():
         raise _CannotResume(f"{state_path.name} is of batches laid out otherwise (the shared heads depend on free memory)")
@@ -424,8 +424,8 @@ def compute_responses(
     """
     if isinstance(sentences, str) or not isinstance(sentences, Sequence) or not sentences:
         raise InputError(f"sentences must be a non-empty list of strings; got {type(sentences).__name__} {str(sentences)[:40]!r}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise InputError("--batch-size must be a positive integer")
+    if whole_number(batch_size) is None or batch_size < 1:
+        raise InputError(f"batch_size must be a positive integer; got {batch_size!r}")
     cache_dir = Path(cache_dir)
     device = resolve_device(device)  # checked even when the responses are cached
     directory = cache_dir / "responses" / responses_key(exported, sentences_hash, options, quantize)

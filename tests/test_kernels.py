@@ -275,11 +275,21 @@ def test_bad_responses_raise(responses):
         ([], [1, 2], None, None),  # no concepts
         (np.array([0, 1]), [2, 3], None, None),  # flat array instead of one per concept
         ([[0]], [1, 2], None, 0),  # bad block size
+        ([[0]], [1, 2], None, "64"),  # a block size that is no number
+        ([[0]], [1, 2], None, True),
+        ([[0]], [1, 2], None, 2.5),
     ],
 )
 def test_bad_concept_sets_raise(positives, pool, excluded, block_size):
     with pytest.raises(InputError):
         average_precision_many(np.zeros((5, 3)), positives, pool, excluded, block_size=block_size)
+
+
+@pytest.mark.parametrize("block_size", [np.int64(2), 2.0, 1000])
+def test_block_size_takes_any_whole_number(block_size):
+    x = np.random.default_rng(0).normal(size=(5, 3))
+    got = average_precision_many(x, [[0, 1]], [2, 3, 4], block_size=block_size)
+    assert np.allclose(got, average_precision_many(x, [[0, 1]], [2, 3, 4]))
 
 
 @pytest.mark.parametrize("positives", [{0: [0, 1]}, np.array([0, 1])])

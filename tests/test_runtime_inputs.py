@@ -171,7 +171,8 @@ def test_available_memory_counts_the_reclaimable_page_cache(tmp_path):
     [
         ("The cat sat.", PoolingOptions(), "none", 4, "sentences must be a non-empty list of strings; got str 'The cat sat.'"),
         ([], PoolingOptions(), "none", 4, "sentences must be a non-empty list of strings; got list '[]'"),
-        (SENTENCES[:2], PoolingOptions(), "none", 1.5, "--batch-size must be a positive integer"),
+        (SENTENCES[:2], PoolingOptions(), "none", 1.5, "batch_size must be a positive integer; got 1.5"),
+        (SENTENCES[:2], PoolingOptions(), "none", "4", "batch_size must be a positive integer; got '4'"),
         (SENTENCES[:2], PoolingOptions(), "int4", 4, "unknown quantization 'int4'; choose one of none, int8, fp16"),
     ],
 )
@@ -183,5 +184,5 @@ def test_library_inputs_of_the_wrong_kind_are_one_line_errors(minilm, tmp_path, 
 
 
 def test_unknown_pooling_is_refused_where_the_options_are_made():
-    with pytest.raises(InputError, match=r"^--pooling must be one of max, mean; got 'median'$"):
+    with pytest.raises(InputError, match=r"^pooling must be one of max, mean; got 'median'$"):
         PoolingOptions("median")

@@ -62,7 +62,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from expertlens_lite.errors import InputError
+from expertlens_lite.errors import InputError, whole_number
 
 __all__ = ["average_precision", "average_precision_many"]
 
@@ -530,9 +530,11 @@ def average_precision_many(
     itemsize = source.itemsize
     if block_size is None:
         block_size = max(64, _PANEL_BYTES // (n_rows * itemsize) // 64 * 64)
-    elif isinstance(block_size, bool) or int(block_size) != block_size or block_size < 1:
+    elif (whole := whole_number(block_size, from_float=True)) is None or whole < 1:
         raise InputError(f"block_size must be a positive integer; got {block_size!r}")
-    block_size = int(min(block_size, max(n_neurons, 1)))
+    else:
+        block_size = whole
+    block_size = min(block_size, max(n_neurons, 1))
 
     mantissa = 8 * itemsize - 1 - _EXPONENT_BITS[itemsize]
     sign = np.uint64(1 << (8 * itemsize - 1))

@@ -14,7 +14,7 @@ import numpy as np
 from numba import njit, prange, types
 from numba.extending import intrinsic
 
-from expertlens_lite.errors import InputError
+from expertlens_lite.errors import InputError, whole_number
 
 __all__ = [
     "jaccard_matrix",
@@ -149,9 +149,10 @@ def topk_bitsets(scores: np.ndarray, k: int) -> np.ndarray:
     """
     s = _check_scores(scores)
     n_concepts, n_neurons = s.shape
-    if isinstance(k, bool) or not isinstance(k, (int, float, np.integer, np.floating)) or int(k) != k or not 0 <= k <= n_neurons:
+    whole = whole_number(k, from_float=True)
+    if whole is None or not 0 <= whole <= n_neurons:
         raise InputError(f"k must be an integer in [0, {n_neurons}]; got {k!r}")
-    k = int(k)
+    k = whole
     out = np.zeros((n_concepts, -(-n_neurons // 64)), np.uint64)
     if k == 0:
         return out
