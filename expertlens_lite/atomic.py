@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import json
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -187,9 +188,25 @@ def write_text(target: Path, text: str) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
+def json_ready(value: Any) -> Any:
+    """``value`` with what JSON cannot hold made plain: NumPy numbers as Python ones
+    (``json`` refuses them, which once failed a run's summary after its slow stages),
+    NaN and infinities as None (Python writes them as ``NaN``, which is not JSON: strict
+    readers refuse the whole file), tuples as lists."""
+    if isinstance(value, dict):
+        return {key: json_ready(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_ready(item) for item in value]
+    if getattr(value, "shape", None) == () and hasattr(value, "item"):  # a NumPy scalar
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
 def write_json(target: Path, data: Any) -> None:
-    """Write ``data`` as indented JSON to ``target`` atomically."""
-    write_text(target, json.dumps(data, indent=2, sort_keys=False) + "\n")
+    """Write ``data`` (made :func:`json_ready`) as indented JSON to ``target`` atomically."""
+    write_text(target, json.dumps(json_ready(data), indent=2, sort_keys=False, allow_nan=False) + "\n")
 
 
 def file_sizes(directory: Path, leave_out: str) -> dict[str, int]:

@@ -39,6 +39,10 @@ class PoolingOptions:
         # missing graph output of ONNX Runtime.
         if self.pooling not in POOLINGS:
             raise InputError(f"pooling must be one of {', '.join(POOLINGS)}; got {self.pooling!r}")
+        for name in ("keep_special_tokens", "skip_first_token"):
+            if not isinstance(value := getattr(self, name), (bool, np.bool_)):
+                raise InputError(f"{name} must be True or False; got {value!r}")
+            object.__setattr__(self, name, bool(value))
 
     def key(self) -> str:
         return f"{self.pooling}-special{int(self.keep_special_tokens)}-skipfirst{int(self.skip_first_token)}"

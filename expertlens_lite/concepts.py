@@ -12,13 +12,14 @@ import json
 import logging
 import re
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError
-from .userfiles import read_text_file
+from .errors import InputError, whole_number
+from .userfiles import nfc, read_text_file
 
 log = logging.getLogger(__name__)
 
@@ -95,16 +96,26 @@ def read_concepts(path: Path | str) -> list[str]:
     lines = text.splitlines()
     words = []
     for number, line in enumerate(lines, start=1):
-        word = line.strip().lower()
+        word = line.strip()
         if not word or word.startswith("#"):
             continue
         if not _WORD.fullmatch(word):
-            raise InputError(f"{path}:{number}: a concept must be a single word, got {line.strip()!r}")
+            raise InputError(f"{path}:{number}: a concept must be a single word, got {word!r}")
         words.append(word)
-    words = list(dict.fromkeys(words))
     if not words:
         raise InputError(f"concepts file {path} lists no words")
-    return words
+    return concept_words(words)
+
+
+def concept_words(words: Sequence[str]) -> list[str]:
+    """``words`` as concepts: single words, lower-cased (as the corpus is matched and the
+    human pairs are read) and in composed Unicode (:func:`~.userfiles.nfc`), each once."""
+    if isinstance(words, str) or not isinstance(words, Sequence):
+        raise InputError(f"concepts must be a list of words; got {type(words).__name__} {str(words)[:40]!r}")
+    for word in words:
+        if not isinstance(word, str) or not _WORD.fullmatch(nfc(word)):
+            raise InputError(f"a concept must be a single word, got {word!r}")
+    return list(dict.fromkeys(nfc(word).lower() for word in words))
 
 
 def word_index(sentences: list[str]) -> dict[str, set[int]]:
@@ -128,8 +139,8 @@ def matching_sentences(word: str, index: dict[str, set[int]]) -> set[int]:
 
 
 def build_concept_set(
-    corpus: list[str],
-    concepts: list[str],
+    corpus: Sequence[str],
+    concepts: Sequence[str],
     *,
     n_pos: int,
     n_neg: int,
@@ -144,12 +155,19 @@ def build_concept_set(
     is ``n_neg`` sentences drawn from the whole corpus; a concept's negatives are the
     pool minus the sentences containing it (a concept in every pool sentence is
     refused). Only sentences used somewhere are kept, in corpus order, so each enters
-    the model once.
+    the model once. ``concepts`` go through :func:`concept_words` and the corpus
+    through :func:`~.userfiles.nfc`.
     """
-    if n_pos < 1 or n_neg < 1 or min_pos < 1:
-        raise InputError("--n-pos, --n-neg and --min-pos must be positive integers")
+    if any(whole_number(n) is None or n < 1 for n in (n_pos, n_neg, min_pos)):
+        raise InputError(f"--n-pos, --n-neg and --min-pos must be positive integers; got {n_pos!r}, {n_neg!r}, {min_pos!r}")
     if min_pos > n_pos:
         raise InputError(f"--min-pos ({min_pos}) cannot exceed --n-pos ({n_pos})")
+    if whole_number(seed) is None or seed < 0:
+        raise InputError(f"--seed must be a non-negative integer; got {seed!r}")
+    if isinstance(corpus, str) or not isinstance(corpus, Sequence) or not all(isinstance(s, str) for s in corpus):
+        raise InputError(f"corpus must be a list of sentences; got {type(corpus).__name__} {str(corpus)[:40]!r}")
+    concepts = concept_words(concepts)
+    corpus = [nfc(sentence) for sentence in corpus]
     rng = np.random.default_rng(seed)
     index = word_index(corpus)
     kept: list[str] = []

@@ -10,6 +10,8 @@ library.
 from __future__ import annotations
 
 import logging
+import numbers
+import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -20,6 +22,7 @@ import numpy as np
 
 from . import __version__
 from .alignment import Bootstrap, bootstrap_bytes
+from .atomic import json_ready
 from .batching import PoolingOptions
 from .concepts import (
     ConceptSet,
@@ -75,16 +78,34 @@ class RunConfig:
     overwrite: bool = False
 
     def __post_init__(self) -> None:
-        """Paths given as strings, and rules given as a list, one number or None (no such
-        rule), as library users write them, become what the CLI passes (an ``out`` string
-        used to fail with AttributeError, a list of τs made the config unhashable)."""
+        """Values as library users write them become what the CLI passes: a path as a
+        string or any path-like, a rule as a list, an array, one number or None (no such
+        rule), NumPy numbers as Python ones. Values of the wrong kind are refused here,
+        when the config is made. (A NumPy count used to pass every check and then fail
+        the JSON summary after the slow stages; a Path as ``model``, and a list of words
+        as ``concepts``, failed with AttributeError and TypeError.)"""
+        if isinstance(self.model, os.PathLike):
+            object.__setattr__(self, "model", os.fspath(self.model))
+        if not isinstance(self.model, str):
+            raise InputError(f"model must be a bundled name, a model folder, a .gguf file or a hub id; got {self.model!r}")
+        if self.revision is not None and not isinstance(self.revision, str):
+            raise InputError(f"revision must be a string; got {self.revision!r}")
         for name in ("corpus", "concepts", "human", "out"):
-            if isinstance(value := getattr(self, name), (str, Path)):  # ~ too: --out=~/r reaches us unexpanded
-                object.__setattr__(self, name, Path(value).expanduser())
-        for name in ("taus", "lifts", "topks", "top_fracs"):
             value = getattr(self, name)
-            if value is None or isinstance(value, (int, float, list)):
-                object.__setattr__(self, name, () if value is None else tuple(value) if isinstance(value, list) else (value,))
+            if value is None and name != "out":
+                continue
+            if not isinstance(value, (str, os.PathLike)):
+                raise InputError(f"{name} must be a path (a str or os.PathLike); got {type(value).__name__} {str(value)[:40]!r}")
+            object.__setattr__(self, name, Path(value).expanduser())  # ~ too: --out=~/r reaches us unexpanded
+        for name in ("taus", "lifts", "topks", "top_fracs"):
+            object.__setattr__(self, name, _rule_values(name, getattr(self, name)))
+        for name in ("n_pos", "n_neg", "min_pos", "seed", "batch_size", "n_bootstrap"):
+            if (whole := whole_number(getattr(self, name))) is not None:  # others are refused by validate
+                object.__setattr__(self, name, whole)
+        if isinstance(self.overwrite, np.bool_):
+            object.__setattr__(self, "overwrite", bool(self.overwrite))
+        if not isinstance(self.overwrite, bool):
+            raise InputError(f"overwrite must be True or False; got {self.overwrite!r}")
 
     def headline(self) -> str:
         """The measure a run leads with: Jaccard of the first top-fraction rule, chosen by
@@ -129,6 +150,23 @@ class RunConfig:
         for name in RESULT_FILES:  # found now, not when the results are written after the slow stages
             if (self.out / name).is_dir():
                 raise InputError(f"--out {self.out} holds a folder named {name}, where a result file goes; move it, or choose another --out")
+
+
+def _rule_values(name: str, value: object) -> tuple:
+    """The parameters of one selection rule as a tuple of Python numbers, each once
+    (a repeated τ made two columns of the same name)."""
+    if value is None:
+        return ()
+    if isinstance(value, (str, bytes)):
+        raise InputError(f"{name} must be numbers; got {value!r}")
+    if isinstance(value, (np.ndarray, np.generic)):
+        value = value.tolist()  # Python numbers, one for a 0-d array
+    if isinstance(value, numbers.Number):
+        value = [value]
+    try:  # not iterable, or of unhashable items: no list of numbers
+        return tuple(dict.fromkeys(v.item() if isinstance(v, np.generic) else v for v in value))
+    except TypeError:
+        raise InputError(f"{name} must be a number or a list of numbers; got {value!r}") from None
 
 
 @dataclass
@@ -243,7 +281,7 @@ def _run(config: RunConfig, cache: Path, progress: Progress | None) -> RunResult
     summary = _summary(config, exported, concept_set, rated, measures, timer)
     with timer.stage("write"):
         write_results(config.out, summary, exported.manifest, concept_set, rated, ap, measures, min(config.taus))
-    summary["timings"] = timer.seconds
+    summary = json_ready(summary | {"timings": timer.seconds})  # what summary.json holds
     write_summary(config.out, summary)
     return RunResult(summary, config.out, concept_set, ap, measures)
 

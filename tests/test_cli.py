@@ -123,6 +123,25 @@ def test_run_ap_matches_sklearn_on_cached_responses(minilm_run, elens_home):
             assert abs(average_precision_score(labels, responses[rows, m]) - ap[c, m]) < 1e-6  # ap.npy is float32
 
 
+def test_a_library_run_with_numpy_values_and_an_undefined_p_writes_strict_json(minilm_run, slice_files, tmp_path):
+    """A NumPy ``n_pos`` used to fail the summary after every slow stage, and a lift no
+    concept reaches wrote ``"paired_p_vs_paper": NaN``, which is not JSON."""
+    from expertlens_lite import RunConfig, run
+
+    def no_constants(name):
+        raise ValueError(f"{name} in summary.json")
+
+    config = RunConfig(
+        model="minilm", concepts=slice_files / "concepts.txt", n_pos=np.int64(16), n_neg=np.int64(200), min_pos=10,
+        taus=np.array([0.3, 0.5]), lifts=np.float64(1e6), topks=50, n_bootstrap=200, out=tmp_path / "r",
+    )
+    result = run(config)
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text(), parse_constant=no_constants)
+    assert summary == result.summary
+    lift = next(row for row in summary["comparison"] if row["measure"] == "lift=1e+06 jaccard")
+    assert lift["paired_p_vs_paper"] is None and lift["spearman"] is None
+
+
 def test_rerun_reuses_export_and_responses(minilm_run, slice_files, tmp_path):
     _, first_out = minilm_run
     result = run_slice(tmp_path / "again", slice_files / "concepts.txt")

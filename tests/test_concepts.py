@@ -1,5 +1,6 @@
 import json
 import re
+import unicodedata
 
 import numpy as np
 import pytest
@@ -114,6 +115,37 @@ def test_concept_set_is_reproducible_and_seeded():
     c = build_concept_set(corpus, ["birds", "soup"], n_pos=10, n_neg=100, min_pos=5, seed=2)
     assert a.sentences == b.sentences and all(np.array_equal(x, y) for x, y in zip(a.positives, b.positives))
     assert a.sentences_hash() == b.sentences_hash() != c.sentences_hash()
+
+
+def _drawn(cs, word):
+    """The sentences of ``word``'s positives, and of the pool."""
+    c = cs.concepts.index(word)
+    return {cs.sentences[i] for i in cs.positives[c]}, {cs.sentences[i] for i in cs.pool}
+
+
+def test_concepts_are_lower_case_composed_words_each_once():
+    corpus = [unicodedata.normalize("NFD", f"I love the café {i}.") for i in range(6)] + [f"The cafe sign {i}." for i in range(6)]
+    corpus += [f"A dog barks {i}." for i in range(6)] + [f"Nothing {i}." for i in range(20)]
+    cs = build_concept_set(corpus, [unicodedata.normalize("NFD", "Café"), "cafe", "DOG", "dog"], n_pos=6, n_neg=20, min_pos=5, seed=0)
+    assert cs.concepts == ("café", "cafe", "dog")
+    assert {s.rsplit(" ", 1)[0] for s in _drawn(cs, "café")[0]} == {"I love the café"}  # composed, as the model sees it
+    assert {s.rsplit(" ", 1)[0] for s in _drawn(cs, "cafe")[0]} == {"The cafe sign"}
+
+
+@pytest.mark.parametrize(
+    "corpus, concepts, n_pos, seed, message",
+    [
+        (None, "cat", 10, 0, "concepts must be a list of words; got str 'cat'"),
+        (None, ["cat", "ice cream"], 10, 0, "a concept must be a single word, got 'ice cream'"),
+        (None, ["cat", 3], 10, 0, "a concept must be a single word, got 3"),
+        (None, ["cat", "dog"], 5.5, 0, "--n-pos, --n-neg and --min-pos must be positive integers; got 5.5, 100, 5"),
+        (None, ["cat", "dog"], 10, -1, "--seed must be a non-negative integer; got -1"),
+        ("The cat.", ["cat", "dog"], 10, 0, "corpus must be a list of sentences; got str 'The cat.'"),
+    ],
+)
+def test_library_inputs_of_the_wrong_kind_are_one_line_errors(corpus, concepts, n_pos, seed, message):
+    with pytest.raises(InputError, match=f"^{re.escape(message)}$"):
+        build_concept_set(_corpus() if corpus is None else corpus, concepts, n_pos=n_pos, n_neg=100, min_pos=5, seed=seed)
 
 
 def test_too_few_concepts_is_an_error():

@@ -6,9 +6,11 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from expertlens_lite import RunConfig
+from expertlens_lite.batching import PoolingOptions
 from expertlens_lite.errors import InputError
 
 
@@ -18,6 +20,39 @@ def test_strings_lists_and_single_numbers_become_what_the_cli_passes():
     assert (config.taus, config.lifts, config.topks) == ((0.5, 0.3), (), (100,))
     assert hash(config) == hash(RunConfig(out=Path("results"), corpus=Path("corpus.txt"), taus=(0.5, 0.3), lifts=(), topks=(100,)))
     config.validate()  # "results" does not exist yet: a fresh folder
+
+
+def test_numpy_values_paths_and_repeats_become_plain_values():
+    """A NumPy count passed every check and then failed the JSON summary after the slow
+    stages; a repeated τ made two result columns of one name."""
+    config = RunConfig(
+        model=Path("my-export"), n_pos=np.int64(12), seed=np.int32(3), taus=np.array([0.5, 0.5, 0.3]),
+        topks=[100, np.int64(100), 100.0], lifts=np.float32(10), top_fracs=(f for f in [0.01]), overwrite=np.True_,
+        pooling=PoolingOptions(keep_special_tokens=np.True_),
+    )
+    assert config.model == "my-export"
+    assert (config.n_pos, config.seed, config.taus, config.topks, config.lifts, config.top_fracs) == (12, 3, (0.5, 0.3), (100,), (10.0,), (0.01,))
+    for value in (config.n_pos, config.seed, *config.taus, *config.topks, *config.lifts, config.overwrite, config.pooling.keep_special_tokens):
+        assert type(value) in (int, float, bool)
+    assert len({s.label for s in config.selections()}) == len(config.selections())
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("model", None, "model must be a bundled name, a model folder, a .gguf file or a hub id; got None"),
+        ("revision", 3, "revision must be a string; got 3"),
+        ("concepts", ["cat", "dog"], "concepts must be a path (a str or os.PathLike); got list \"['cat', 'dog']\""),
+        ("out", 5, "out must be a path (a str or os.PathLike); got int '5'"),
+        ("taus", "0.5", "taus must be numbers; got '0.5'"),
+        ("topks", [[100]], "topks must be a number or a list of numbers; got [[100]]"),
+        ("overwrite", "yes", "overwrite must be True or False; got 'yes'"),
+        ("pooling", PoolingOptions, "keep_special_tokens must be True or False; got 'no'"),
+    ],
+)
+def test_values_of_the_wrong_kind_are_refused_when_the_config_is_made(field, value, message):
+    with pytest.raises(InputError, match=f"^{re.escape(message)}$"):
+        RunConfig(**{field: value(keep_special_tokens="no") if value is PoolingOptions else value})
 
 
 @pytest.mark.parametrize(

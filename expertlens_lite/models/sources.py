@@ -15,6 +15,7 @@ import hashlib
 import importlib.util
 import json
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -121,6 +122,10 @@ def resolve_model(spec: str, revision: str | None, cache_dir: Path) -> ModelSour
     weights on disk, and silently ignoring the revision would label a run with a
     checkpoint it did not use.
     """
+    if isinstance(spec, os.PathLike):
+        spec = os.fspath(spec)
+    if not isinstance(spec, str):
+        raise ModelError(f"a model must be a bundled name, a model folder, a .gguf file or a hub id; got {spec!r}")
     if not spec.strip():
         raise ModelError("--model is empty; give a bundled name, a model folder, a .gguf file or a hub id")
     if spec in BUNDLED_MODELS:
