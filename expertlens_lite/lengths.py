@@ -17,15 +17,22 @@ from .export import ExportedModel
 # config.json keys of a model's position-embedding table size, by family (BERT/Llama, GPT-2, others).
 POSITION_KEYS = ("max_position_embeddings", "n_positions", "max_positions")
 TOKENIZER_NO_LIMIT = 1_000_000  # transformers writes 1e30 as model_max_length of a tokenizer without a limit
+# Model types whose position ids count on from the padding id (RoBERTa's scheme): they
+# read pad_token_id + 1 tokens fewer than their table has positions.
+POSITIONS_AFTER_PADDING = frozenset({"roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "data2vec-text", "longformer"})
 
 
 def max_tokens(config: dict, tokenizer_config: dict) -> int | None:
     """The most tokens a sentence of the model may have, None if neither file says: its
     position-embedding table size (``config.json``, :data:`POSITION_KEYS`) and its
     tokenizer's ``model_max_length`` when that is a real limit, whichever is smaller.
-    Both, because RoBERTa has 514 positions (two taken by its padding offset) but reads
-    512 tokens, which only its tokenizer says."""
+    RoBERTa has 514 positions but reads 512 tokens (:data:`POSITIONS_AFTER_PADDING`),
+    which its tokenizer says when it has a limit; a folder's tokenizer often has none,
+    and a 513-token sentence failed inside ONNX Runtime."""
     positions = next((config[key] for key in POSITION_KEYS if _is_count(config.get(key))), None)
+    pad = config.get("pad_token_id")
+    if positions is not None and config.get("model_type") in POSITIONS_AFTER_PADDING and whole_number(pad) is not None and pad >= 0:
+        positions -= pad + 1
     tokenizer = tokenizer_config.get("model_max_length")
     limits = [positions] if positions is not None else []
     if _is_count(tokenizer) and tokenizer < TOKENIZER_NO_LIMIT:

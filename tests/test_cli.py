@@ -322,6 +322,28 @@ def test_a_model_folder_missing_or_cutting_short_a_file(harm, message, tmp_path)
     assert not (tmp_path / "x").exists()
 
 
+def _edit_config(folder: Path, **fields) -> None:
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps(config | fields))
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        ({"num_hidden_layers": 3}, "lacks 9 weight(s) its config asks for (layers.2.input_layernorm.weight, layers.2.mlp.down_proj.weight, layers.2.mlp.gate_proj.weight, ...): the config and the weights do not match"),
+        ({"intermediate_size": 200}, "do not fit its config: size mismatch for weight: copying a param with shape torch.Size([64, 160]) from checkpoint"),
+    ],
+)
+def test_a_model_folder_whose_weights_do_not_fit_its_config(fields, message, tmp_path):
+    """With a layer more in the config, transformers made that layer up at random, with a
+    warning, and the run went on; with a wider MLP it raised a RuntimeError."""
+    folder = Path(tiny_source("llama", tmp_path / "model").path)
+    _edit_config(folder, **fields)
+    result = invoke("export", "--model", str(folder), "--out", str(tmp_path / "x"))
+    assert_user_error(result, f"model '{folder}'", message)
+    assert not (tmp_path / "x").exists()
+
+
 def test_out_of_memory_sized_request(monkeypatch, tmp_path, slice_files, minilm):
     monkeypatch.setattr("expertlens_lite.runtime.available_memory", lambda: 10**6)
     result = run_slice(tmp_path / "r", slice_files / "concepts.txt", "minilm", "--batch-size", "512", "--seed", "9")

@@ -14,9 +14,11 @@ import pytest
 from expertlens_lite import runtime
 from expertlens_lite.batching import Encoded, PoolingOptions
 from expertlens_lite.errors import InputError, ModelError
+from expertlens_lite.export import export_model
 from expertlens_lite.lengths import check_lengths, export_max_tokens, max_tokens
 from expertlens_lite.runtime import compute_responses
 
+from .test_parity import tiny_source
 from .test_runtime import SENTENCES, Interrupt, count_batches_run, interrupt_after
 
 BATCHES = 5  # SENTENCES in batches of 4
@@ -111,6 +113,16 @@ def test_sentence_as_long_as_the_model_reads_runs(minilm, tmp_path):
     assert responses.neurons.shape == (4, minilm.manifest.n_neurons)
 
 
+def test_a_roberta_sentence_past_its_positions_is_refused_and_one_at_them_runs(tmp_path):
+    """Tiny RoBERTa: 128 positions, padding id 1, so 126 tokens; its word-level
+    tokenizer has no limit. A 127-token sentence failed inside ONNX Runtime."""
+    exported = export_model(tiny_source("roberta", tmp_path / "roberta"), tmp_path / "home")
+    at_limit, over = " ".join(["w5"] * 126), " ".join(["w5"] * 127)
+    with pytest.raises(InputError, match=r"has 127 tokens; model 'roberta' reads at most 126"):
+        compute_responses(exported, [over], "over", tmp_path, batch_size=4, device="cpu")
+    assert compute_responses(exported, [at_limit], "at", tmp_path, batch_size=4, device="cpu").neurons.shape == (1, exported.manifest.n_neurons)
+
+
 def encoded_of_lengths(*lengths: int) -> Encoded:
     return Encoded(tuple(np.zeros(n, dtype=np.int64) for n in lengths), tuple(np.zeros(n, dtype=bool) for n in lengths))
 
@@ -135,6 +147,10 @@ def test_length_check_names_the_longest_sentence_and_counts_the_others():
         ({"max_position_embeddings": None, "n_positions": 64}, {}, 64),
         ({"max_position_embeddings": "512", "n_positions": True}, {"model_max_length": 1e30}, None),  # nothing usable
         ({}, {}, None),
+        # RoBERTa's position ids count on from its padding id: a tokenizer without a limit does not say so
+        ({"model_type": "roberta", "max_position_embeddings": 514, "pad_token_id": 1}, {"model_max_length": 1e30}, 512),
+        ({"model_type": "xlm-roberta", "max_position_embeddings": 128, "pad_token_id": 1}, {}, 126),
+        ({"model_type": "roberta", "max_position_embeddings": 128, "pad_token_id": None}, {}, 128),
     ],
 )
 def test_max_tokens_is_the_smaller_known_limit(config, tokenizer_config, limit):

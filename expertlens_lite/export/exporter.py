@@ -29,7 +29,7 @@ from ..concepts import read_corpus
 from ..errors import ModelError, first_line
 from ..locks import waiting_for
 from ..models import Architecture, get_architecture
-from ..models.sources import ModelSource, cannot_load
+from ..models.sources import ModelSource, cannot_load, quiet_transformers
 from ..paths import DEFAULT_CORPUS, bundled
 from .manifest import FORMAT_VERSION, MANIFEST, Manifest, damage
 from .prefix import Prefix, compute_prefix, constant_prefix, load_prefix, save_prefix
@@ -177,9 +177,19 @@ def _calibration_batches(exported: ExportedModel) -> list[dict[str, np.ndarray]]
     return [batch for _, batch in iter_batches(encoded, 32, pad_id(tokenizer), PoolingOptions())]
 
 
+# Weights a base model may lack in its checkpoint without harm: BERT's pooler, which
+# masked-LM checkpoints do not have and no neuron depends on.
+_UNUSED_WEIGHTS = re.compile(r"^pooler\.")
+# What a folder holding a tokenizer has (fast, WordPiece, BPE or SentencePiece files).
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.*", "merges.txt", "*.model", "*.tiktoken")
+
+
 def load_pretrained(source: ModelSource):
     """Config, base model (fp32, eval mode) and tokenizer; a one-line error for a model
-    that cannot be found or read (unreachable, weights missing or cut short, no tokenizer)."""
+    that cannot be found or read (unreachable, weights missing or cut short, no tokenizer)
+    or whose weights do not fit its config. transformers only warns when the checkpoint
+    lacks weights the config asks for (a layer more, keys of another prefix) and makes
+    them up at random: the run would go on with random neurons."""
     import torch
     from safetensors import SafetensorError
     from transformers import AutoConfig, AutoModel, AutoTokenizer
@@ -187,14 +197,35 @@ def load_pretrained(source: ModelSource):
     try:
         config = AutoConfig.from_pretrained(source.path, revision=source.load_revision)
         architecture = get_architecture(config.model_type)
-        model = AutoModel.from_pretrained(source.path, revision=source.load_revision, dtype=torch.float32).eval()
+        with quiet_transformers():
+            model, loading = AutoModel.from_pretrained(
+                source.path, revision=source.load_revision, dtype=torch.float32, output_loading_info=True
+            )
     except (OSError, ValueError, SafetensorError) as exc:
         raise cannot_load(source.name, source.revision, exc) from None
+    except RuntimeError as exc:
+        if "size mismatch" not in str(exc):
+            raise
+        raise ModelError(f"the weights of model {source.name!r} do not fit its config: {_mismatch(exc)}") from None
+    if missing := [key for key in loading["missing_keys"] if not _UNUSED_WEIGHTS.match(key)]:
+        raise ModelError(
+            f"the checkpoint of model {source.name!r} lacks {len(missing)} weight(s) its config asks for "
+            f"({', '.join(sorted(missing)[:3])}{', ...' if len(missing) > 3 else ''}): the config and the weights do not match"
+        )
+    folder = Path(source.path)
+    if folder.is_dir() and not any(next(folder.glob(pattern), None) for pattern in _TOKENIZER_FILES):
+        raise cannot_load(source.name, source.revision, FileNotFoundError(f"no tokenizer files in {folder}"), "tokenizer")
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source.path, revision=source.load_revision)
+        with quiet_transformers():
+            tokenizer = AutoTokenizer.from_pretrained(source.path, revision=source.load_revision)
     except (OSError, ValueError, TypeError, AttributeError) as exc:  # without its files, some classes fail on None (GPT-NeoX: AttributeError)
         raise cannot_load(source.name, source.revision, exc, "tokenizer") from None
-    return architecture, model, tokenizer
+    return architecture, model.eval(), tokenizer
+
+
+def _mismatch(exc: RuntimeError) -> str:
+    """The first "size mismatch for ..." line of PyTorch's state-dict error."""
+    return next((line.strip() for line in str(exc).splitlines() if "size mismatch" in line), first_line(exc))
 
 
 def _onnx_export(model, folder: Path, with_past: bool) -> bool:

@@ -16,6 +16,8 @@ import importlib.util
 import json
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -187,6 +189,28 @@ def hub_reachable(timeout: float = 5.0) -> bool:
     return True
 
 
+@contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """transformers' warnings and progress bars off in the block. What they say there is
+    noise to a user of this tool: Llama's tokenizer class warns, in a paragraph, about
+    its "legacy" default (which the warning itself says to ignore for a tokenizer read
+    from a GGUF file, and which matters only when adding tokens); a sharded checkpoint
+    draws a bar per load; weights left out of the checkpoint are checked by
+    :func:`~expertlens_lite.export.exporter.load_pretrained` itself, in one line."""
+    from transformers.utils import logging as transformers_logging
+
+    verbosity = transformers_logging.get_verbosity()
+    bars = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        transformers_logging.set_verbosity(verbosity)
+        if bars:
+            transformers_logging.enable_progress_bar()
+
+
 def cannot_load(name: str, revision: str | None, exc: Exception, part: str = "") -> ModelError:
     """The one-line error for a model (or a ``part`` of it) transformers cannot find or read."""
     if Path(name).expanduser().exists():
@@ -292,18 +316,11 @@ def _dequantized(path: Path, folder: Path) -> Path:
         )
     log.info("dequantizing %s to an fp32 model folder (once)", path.name)
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as transformers_logging
 
     with atomic_dir(folder) as tmp:
         model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name)
-        # Llama's tokenizer class warns, in a paragraph, about its "legacy" default; the
-        # warning itself says to ignore it for a tokenizer read from a GGUF file.
-        verbosity = transformers_logging.get_verbosity()
-        transformers_logging.set_verbosity_error()
-        try:
+        with quiet_transformers():
             tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-        finally:
-            transformers_logging.set_verbosity(verbosity)
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         write_json(tmp / _SIZES, file_sizes(tmp, leave_out=_SIZES))
