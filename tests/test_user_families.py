@@ -5,6 +5,7 @@ is refused with a one-line :class:`ModelError` before anything is traced."""
 
 from __future__ import annotations
 
+import json
 import logging
 
 import pytest
@@ -84,3 +85,59 @@ def test_an_entry_that_names_no_down_projection_is_refused(mlp_down, message, tm
     monkeypatch.setattr(exporter, "_onnx_export", lambda *args, **kwargs: pytest.fail("refused only after tracing"))
     with pytest.raises(ModelError, match=message):
         export_model(tiny_source("llama", tmp_path / "llama", bos=True), tmp_path / "home")
+
+
+def test_an_export_made_with_another_entry_for_its_model_type_is_made_again(tmp_path, caplog):
+    """The cache key is the model's: an entry corrected to name another module kept the
+    neurons the old entry had read (seen in an audit)."""
+    first = Architecture("cohere", model_types=("cohere",), mlp_down="layers.{layer}.self_attn.o_proj", causal=True)
+    register(first)
+    config = AutoConfig.for_model("cohere", num_key_value_heads=2, max_position_embeddings=128, **SMALL)
+    source = tiny_source("cohere", tmp_path / "cohere", config=config)
+    assert export_model(source, tmp_path / "home").manifest.units_per_layer == [64, 64]  # o_proj's input: the hidden size
+    registry._REGISTRY["cohere"] = Architecture("cohere", ("cohere",), "layers.{layer}.mlp.down_proj", causal=True)
+    with caplog.at_level(logging.WARNING, logger="expertlens_lite"):
+        again = export_model(source, tmp_path / "home")
+    assert "is of another entry for 'cohere' (layers.{layer}.self_attn.o_proj, causal=True); exporting it again" in caplog.text
+    assert again.manifest.units_per_layer == [160, 160] and again.manifest.mlp_down == "layers.{layer}.mlp.down_proj"
+
+
+def test_the_command_line_takes_families_from_a_file(tmp_path, monkeypatch):
+    """The README's recipe worked only from Python: the CLI could not register a family."""
+    from click.testing import CliRunner
+
+    from expertlens_lite.cli import main
+
+    config = AutoConfig.for_model("cohere", num_key_value_heads=2, max_position_embeddings=128, **SMALL)
+    folder = tiny_source("cohere", tmp_path / "cohere", config=config).path
+    families = tmp_path / "families.py"
+    families.write_text(
+        "from expertlens_lite.models import Architecture, register\n\n"
+        'register(Architecture("cohere", model_types=("cohere",), mlp_down="layers.{layer}.mlp.down_proj", causal=True))\n'
+    )
+    monkeypatch.setenv("ELENS_HOME", str(tmp_path / "home"))
+    refused = CliRunner().invoke(main, ["export", "--model", folder, "--out", str(tmp_path / "x")])
+    assert refused.exit_code == 2 and "unsupported model architecture 'cohere'" in refused.stderr
+    result = CliRunner().invoke(main, ["--families", str(families), "export", "--model", folder, "--out", str(tmp_path / "x")])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "x" / "manifest.json").read_text())["units_per_layer"] == [160, 160]
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("def f(:\n", "families.py:1: SyntaxError: invalid syntax"),
+        ("from expertlens_lite.models import Architecture, register\n\nregister(Architecture('x', ('llama',), 'a.{layer}', causal=True))\n",
+         "families.py:3: ValueError: model type 'llama' is already registered by 'llama'"),
+        (None, "families.py: no such file"),
+    ],
+)
+def test_a_families_file_that_fails_is_one_line(text, message, tmp_path):
+    from click.testing import CliRunner
+
+    from expertlens_lite.cli import main
+
+    if text is not None:
+        (tmp_path / "families.py").write_text(text)
+    result = CliRunner().invoke(main, ["--families", str(tmp_path / "families.py"), "models"])
+    assert result.exit_code == 2 and result.stderr.startswith(f"error: --families {tmp_path}/{message}") and result.stderr.count("\n") == 1, result.stderr

@@ -33,11 +33,21 @@ class _Group(click.Group):
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.version_option(__version__, prog_name="elens-lite")
 @click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
-def main(verbose: int) -> None:
+@click.option(
+    "--families", "family_files", multiple=True, envvar="ELENS_FAMILIES", metavar="FILE",
+    help="A Python file of expertlens_lite.models.register calls, run first: model families of your own (repeatable; "
+    "or ELENS_FAMILIES, files separated by spaces).",
+)
+def main(verbose: int, family_files: tuple[str, ...]) -> None:
     """Find expert neurons of word concepts and measure their alignment with human similarity."""
     # Other libraries (ONNX Runtime's quantizer logs to the root logger) stay at warnings.
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("expertlens_lite").setLevel(logging.WARNING - 10 * min(verbose, 2))
+    if family_files:
+        from ..models import register_from_file
+
+        for path in family_files:
+            register_from_file(path)
 
 
 from . import export_cmd, models_cmd, run_cmd  # noqa: E402,F401  (register subcommands)

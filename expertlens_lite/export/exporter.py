@@ -132,8 +132,8 @@ def _cached_export(source: ModelSource, directory: Path, quantize: str) -> Expor
         remove_leftovers(directory, ".*.tmp*", f"{SCRATCH_PREFIX}*", f"{PROBE_PREFIX}*.onnx")
     if not (directory / MANIFEST).exists():
         _export_fresh(source, directory)
-    elif (problem := damage(directory)) is not None:  # a cache: made again, not refused
-        log.warning("the cached export %s is damaged (%s); exporting it again", directory, problem)
+    elif (problem := _unfit(directory)) is not None:  # a cache: made again, not refused
+        log.warning("the cached export %s is %s; exporting it again", directory, problem)
         _export_fresh(source, directory)
     exported = ExportedModel(directory, Manifest.load(directory))
     if exported.manifest.tokenizer_json is None:  # exported before the check existed: checked once, now
@@ -147,6 +147,23 @@ def _cached_export(source: ModelSource, directory: Path, quantize: str) -> Expor
         exported.manifest.files[path.name] = onnx_sha256(path)
         exported.manifest.save(directory)
     return exported
+
+
+def _unfit(directory: Path) -> str | None:
+    """Why the cached export in ``directory`` cannot be reused, if it cannot: damaged, or
+    made with another family entry for its model type. The cache key is the model's, not
+    the entry's, so an entry a user corrects (another module) would otherwise keep its
+    neurons read from the old one."""
+    if (problem := damage(directory)) is not None:
+        return f"damaged ({problem})"
+    manifest = Manifest.load(directory)
+    try:
+        entry = get_architecture(manifest.model_type)
+    except ModelError:  # a family registered when it was exported, not now: used as it is
+        return None
+    if manifest.mlp_down is not None and (manifest.mlp_down, manifest.causal) != (entry.mlp_down, entry.causal):
+        return f"of another entry for {manifest.model_type!r} ({manifest.mlp_down}, causal={manifest.causal})"
+    return None
 
 
 def _given_export(directory: Path, quantize: str) -> ExportedModel:
@@ -345,6 +362,7 @@ def _export_fresh(source: ModelSource, directory: Path) -> None:
             architecture=architecture.name,
             model_type=model.config.model_type,
             causal=architecture.causal,
+            mlp_down=architecture.mlp_down,
             prefix_token_ids=list(prefix_ids),
             units_per_layer=units,
             hidden_size=int(expected_embedding.shape[1]),

@@ -25,7 +25,9 @@ class Manifest:
     of the export folder but the manifest, by name, in bytes (:func:`damage`; empty in
     manifests written before it existed). ``tokenizer_json``: whether its ``tokenizer.json``
     alone tokenizes as transformers does (:mod:`.tokenizer`); None in manifests written
-    before that check existed, until a run checks it.
+    before that check existed, until a run checks it. ``mlp_down``: the family entry's
+    module (:class:`~expertlens_lite.models.Architecture`) the neurons were read from;
+    None in manifests written before it was recorded.
     """
 
     model: str
@@ -43,6 +45,7 @@ class Manifest:
     files: dict[str, str] = field(default_factory=dict)
     sizes: dict[str, int] = field(default_factory=dict)
     tokenizer_json: bool | None = None
+    mlp_down: str | None = None
     format_version: int = FORMAT_VERSION
 
     @property
@@ -89,6 +92,7 @@ class Manifest:
             "files": mapping(self.files, str),
             "sizes": mapping(self.sizes, int),
             "tokenizer_json": self.tokenizer_json is None or isinstance(self.tokenizer_json, bool),
+            "mlp_down": self.mlp_down is None or isinstance(self.mlp_down, str),
         }
         wrong = [name for name, right in checks.items() if not right]
         if wrong:

@@ -10,8 +10,9 @@ for SwiGLU models), so an entry only has to name that module.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
-from ..errors import ModelError
+from ..errors import ModelError, first_line
 
 
 @dataclass(frozen=True)
@@ -80,5 +81,24 @@ def get_architecture(model_type: str) -> Architecture:
     except KeyError:
         raise ModelError(
             f"unsupported model architecture {model_type!r}; supported: {', '.join(supported_model_types())} "
-            "(add one with expertlens_lite.models.register, see the README)"
+            "(add one with expertlens_lite.models.register, or a file of such calls given to elens-lite --families; see the README)"
         ) from None
+
+
+def register_from_file(path: str | Path) -> None:
+    """Run the Python file ``path``, whose :func:`register` calls add families: how
+    ``elens-lite --families FILE`` gives the command line the README's recipe. Any
+    failure of the file is one :class:`ModelError` line naming it, and its line."""
+    import runpy
+    import traceback
+
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ModelError(f"--families {path}: no such file")
+    try:
+        runpy.run_path(str(path), run_name="expertlens_lite_families")
+    except Exception as exc:  # noqa: BLE001  (the user's code: whatever it raises is shown in one line)
+        lines = [frame.lineno for frame in traceback.extract_tb(exc.__traceback__) if Path(frame.filename) == path]
+        line = getattr(exc, "lineno", None) if isinstance(exc, SyntaxError) else (lines[-1] if lines else None)
+        at = f"{path}:{line}" if line else str(path)
+        raise ModelError(f"--families {at}: {type(exc).__name__}: {first_line(exc)}") from None
