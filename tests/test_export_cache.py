@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 
@@ -158,3 +159,17 @@ def test_cached_files_get_the_modes_the_umask_gives_new_files(tmp_path):
     assert {"model.onnx_data", "model.int8.onnx.data", "model.fp16.onnx.data"} <= files.keys()
     assert files == dict.fromkeys(files, oct(FILE_MODE))
     assert oct(exported.directory.stat().st_mode & 0o777) == oct(DIR_MODE)
+
+
+def test_files_beside_the_model_do_not_make_it_another_model(tmp_path):
+    """Results written into the model folder made every run export the model anew."""
+    folder = Path(tiny_source("bert", tmp_path / "bert").path)
+    before = sources.resolve_model(str(folder), None, tmp_path / "home").fingerprint
+    (folder / "README.md").write_text("notes")
+    (folder / "notes.ipynb").write_text("{}")
+    (folder / "results").mkdir()
+    (folder / "results" / "summary.json").write_text("{}")
+    assert sources.resolve_model(str(folder), None, tmp_path / "home").fingerprint == before
+    config = folder / "config.json"
+    config.write_text(config.read_text().replace('"num_hidden_layers": 2', '"num_hidden_layers": 1'))
+    assert sources.resolve_model(str(folder), None, tmp_path / "home").fingerprint != before

@@ -237,10 +237,18 @@ def _resolve_local(path: Path, cache_dir: Path) -> ModelSource:
     return ModelSource(str(path), str(path), None, _folder_fingerprint(path))
 
 
+# The files of a model folder that make its model: config, weights, tokenizer (and the
+# chat template saved beside it). Others, and subfolders, are not the model's: a README
+# edited, a notebook, results written into the folder, a .git.
+_MODEL_FILE_SUFFIXES = frozenset({".json", ".safetensors", ".bin", ".pt", ".pth", ".model", ".txt", ".tiktoken", ".jinja"})
+
+
 def _folder_fingerprint(folder: Path) -> str:
-    """Hash of file names, sizes and modification times: cheap, and changes with the weights."""
+    """Hash of the names, sizes and modification times of the model's files: cheap, and
+    changes with the weights. Any other file made the model a new one, exported anew
+    (hundreds of MB, never removed) on every run that wrote its results into the folder."""
     digest = hashlib.sha256()
-    for file in sorted(p for p in folder.rglob("*") if p.is_file()):
+    for file in sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in _MODEL_FILE_SUFFIXES):
         stat = file.stat()
         digest.update(f"{file.relative_to(folder)}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()[:16]
