@@ -182,7 +182,7 @@ def test_a_run_on_an_export_folder_needs_no_pytorch(minilm_run, slice_files, tmp
     assert result.exit_code == 0, result.output
     np.testing.assert_array_equal(np.load(tmp_path / "r" / "ap.npy"), np.load(minilm_run[1] / "ap.npy"))
     quantized = run_slice(tmp_path / "q", slice_files / "concepts.txt", str(tmp_path / "onnx"), "--quantize", "int8")
-    assert_user_error(quantized, f"{tmp_path / 'onnx'} has no int8 variant; export it with --quantize int8")
+    assert_user_error(quantized, f"the export in {tmp_path / 'onnx'} has no int8 variant; export its model (minilm) with --quantize int8")
     manifest = tmp_path / "onnx" / "manifest.json"
     manifest.write_text(manifest.read_text().replace(f'"format_version": {FORMAT_VERSION}', '"format_version": 6'))
     older = run_slice(tmp_path / "o", slice_files / "concepts.txt", str(tmp_path / "onnx"))

@@ -76,7 +76,10 @@ class ExportedModel:
         quantize)`` makes."""
         _check_quantize(quantize)
         if onnx_filename(quantize) not in self.manifest.files:
-            raise ModelError(f"{self.directory} has no {quantize} variant; export it with --quantize {quantize}")
+            raise ModelError(
+                f"the export in {self.directory} has no {quantize} variant; export its model "
+                f"({self.manifest.model}) with --quantize {quantize}"
+            )
         return self.directory / onnx_filename(quantize)
 
     def tokenizer(self):
