@@ -77,6 +77,8 @@ def test_a_model_type_optimum_cannot_export_is_refused(tmp_path, elens_home):
         ("layers.{layer}.mlp.down", r"^family 'mine': the model has no module 'layers.0.mlp.down' \(its mlp_down entry\)$"),
         ("layers.{layer}.mlp", r"^family 'mine': 'layers.0.mlp' is a LlamaMLP, not a linear layer$"),
         ("layers.{layer}.mlp.up_proj", r"^family 'mine': 'layers.0.mlp.up_proj' maps 64 to 160 units, but an MLP down-projection maps onto the hidden size 64$"),
+        ("layers.{layer}.self_attn.o_proj",  # maps onto the hidden size too, and was taken (seen in an audit)
+         r"^family 'mine': 'layers.0.self_attn.o_proj' reads 64 units, but the model's MLP has 160: its mlp_down entry must name the MLP's down-projection$"),
     ],
 )
 def test_an_entry_that_names_no_down_projection_is_refused(mlp_down, message, tmp_path, monkeypatch):
@@ -90,16 +92,15 @@ def test_an_entry_that_names_no_down_projection_is_refused(mlp_down, message, tm
 def test_an_export_made_with_another_entry_for_its_model_type_is_made_again(tmp_path, caplog):
     """The cache key is the model's: an entry corrected to name another module kept the
     neurons the old entry had read (seen in an audit)."""
-    first = Architecture("cohere", model_types=("cohere",), mlp_down="layers.{layer}.self_attn.o_proj", causal=True)
-    register(first)
+    register(Architecture("cohere", model_types=("cohere",), mlp_down="layers.{layer}.mlp.down_proj", causal=False))
     config = AutoConfig.for_model("cohere", num_key_value_heads=2, max_position_embeddings=128, **SMALL)
     source = tiny_source("cohere", tmp_path / "cohere", config=config)
-    assert export_model(source, tmp_path / "home").manifest.units_per_layer == [64, 64]  # o_proj's input: the hidden size
+    assert not export_model(source, tmp_path / "home").manifest.causal
     registry._REGISTRY["cohere"] = Architecture("cohere", ("cohere",), "layers.{layer}.mlp.down_proj", causal=True)
     with caplog.at_level(logging.WARNING, logger="expertlens_lite"):
         again = export_model(source, tmp_path / "home")
-    assert "is of another entry for 'cohere' (layers.{layer}.self_attn.o_proj, causal=True); exporting it again" in caplog.text
-    assert again.manifest.units_per_layer == [160, 160] and again.manifest.mlp_down == "layers.{layer}.mlp.down_proj"
+    assert "is of another entry for 'cohere' (layers.{layer}.mlp.down_proj, causal=False); exporting it again" in caplog.text
+    assert again.manifest.causal and again.manifest.mlp_down == "layers.{layer}.mlp.down_proj"
 
 
 def test_the_command_line_takes_families_from_a_file(tmp_path, monkeypatch):

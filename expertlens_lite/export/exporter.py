@@ -405,15 +405,22 @@ def prepare_graph(onnx_path: Path, scopes: list[str], units: list[int]) -> int:
     return next(op.version for op in graph.opset_import if op.domain in ("", "ai.onnx"))
 
 
+# config.json keys of the MLP's width, by family (most, GPT-2/GPT-J, OPT, DistilBERT, Falcon).
+_MLP_WIDTH_KEYS = ("intermediate_size", "n_inner", "ffn_dim", "hidden_dim", "ffn_hidden_size")
+
+
 def _units_per_layer(model, architecture: Architecture, n_layers: int) -> list[int]:
     """Input width of each down-projection (``nn.Linear`` or GPT-2's transposed ``Conv1D``),
-    checked to be one: a linear layer that maps onto the hidden size.
+    checked to be one: a linear layer that maps onto the hidden size, from the MLP's
+    width where the config gives it.
 
     Why check: the parity check compares the graph with PyTorch hooks on the same module,
     so an entry that names a module which exists but is not the down-projection (say
-    ``up_proj``) would export consistently and find "experts" elsewhere in the MLP.
+    ``up_proj``, or attention's ``o_proj``, which also maps onto the hidden size) would
+    export consistently and find "experts" elsewhere in the model.
     """
     hidden = model.config.hidden_size
+    widths = {value for key in _MLP_WIDTH_KEYS if isinstance(value := getattr(model.config, key, None), int) and not isinstance(value, bool)}
     units = []
     for layer in range(n_layers):
         path = architecture.mlp_down_module(layer)
@@ -428,6 +435,11 @@ def _units_per_layer(model, architecture: Architecture, n_layers: int) -> list[i
         if n_out != hidden:
             raise ModelError(
                 f"family {architecture.name!r}: {path!r} maps {n_in} to {n_out} units, but an MLP down-projection maps onto the hidden size {hidden}"
+            )
+        if widths and n_in not in widths:
+            raise ModelError(
+                f"family {architecture.name!r}: {path!r} reads {n_in} units, but the model's MLP has "
+                f"{' or '.join(map(str, sorted(widths)))}: its mlp_down entry must name the MLP's down-projection"
             )
         units.append(int(n_in))
     return units
