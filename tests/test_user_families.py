@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 
+import onnx
 import pytest
 from transformers import AutoConfig
 
@@ -60,6 +61,26 @@ def test_a_family_that_cannot_take_past_runs_whole_sentences(tmp_path, monkeypat
     assert exported.manifest.prefix_token_ids == []  # no past to feed a prefix's states to
     for options in OPTIONS[:2]:
         assert_equals_whole_forward(source, exported, alike_sentences(), options, tmp_path, f"whole-{options.key()}")
+
+
+def test_a_family_whose_past_is_traced_wrong_runs_whole_sentences(tmp_path, monkeypatch, caplog):
+    """A trace that runs but computes the past otherwise than the model (MPT, in an
+    audit) was refused for its parity, though the export without past matches."""
+    parity = exporter._parity
+
+    def wrong_with_past(onnx_path, *args):
+        diff, scaled = parity(onnx_path, *args)
+        graph = onnx.load(onnx_path, load_external_data=False).graph
+        return (0.7, 0.7) if any(i.name.startswith(PAST_INPUT) for i in graph.input) else (diff, scaled)
+
+    monkeypatch.setattr(exporter, "_parity", wrong_with_past)
+    source = tiny_source("llama", tmp_path / "llama", bos=True)
+    with caplog.at_level(logging.WARNING, logger="expertlens_lite"):
+        exported = export_model(source, tmp_path / "home")
+    assert "llama exported with past keys and values differs from PyTorch by 7.00e-01 (scaled 7.00e-01 > 1e-04); exporting it without them" in caplog.text
+    assert not takes_past(exported) and exported.manifest.prefix_token_ids == []
+    assert exported.manifest.parity_max_abs_diff < 1e-4
+    assert_equals_whole_forward(source, exported, alike_sentences(), OPTIONS[0], tmp_path, "whole")
 
 
 def test_a_model_type_optimum_cannot_export_is_refused(tmp_path, elens_home):

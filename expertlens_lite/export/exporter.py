@@ -267,8 +267,7 @@ def _onnx_export(model, folder: Path, with_past: bool) -> bool:
             return True
         except Exception as exc:  # noqa: BLE001  (whatever the tracer raises; the plain export below says if the model is the problem)
             log.warning("%s cannot be exported with past keys and values (%s: %s); its sentences will run whole", model_type, type(exc).__name__, first_line(exc))
-            for path in folder.iterdir():  # what the failed attempt left
-                shutil.rmtree(path) if path.is_dir() else path.unlink()
+            _empty(folder)
     try:
         _optimum_export(model, folder, with_past=False)
     except Exception as exc:
@@ -336,44 +335,67 @@ def _with_past_mask(onnx_config):
 
 def _export_fresh(source: ModelSource, directory: Path) -> None:
     architecture, model, tokenizer = load_pretrained(source)
-    n_layers = model.config.num_hidden_layers
-    units = _units_per_layer(model, architecture, n_layers)
+    units = _units_per_layer(model, architecture, model.config.num_hidden_layers)
     log.info("exporting %s to ONNX", source.name)
     with atomic_dir(directory) as tmp:
-        with_past = _onnx_export(model, tmp, with_past=architecture.causal)
-        prefix_ids = constant_prefix(tokenizer, architecture, PARITY_SENTENCES) if with_past else ()
-        prefix = compute_prefix(model, architecture, prefix_ids) if prefix_ids else Prefix()
-        if prefix.token_ids:
-            save_prefix(tmp, prefix)
-        tokenizer.save_pretrained(tmp)
-        tokenizer_json = _tokenizer_json_agrees(tokenizer, tmp, source.name)
-        np.save(tmp / EMBEDDINGS, model.get_input_embeddings().weight.detach().float().numpy())
+        try:
+            manifest = _export_into(tmp, source, architecture, model, tokenizer, units, with_past=architecture.causal)
+        except ParityError as exc:
+            if not architecture.causal:
+                raise
+            # A trace that runs but computes the past otherwise than the model (seen with MPT).
+            log.warning("%s exported with past keys and values %s; exporting it without them: its sentences will run whole",
+                        model.config.model_type, str(exc).removeprefix(f"exported {source.name} "))
+            _empty(tmp)
+            manifest = _export_into(tmp, source, architecture, model, tokenizer, units, with_past=False)
+        manifest.save(tmp)
 
-        encoded = encode(tokenizer, PARITY_SENTENCES)
-        batch = make_batch(encoded, range(len(PARITY_SENTENCES)), pad_id(tokenizer), PoolingOptions())
-        expected, expected_embedding = torch_responses(model, architecture, batch)
-        onnx_path = tmp / "model.onnx"
-        opset = prepare_graph(onnx_path, [architecture.onnx_scope(i) for i in range(n_layers)], units)
-        diff, scaled = _parity(onnx_path, encoded, pad_id(tokenizer), prefix, n_layers, expected, expected_embedding)
-        if scaled > PARITY_ATOL:
-            raise ParityError(f"exported {source.name} differs from PyTorch by {diff:.2e} (scaled {scaled:.2e} > {PARITY_ATOL:.0e})")
-        Manifest(
-            model=source.name,
-            revision=source.revision,
-            commit=source.commit,
-            fingerprint=source.fingerprint,
-            architecture=architecture.name,
-            model_type=model.config.model_type,
-            causal=architecture.causal,
-            mlp_down=architecture.mlp_down,
-            prefix_token_ids=list(prefix_ids),
-            units_per_layer=units,
-            hidden_size=int(expected_embedding.shape[1]),
-            parity_max_abs_diff=diff,
-            opset=opset,
-            files={"model.onnx": onnx_sha256(onnx_path)},
-            tokenizer_json=tokenizer_json,
-        ).save(tmp)
+
+def _export_into(tmp: Path, source: ModelSource, architecture: Architecture, model, tokenizer, units: list[int], with_past: bool) -> Manifest:
+    """Export ``model`` into the empty folder ``tmp`` (with past keys and values if
+    ``with_past`` and the trace takes them) and check its responses against PyTorch's;
+    the manifest to save once nothing more is added to the folder."""
+    n_layers = model.config.num_hidden_layers
+    with_past = _onnx_export(model, tmp, with_past=with_past)
+    prefix_ids = constant_prefix(tokenizer, architecture, PARITY_SENTENCES) if with_past else ()
+    prefix = compute_prefix(model, architecture, prefix_ids) if prefix_ids else Prefix()
+    if prefix.token_ids:
+        save_prefix(tmp, prefix)
+    tokenizer.save_pretrained(tmp)
+    tokenizer_json = _tokenizer_json_agrees(tokenizer, tmp, source.name)
+    np.save(tmp / EMBEDDINGS, model.get_input_embeddings().weight.detach().float().numpy())
+
+    encoded = encode(tokenizer, PARITY_SENTENCES)
+    batch = make_batch(encoded, range(len(PARITY_SENTENCES)), pad_id(tokenizer), PoolingOptions())
+    expected, expected_embedding = torch_responses(model, architecture, batch)
+    onnx_path = tmp / "model.onnx"
+    opset = prepare_graph(onnx_path, [architecture.onnx_scope(i) for i in range(n_layers)], units)
+    diff, scaled = _parity(onnx_path, encoded, pad_id(tokenizer), prefix, n_layers, expected, expected_embedding)
+    if scaled > PARITY_ATOL:
+        raise ParityError(f"exported {source.name} differs from PyTorch by {diff:.2e} (scaled {scaled:.2e} > {PARITY_ATOL:.0e})")
+    return Manifest(
+        model=source.name,
+        revision=source.revision,
+        commit=source.commit,
+        fingerprint=source.fingerprint,
+        architecture=architecture.name,
+        model_type=model.config.model_type,
+        causal=architecture.causal,
+        mlp_down=architecture.mlp_down,
+        prefix_token_ids=list(prefix_ids),
+        units_per_layer=units,
+        hidden_size=int(expected_embedding.shape[1]),
+        parity_max_abs_diff=diff,
+        opset=opset,
+        files={"model.onnx": onnx_sha256(onnx_path)},
+        tokenizer_json=tokenizer_json,
+    )
+
+
+def _empty(folder: Path) -> None:
+    """Delete what a failed export attempt left in ``folder``."""
+    for path in folder.iterdir():
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
 
 
 def _tokenizer_json_agrees(reference, directory: Path, name: str) -> bool:
