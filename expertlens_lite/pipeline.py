@@ -283,7 +283,7 @@ def _run(config: RunConfig, cache: Path, progress: Progress | None) -> RunResult
         write_results(config.out, summary, exported.manifest, concept_set, rated, ap, measures, min(config.taus))
     summary = json_ready(summary | {"timings": timer.seconds})  # what summary.json holds
     write_summary(config.out, summary)
-    return RunResult(summary, config.out, concept_set, ap, measures)
+    return RunResult(summary, config.out.absolute(), concept_set, ap, measures)  # right after a chdir too
 
 
 def _summary(

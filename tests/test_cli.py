@@ -323,8 +323,8 @@ def test_a_model_folder_missing_or_cutting_short_a_file(harm, message, tmp_path)
 
 
 def _edit_config(folder: Path, **fields) -> None:
-    config = json.loads((folder / "config.json").read_text())
-    (folder / "config.json").write_text(json.dumps(config | fields))
+    config = json.loads((folder / "config.json").read_text()) | fields
+    (folder / "config.json").write_text(json.dumps({key: value for key, value in config.items() if value is not None}))
 
 
 @pytest.mark.parametrize(
@@ -332,6 +332,7 @@ def _edit_config(folder: Path, **fields) -> None:
     [
         ({"num_hidden_layers": 3}, "lacks 9 weight(s) its config asks for (layers.2.input_layernorm.weight, layers.2.mlp.down_proj.weight, layers.2.mlp.gate_proj.weight, ...): the config and the weights do not match"),
         ({"intermediate_size": 200}, "do not fit its config: size mismatch for weight: copying a param with shape torch.Size([64, 160]) from checkpoint"),
+        ({"model_type": None}, "its config.json names no model_type (a model folder needs"),  # instead of transformers' list of every type
     ],
 )
 def test_a_model_folder_whose_weights_do_not_fit_its_config(fields, message, tmp_path):

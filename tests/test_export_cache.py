@@ -173,3 +173,12 @@ def test_files_beside_the_model_do_not_make_it_another_model(tmp_path):
     config = folder / "config.json"
     config.write_text(config.read_text().replace('"num_hidden_layers": 2', '"num_hidden_layers": 1'))
     assert sources.resolve_model(str(folder), None, tmp_path / "home").fingerprint != before
+
+
+def test_a_model_to_export_may_be_given_as_a_model_value(tmp_path):
+    """``export_model("minilm", cache)`` failed with AttributeError: it took only a
+    ModelSource from resolve_model."""
+    folder = tiny_source("bert", tmp_path / "bert").path
+    assert export_model(Path(folder), tmp_path / "home").directory == export_model(sources.resolve_model(folder, None, tmp_path / "home"), tmp_path / "home").directory
+    with pytest.raises(ModelError, match=r"^a model to export is a ModelSource \(resolve_model\) or a --model value; got 3$"):
+        export_model(3, tmp_path / "home")

@@ -13,7 +13,9 @@ export leaves nothing behind and a rerun reuses a finished one.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+import os
 import re
 import shutil
 import warnings
@@ -29,7 +31,7 @@ from ..concepts import read_corpus
 from ..errors import ModelError, first_line
 from ..locks import waiting_for
 from ..models import Architecture, get_architecture
-from ..models.sources import ModelSource, cannot_load, quiet_transformers
+from ..models.sources import ModelSource, cannot_load, quiet_transformers, resolve_model
 from ..paths import DEFAULT_CORPUS, bundled
 from .manifest import FORMAT_VERSION, MANIFEST, Manifest, damage
 from .prefix import Prefix, compute_prefix, constant_prefix, load_prefix, save_prefix
@@ -115,10 +117,16 @@ def _check_quantize(quantize: str) -> None:
         raise ModelError(f"unknown quantization {quantize!r}; choose one of {', '.join(QUANTIZATIONS)}")
 
 
-def export_model(source: ModelSource, cache_dir: Path, quantize: str = "none") -> ExportedModel:
+def export_model(source: ModelSource | str | os.PathLike, cache_dir: Path, quantize: str = "none") -> ExportedModel:
     """Export (or reuse) ``source`` and make sure its ``quantize`` variant exists; a folder
-    that ``elens-lite export`` wrote is used as it is (:func:`_given_export`)."""
+    that ``elens-lite export`` wrote is used as it is (:func:`_given_export`). A ``source``
+    given as a ``--model`` value (a name, folder, file or hub id) is resolved first."""
     _check_quantize(quantize)
+    cache_dir = Path(cache_dir)
+    if isinstance(source, (str, os.PathLike)):
+        source = resolve_model(os.fspath(source), None, cache_dir)
+    if not isinstance(source, ModelSource):
+        raise ModelError(f"a model to export is a ModelSource (resolve_model) or a --model value; got {source!r}")
     if (Path(source.path) / MANIFEST).exists():
         return _given_export(Path(source.path), quantize)
     directory = export_dir(source, cache_dir)
@@ -214,6 +222,9 @@ def load_pretrained(source: ModelSource):
     from safetensors import SafetensorError
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
+    config_file = Path(source.path) / "config.json"
+    if config_file.is_file() and _lacks_model_type(config_file):  # transformers would list every type it knows
+        raise cannot_load(source.name, source.revision, ValueError("its config.json names no model_type"))
     try:
         config = AutoConfig.from_pretrained(source.path, revision=source.load_revision)
         architecture = get_architecture(config.model_type)
@@ -241,6 +252,16 @@ def load_pretrained(source: ModelSource):
     except (OSError, ValueError, TypeError, AttributeError) as exc:  # without its files, some classes fail on None (GPT-NeoX: AttributeError)
         raise cannot_load(source.name, source.revision, exc, "tokenizer") from None
     return architecture, model.eval(), tokenizer
+
+
+def _lacks_model_type(config_file: Path) -> bool:
+    """Whether ``config_file`` is a JSON object without ``model_type`` (any other fault
+    of it is left for transformers to report)."""
+    try:
+        value = json.loads(config_file.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(value, dict) and "model_type" not in value
 
 
 def _mismatch(exc: RuntimeError) -> str:
