@@ -44,14 +44,21 @@ def pair_values(matrix: np.ndarray, concepts: tuple[str, ...] | list[str], human
 
 
 def _rowwise_spearman(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Spearman ρ of each row pair of ``x`` and ``y`` ``[B, n]`` (average ranks for ties)."""
+    """Spearman ρ of each row pair of ``x`` and ``y`` ``[B, n]`` (average ranks for ties);
+    0 for a row in which either side is constant.
+
+    A resample can draw only pairs on which a sparse similarity is equal (the paper's
+    τ-Jaccard is 0 on all but a handful of pairs), and a constant has no rank
+    association: 0, where ρ is undefined. Leaving those resamples out instead (as NaN)
+    made the CI and the paired p-values describe only the resamples that drew one of the
+    handful, which put the CI's lower bound on the point estimate."""
     rx = stats.rankdata(x, axis=1)
     ry = stats.rankdata(y, axis=1)
     rx -= rx.mean(axis=1, keepdims=True)
     ry -= ry.mean(axis=1, keepdims=True)
     denom = np.sqrt((rx * rx).sum(axis=1) * (ry * ry).sum(axis=1))
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(denom > 0, (rx * ry).sum(axis=1) / denom, np.nan)
+        return np.where(denom > 0, (rx * ry).sum(axis=1) / denom, 0.0)
 
 
 # Peak memory of scoring one measure, in n_resamples × n_pairs float64 arrays: 8.4,
@@ -92,21 +99,28 @@ class Bootstrap:
         values = np.asarray(values, dtype=np.float64)
         if values.shape != self.human.shape:
             raise InputError(f"values must have one number per rated pair ({len(self.human)}); got shape {values.shape}")
-        if np.ptp(values) == 0 or not np.all(np.isfinite(values)):
+        if not _defined(values):
             return Alignment(math.nan, math.nan, math.nan, math.nan, len(values))
         result = stats.spearmanr(values, self.human)
-        boot = self.resampled_rho(values)
-        low, high = np.nanpercentile(boot, [2.5, 97.5])
+        low, high = np.percentile(self.resampled_rho(values), [2.5, 97.5])
         return Alignment(float(result.statistic), float(result.pvalue), float(low), float(high), len(values))
 
     def paired_p_value(self, values: np.ndarray, reference: np.ndarray) -> float:
         """Two-sided paired bootstrap p-value that ρ(values) and ρ(reference) differ.
 
-        The share of resamples on which the difference has the other sign, doubled
-        (capped at 1); NaN when either ρ is undefined.
+        With k the number of resamples on which the difference has the other sign (the
+        fewer of ≤ 0 and ≥ 0), ``2 (k + 1) / (B + 1)``, capped at 1: a p-value estimated
+        from B resamples cannot be below about 1/B, and the share ``k / B`` alone said
+        0.000. NaN when either ρ is undefined.
         """
-        diff = self.resampled_rho(values) - self.resampled_rho(reference)
-        diff = diff[~np.isnan(diff)]
-        if len(diff) == 0:
+        values, reference = np.asarray(values, dtype=np.float64), np.asarray(reference, dtype=np.float64)
+        if not (_defined(values) and _defined(reference)):
             return math.nan
-        return float(min(1.0, 2 * min((diff <= 0).mean(), (diff >= 0).mean())))
+        diff = self.resampled_rho(values) - self.resampled_rho(reference)
+        k = min(int((diff <= 0).sum()), int((diff >= 0).sum()))
+        return float(min(1.0, 2 * (k + 1) / (len(diff) + 1)))
+
+
+def _defined(values: np.ndarray) -> bool:
+    """Whether ρ of ``values`` is defined: finite, and not all equal."""
+    return bool(np.all(np.isfinite(values)) and np.ptp(values) > 0)

@@ -96,6 +96,35 @@ def test_alignment_matches_scipy_and_bootstrap_is_sane():
     assert math.isnan(boot.align(np.zeros(len(pairs))).spearman)  # constant: undefined, not an error
 
 
+def _men_like(n_pairs: int = 40) -> HumanPairs:
+    words = [f"w{i}" for i in range(n_pairs + 1)]
+    return HumanPairs("test", tuple(zip(words, words[1:])), tuple(float(s) for s in np.random.default_rng(3).random(n_pairs)))
+
+
+def test_resamples_without_a_sparse_similaritys_few_nonzero_pairs_count_as_no_association():
+    """The paper's τ-Jaccard is 0 on all but a handful of pairs. Resamples that drew none
+    of them were left out (ρ undefined), so the CI described only the others and its
+    lower bound sat on the point estimate; a constant has no rank association: ρ 0."""
+    human = _men_like()
+    values = np.zeros(40)
+    values[int(np.argmax(human.scores))] = 1.0  # one pair of 40 above 0: about 36% of resamples miss it
+    boot = Bootstrap(human, 1000, 0)
+    rho = boot.resampled_rho(values)
+    missed = np.array([not (row == int(np.argmax(human.scores))).any() for row in boot.indices])
+    assert 0.25 < missed.mean() < 0.5 and np.all(rho[missed] == 0.0)
+    result = boot.align(values)
+    assert result.ci_low == 0.0 < result.spearman <= result.ci_high
+
+
+def test_the_paired_p_value_counts_the_observed_difference_as_a_resample():
+    """A share of resamples said p = 0.000 where 1,000 resamples cannot tell below about 0.002."""
+    human = _men_like()
+    boot = Bootstrap(human, 200, 0)
+    noise = np.random.default_rng(5).random(40)
+    assert boot.paired_p_value(np.asarray(human.scores), noise) == 2 / 201  # the difference never changes sign
+    assert math.isnan(boot.paired_p_value(np.zeros(40), noise))
+
+
 def test_an_ap_that_equals_the_threshold_exactly_is_an_expert():
     """Four positives ranked 1, 6, 9 and 12 of 12 have AP (1 + 2/6 + 3/9 + 4/12) / 4 = 1/2
     exactly (sklearn says 0.5), but the kernel's sum of rounded fractions is
