@@ -6,6 +6,7 @@ it interrupted (seen in an audit)."""
 from __future__ import annotations
 
 import os
+import signal
 import sys
 
 
@@ -17,4 +18,10 @@ def main() -> None:
         # Not sys.exit: an extension module whose import was cut short can crash the
         # interpreter's shutdown (a segmentation fault was seen), and nothing needs it.
         os._exit(130)
-    group()
+    try:
+        group()
+    except SystemExit:
+        # The command is over, its status set: a Ctrl-C during the interpreter's
+        # shutdown (a third of a second) would turn a finished run's 0 into 130.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        raise

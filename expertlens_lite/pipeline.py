@@ -251,7 +251,11 @@ def _run(config: RunConfig, cache: Path, progress: Progress | None) -> RunResult
     with timer.stage("concepts"):
         concept_set, rated = load_inputs(config)
     with timer.stage("export"):
+        if progress is not None:  # an export takes a minute or more, once: a bar from the start says so
+            progress("export", 0, 1)
         exported = export_model(resolve_model(config.model, config.revision, cache), cache, config.quantize)
+        if progress is not None:
+            progress("export", 1, 1)
     for selection in config.selections():  # before inference, now that the model's size is known
         selection.check_neurons(exported.manifest.n_neurons)
     with timer.stage("responses"):
@@ -307,6 +311,8 @@ def _summary(
         "n_neurons": manifest.n_neurons,
         "n_concepts": len(concept_set.concepts),
         "n_sentences": len(concept_set.sentences),
+        "n_pool": len(concept_set.pool),  # --n-neg, or the whole corpus where it is smaller
+        "device_used": resolve_device(config.device),  # what --device auto chose
         "n_pairs": len(rated.pairs),
         "human": rated.source,
         "concepts": list(concept_set.concepts),

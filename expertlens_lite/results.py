@@ -44,7 +44,7 @@ def experts_rows(ap: np.ndarray, concepts: Sequence[str], manifest: Manifest, mi
     for c, concept in enumerate(concepts):
         columns = np.flatnonzero(ap[c] + AP_ROUNDING >= min_tau)
         for m in columns[np.argsort(-ap[c, columns], kind="stable")]:
-            yield concept, int(layers[m]), int(units[m]), f"{ap[c, m]:.6f}"
+            yield concept, int(layers[m]), int(units[m]), f"{ap[c, m]:.9g}"
 
 
 SUMMARY = "summary.json"  # written last: a folder that has it holds a finished run's results
@@ -82,7 +82,7 @@ def write_results(
         paper, others = measures[0], measures[1:]
         header = ["concept_a", "concept_b", "human", "jaccard", *(m.name for m in others)]
         rows = (
-            [a, b, f"{score:g}", *(f"{m.pair_values[i]:.6f}" for m in measures)]
+            [a, b, f"{score:g}", *(f"{m.pair_values[i]:.9g}" for m in measures)]  # 6 decimals made ties that moved ρ
             for i, ((a, b), score) in enumerate(zip(rated.pairs, rated.scores))
         )
         write_text(out / SIMILARITY, _csv_text(header, rows))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import shutil
 import signal
 import subprocess
@@ -65,6 +66,8 @@ def test_run_writes_the_documented_results(minilm_run):
         assert key in summary
     assert summary["commit"] is None  # a bundled model: no hub commit
     assert summary["model"] == "minilm" and summary["n_neurons"] == 9216 and summary["n_concepts"] == len(SLICE_WORDS)
+    assert summary["n_pool"] == 200 and summary["settings"]["device"] == "auto"
+    assert summary["device_used"] == ("cuda" if cuda_available() else "cpu")
     assert [row["tau"] for row in summary["alignment"]] == [0.3, 0.5]
     for row in summary["alignment"] + list(summary["baselines"].values()):
         assert set(row) >= {"spearman", "p_value", "ci_low", "ci_high", "n_pairs"}
@@ -100,7 +103,7 @@ def test_experts_and_similarity_files_agree_with_the_ap_matrix(minilm_run):
     for pair in pairs:  # 'jaccard' is τ = 0.3 (the first τ), recomputed from experts.csv
         a, b = sets[pair["concept_a"]], sets[pair["concept_b"]]
         expected = len(a & b) / len(a | b) if a | b else 0.0
-        assert abs(float(pair["jaccard"]) - expected) < 1e-6
+        assert abs(float(pair["jaccard"]) - expected) < 1e-9  # 9 digits: 6 decimals made ties that moved ρ
 
 
 def test_run_ap_matches_sklearn_on_cached_responses(minilm_run, elens_home):
@@ -140,6 +143,16 @@ def test_a_library_run_with_numpy_values_and_an_undefined_p_writes_strict_json(m
     assert summary == result.summary
     lift = next(row for row in summary["comparison"] if row["measure"] == "lift=1e+06 jaccard")
     assert lift["paired_p_vs_paper"] is None and lift["spearman"] is None
+
+
+def test_an_undefined_rho_is_a_dash_in_the_report_too(minilm_run, slice_files, tmp_path):
+    """A τ no neuron reaches makes every Jaccard 0: ρ undefined, which the report wrote "nan"."""
+    result = run_slice(tmp_path / "r", slice_files / "concepts.txt", "minilm", "--tau", "0.999")
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert next(row for row in summary["comparison"] if row["measure"] == "tau=0.999 jaccard")["spearman"] is None
+    text = re.sub(r'src="data:[^"]*"', "", (tmp_path / "r" / "report.html").read_text())  # the plots' base64
+    assert re.search(r"\bnan\b", text, re.IGNORECASE) is None
 
 
 def test_rerun_reuses_export_and_responses(minilm_run, slice_files, tmp_path):
@@ -298,6 +311,15 @@ def test_topk_not_below_the_neuron_count(minilm_run, slice_files, tmp_path):
     result = run_slice(tmp_path / "r", slice_files / "concepts.txt", "minilm", "--topk", "9216")
     assert_user_error(result, "--topk 9216 must be below the model's 9,216 neurons")
     assert not (tmp_path / "r").exists()
+
+
+def test_a_bare_elens_lite_prints_its_help():
+    result = invoke()
+    assert result.exit_code == 0 and result.stdout.startswith("Usage: ") and "Commands:" in result.stdout and result.stderr == ""
+
+
+def test_a_misspelt_bundled_name_is_pointed_at_the_bundled_one(tmp_path):
+    assert_user_error(invoke("run", "--model", "smolm2", "--out", str(tmp_path / "r")), "cannot load model 'smolm2'", "did you mean the bundled model 'smollm2'?")
 
 
 def test_unreachable_model_id_offline(tmp_path):

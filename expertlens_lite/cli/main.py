@@ -11,6 +11,10 @@ from .. import __version__
 from ..errors import ElensError
 
 
+# What click (8.2 on) raises, to print the help, for a group called without a command.
+_NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
+
+
 class _Group(click.Group):
     """Every user mistake — a bad option or a library :class:`ElensError` — becomes one
     ``error: …`` line on stderr and exit status 2, never a traceback or a usage dump."""
@@ -18,6 +22,9 @@ class _Group(click.Group):
     def main(self, *args, **kwargs):
         try:
             status = super().main(*args, standalone_mode=False, **kwargs)
+        except _NO_ARGS_IS_HELP as exc:  # a bare ``elens-lite`` asks for the help, no mistake
+            click.echo(exc.format_message())
+            sys.exit(0)
         except click.ClickException as exc:
             click.echo(f"error: {exc.format_message()}", err=True)
             sys.exit(exc.exit_code)

@@ -22,8 +22,8 @@ def stage_progress() -> Iterator[ProgressCallback]:
         tasks: dict[str, int] = {}
 
         def update(stage: str, done: int, total: int) -> None:
-            if stage not in tasks:
-                tasks[stage] = bars.add_task(stage, total=total)
+            if stage not in tasks:  # from ``done``, not 0: a resumed stage's first jump is no speed
+                tasks[stage] = bars.add_task(stage, total=total, completed=done)
             bars.update(tasks[stage], completed=done)
 
         yield update

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import click
@@ -10,6 +11,7 @@ from ..batching import PoolingOptions
 from ..export import QUANTIZATIONS
 from ..models.sources import BUNDLED_MODELS
 from ..pipeline import DEFAULT_MODEL, RunConfig, run
+from ..results import RESULT_FILES
 from ..devices import DEVICES
 from .main import main
 from .progress import stage_progress
@@ -47,5 +49,11 @@ def run_command(pooling: str, keep_special_tokens: bool, skip_first_token: bool,
     config = RunConfig(pooling=PoolingOptions(pooling, keep_special_tokens, skip_first_token), **options)
     with stage_progress() as progress:
         result = run(config, progress=progress)
-    print_alignment_table(result.summary)
-    click.echo(f"results: {result.out}/ (summary.json, experts.csv, similarity.csv, report.html)")
+    # The results are whole now: a Ctrl-C while the table prints made a finished run exit
+    # 130, as if interrupted (and the console script ignores one during its shutdown).
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        print_alignment_table(result.summary)
+        click.echo(f"results: {result.out}/ ({', '.join(RESULT_FILES)})")
+    finally:
+        signal.signal(signal.SIGINT, previous)

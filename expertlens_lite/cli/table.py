@@ -24,7 +24,11 @@ def print_alignment_table(summary: dict) -> None:
             f"[{_num(row['ci_low'])}, {_num(row['ci_high'])}]",
             _num(row["paired_p_vs_paper"]),
             _num(row["median_experts"], ".0f"),
-            _num(row["zero_overlap_fraction"], ".2f"),
+            _num(row["zero_overlap_fraction"], ".3f"),  # two decimals showed 0.997 as 1.00
             style="bold" if default else "italic" if row["kind"] == "baseline" else None,
         )
-    Console(width=120).print(table)
+    console = Console()
+    # 120 columns where there is room; a terminal's own width where it is narrower, which a
+    # fixed 120 wrapped into a broken box. Not a terminal (a pipe, a file): 120.
+    console.width = min(console.width, 120) if console.is_terminal else 120
+    console.print(table)

@@ -11,6 +11,7 @@ entry and a branch that moves is exported anew.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import importlib.util
 import json
@@ -215,6 +216,8 @@ def cannot_load(name: str, revision: str | None, exc: Exception, part: str = "")
     """The one-line error for a model (or a ``part`` of it) transformers cannot find or read."""
     if Path(name).expanduser().exists():
         hint = "a model folder needs its config, weights and tokenizer files, whole"
+    elif close := difflib.get_close_matches(name, BUNDLED_MODELS, n=1):
+        hint = f"did you mean the bundled model {close[0]!r}?"
     else:
         hint = "offline, a hub id must already be in the Hugging Face cache; or pass a local folder"
     at = f" (revision {revision})" if revision else ""
@@ -326,8 +329,8 @@ def _dequantized(path: Path, folder: Path) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     with atomic_dir(folder) as tmp:
-        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name)
         with quiet_transformers():
+            model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name)
             tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
