@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 
@@ -98,7 +99,7 @@ def test_alignment_matches_scipy_and_bootstrap_is_sane():
 
 def _men_like(n_pairs: int = 40) -> HumanPairs:
     words = [f"w{i}" for i in range(n_pairs + 1)]
-    return HumanPairs("test", tuple(zip(words, words[1:])), tuple(float(s) for s in np.random.default_rng(3).random(n_pairs)))
+    return HumanPairs("test", tuple(itertools.pairwise(words)), tuple(float(s) for s in np.random.default_rng(3).random(n_pairs)))
 
 
 def test_resamples_without_a_sparse_similaritys_few_nonzero_pairs_count_as_no_association():

@@ -10,7 +10,6 @@ import click
 from .. import __version__
 from ..errors import ElensError
 
-
 # What click (8.2 on) raises, to print the help, for a group called without a command.
 _NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
 
