@@ -48,6 +48,10 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "smollm2"
 
+# Fewer rated pairs than this get a warning: at 30 pairs a 95% CI of Spearman's ρ is
+# still about ±0.35 wide (Fisher's z, ±1.96 / sqrt(n - 3)), so rules cannot be told apart.
+FEW_PAIRS = 30
+
 Progress = Callable[[str, int, int], None]
 """``progress(stage, done, total)``: called as a long stage advances."""
 
@@ -212,6 +216,11 @@ def load_inputs(config: RunConfig) -> tuple[ConceptSet, HumanPairs]:
         raise InputError(
             f"only {len(rated.pairs)} rated pair(s) of {human.source} have both words among the "
             f"{len(concept_set.concepts)} concepts; need at least 3 to measure alignment"
+        )
+    if len(rated.pairs) < FEW_PAIRS:
+        log.warning(
+            "only %d rated pairs have both words among the concepts: each ρ rests on so few that its CI spans "
+            "most of [-1, 1]; add concepts that %s rates", len(rated.pairs), human.source,
         )
     _check_bootstrap_fits(config.n_bootstrap, len(rated.pairs))
     return concept_set, rated

@@ -10,6 +10,7 @@ import base64
 import html
 import io
 import math
+from collections.abc import Iterable
 
 import numpy as np
 
@@ -34,6 +35,14 @@ def _png(fig) -> str:
 
     plt.close(fig)
     return f'<img class="fig" alt="plot" src="data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}">'
+
+
+def _some(items: Iterable[str], shown: int = 20) -> str:
+    """The first ``shown`` items, then how many more (the default run skips hundreds of
+    MEN words, which made one paragraph of the report)."""
+    items = list(items)
+    more = f" and {len(items) - shown} more (listed in summary.json)" if len(items) > shown else ""
+    return ", ".join(items[:shown]) + more if items else "none"
 
 
 def _fmt(value, digits: int = 3) -> str:
@@ -86,7 +95,7 @@ def render_report(summary: dict, measures: list[Measure], rated: HumanPairs, pap
             f"<td>{_fmt(a.spearman)}</td><td>[{_fmt(a.ci_low)}, {_fmt(a.ci_high)}]</td><td>{_fmt(a.p_value)}</td>"
             f"<td>{_fmt(m.paired_p_value)}</td><td>{_fmt(m.median_size, 0)}</td><td>{_fmt(m.zero_overlap)}</td></tr>"
         )
-    skipped = ", ".join(f"{html.escape(w)} ({n})" for w, n in summary["skipped_concepts"].items()) or "none"
+    skipped = _some(f"{html.escape(w)} ({n})" for w, n in summary["skipped_concepts"].items())
     timings = ", ".join(f"{k} {v:.1f} s" for k, v in summary["timings"].items())
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>expertlens-lite: {html.escape(summary['model'])}</title>
 <style>{_STYLE}</style></head><body>

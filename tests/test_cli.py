@@ -126,7 +126,7 @@ def test_run_ap_matches_sklearn_on_cached_responses(minilm_run, elens_home):
             assert abs(average_precision_score(labels, responses[rows, m]) - ap[c, m]) < 1e-6  # ap.npy is float32
 
 
-def test_a_library_run_with_numpy_values_and_an_undefined_p_writes_strict_json(minilm_run, slice_files, tmp_path):
+def test_a_library_run_with_numpy_values_and_an_undefined_p_writes_strict_json(minilm_run, slice_files, tmp_path, caplog):
     """A NumPy ``n_pos`` used to fail the summary after every slow stage, and a lift no
     concept reaches wrote ``"paired_p_vs_paper": NaN``, which is not JSON."""
     from expertlens_lite import RunConfig, run
@@ -141,6 +141,7 @@ def test_a_library_run_with_numpy_values_and_an_undefined_p_writes_strict_json(m
     result = run(config)
     summary = json.loads((tmp_path / "r" / "summary.json").read_text(), parse_constant=no_constants)
     assert summary == result.summary
+    assert f"only {summary['n_pairs']} rated pairs have both words among the concepts" in caplog.text  # under FEW_PAIRS
     lift = next(row for row in summary["comparison"] if row["measure"] == "lift=1e+06 jaccard")
     assert lift["paired_p_vs_paper"] is None and lift["spearman"] is None
 
@@ -316,6 +317,16 @@ def test_topk_not_below_the_neuron_count(minilm_run, slice_files, tmp_path):
 def test_a_bare_elens_lite_prints_its_help():
     result = invoke()
     assert result.exit_code == 0 and result.stdout.startswith("Usage: ") and "Commands:" in result.stdout and result.stderr == ""
+
+
+def test_verbose_is_taken_after_the_command_too():
+    """``elens-lite run -v`` was "No such option '-v'"."""
+    import logging
+
+    logger = logging.getLogger("expertlens_lite")
+    assert invoke("models", "-v").exit_code == 0 and logger.level == logging.INFO
+    assert invoke("-vv", "models", "-v").exit_code == 0 and logger.level == logging.DEBUG  # a command's -v only raises it
+    assert invoke("models").exit_code == 0 and logger.level == logging.WARNING
 
 
 def test_a_misspelt_bundled_name_is_pointed_at_the_bundled_one(tmp_path):

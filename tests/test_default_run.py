@@ -31,6 +31,8 @@ def test_comparison_table_has_every_measure(default_run):
     assert rows[0]["paired_p_vs_paper"] is None and all(r["paired_p_vs_paper"] is not None for r in rows[1:])
     html = (default_run.out / "report.html").read_text()
     assert all(row["measure"] in html for row in rows)
+    skipped = len(default_run.summary["skipped_concepts"])  # hundreds of MEN words: the first 20, then a count
+    assert skipped > 100 and f"and {skipped - 20} more (listed in summary.json)" in html
 
 
 def test_topk_jaccard_is_not_worse_than_tau_jaccard(default_run):

@@ -14,10 +14,11 @@ from ..export import QUANTIZATIONS, export_model
 from ..export.manifest import MANIFEST
 from ..models.sources import BUNDLED_MODELS, resolve_model
 from ..paths import cache_dir, check_writable
-from .main import main
+from .main import main, verbose_option
 
 
 @main.command("export")
+@verbose_option
 @click.option("--model", required=True, help=f"Bundled name ({', '.join(BUNDLED_MODELS)}), Hugging Face id, local folder or .gguf file.")
 @click.option("--revision", default=None, help="Hub revision (branch, tag or commit).")
 @click.option("--quantize", type=click.Choice(QUANTIZATIONS), default="none", help="Also write this quantized variant.")

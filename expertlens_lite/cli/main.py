@@ -36,19 +36,33 @@ class _Group(click.Group):
         sys.exit(status if isinstance(status, int) else 0)
 
 
+def _set_verbosity(ctx: click.Context, _param: click.Parameter, verbose: int) -> None:
+    """The group's ``-v`` sets the package's log level; a command's can only raise it."""
+    # Other libraries (ONNX Runtime's quantizer logs to the root logger) stay at warnings.
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logger = logging.getLogger("expertlens_lite")
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logger.setLevel(level if ctx.parent is None else min(level, logger.getEffectiveLevel()))
+
+
+def verbose_option(command):
+    """``-v`` / ``-vv``, taken before the command or after it (``elens-lite run -v``)."""
+    return click.option(
+        "-v", "--verbose", count=True, expose_value=False, callback=_set_verbosity, show_default=False,
+        help="More log output (-v info, -vv debug).",
+    )(command)
+
+
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.version_option(__version__, prog_name="elens-lite")
-@click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
+@verbose_option
 @click.option(
     "--families", "family_files", multiple=True, envvar="ELENS_FAMILIES", metavar="FILE",
     help="A Python file of expertlens_lite.models.register calls, run first: model families of your own (repeatable; "
     "or ELENS_FAMILIES, files separated by spaces).",
 )
-def main(verbose: int, family_files: tuple[str, ...]) -> None:
+def main(family_files: tuple[str, ...]) -> None:
     """Find expert neurons of word concepts and measure their alignment with human similarity."""
-    # Other libraries (ONNX Runtime's quantizer logs to the root logger) stay at warnings.
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("expertlens_lite").setLevel(logging.WARNING - 10 * min(verbose, 2))
     if family_files:
         from ..models import register_from_file
 

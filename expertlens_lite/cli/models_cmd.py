@@ -8,10 +8,11 @@ from rich.table import Table
 from ..errors import ModelError
 from ..models import supported_model_types
 from ..models.sources import BUNDLED_MODELS
-from .main import main
+from .main import main, verbose_option
 
 
 @main.command("models")
+@verbose_option
 def models_command() -> None:
     """List the bundled models (usable offline as --model NAME) and supported architectures."""
     table = Table(title="Bundled models")

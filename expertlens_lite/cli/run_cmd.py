@@ -13,7 +13,7 @@ from ..models.sources import BUNDLED_MODELS
 from ..pipeline import DEFAULT_MODEL, RunConfig, run
 from ..results import RESULT_FILES
 from ..devices import DEVICES
-from .main import main
+from .main import main, verbose_option
 from .progress import stage_progress
 from .table import print_alignment_table
 
@@ -22,6 +22,7 @@ _FILE = click.Path(dir_okay=False, path_type=Path)
 
 
 @main.command("run")
+@verbose_option
 @click.option("--model", default=DEFAULT_MODEL, help=f"Bundled name ({', '.join(BUNDLED_MODELS)}), Hugging Face id, local folder or .gguf file.")
 @click.option("--revision", default=None, help="Hub revision (branch, tag or commit), e.g. step1000 for Pythia.")
 @click.option("--corpus", type=_FILE, default=None, help="Text file, one sentence per line, or .jsonl with a 'text' field. [default: bundled corpus]")
