@@ -1,9 +1,9 @@
 """Alignment of a concept-similarity matrix with human ratings (Spearman ρ).
 
-The confidence interval is a percentile bootstrap over rated pairs. All measures
-of one run share the same resampled pair indices (a :class:`Bootstrap`), which
-makes the paired test of a difference between two measures a matter of comparing
-their per-resample ρ.
+The confidence interval is a percentile bootstrap over rated pairs (or over
+concepts, :class:`Bootstrap`'s ``unit``). All measures of one run share the same
+resamples, which makes the paired test of a difference between two measures a
+matter of comparing their per-resample ρ.
 """
 
 from __future__ import annotations
@@ -43,28 +43,47 @@ def pair_values(matrix: np.ndarray, concepts: tuple[str, ...] | list[str], human
     return np.asarray(matrix)[rows, cols]
 
 
-def _rowwise_spearman(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Spearman ρ of each row pair of ``x`` and ``y`` ``[B, n]`` (average ranks for ties);
-    0 for a row in which either side is constant.
+def _weighted_ranks(x: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Per row of ``weights`` ``[B, n]``, the average rank that each of ``x``'s ``n``
+    values takes in the multiset holding value ``i`` ``weights[b, i]`` times: a tie group
+    of total weight ``g`` after ``c`` smaller copies ranks ``c + (g + 1) / 2``.
+
+    A bootstrap resample is such a multiset (a pair drawn twice counts twice), so ranking
+    it this way equals ranking the resampled values themselves, with one sort of ``x``
+    for all resamples instead of one per resample."""
+    order = np.argsort(x, kind="stable")
+    starts = np.flatnonzero(np.r_[True, np.diff(x[order]) != 0])  # where each tie group begins
+    group_weight = np.add.reduceat(weights[:, order], starts, axis=1).astype(np.float64)
+    group_rank = np.cumsum(group_weight, axis=1) - group_weight + (group_weight + 1) / 2
+    ranks = np.empty(weights.shape, dtype=np.float64)
+    ranks[:, order] = group_rank[:, np.repeat(np.arange(len(starts)), np.diff(np.r_[starts, len(x)]))]
+    return ranks
+
+
+def _weighted_spearman(rx: np.ndarray, ry: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Spearman ρ per resample from :func:`_weighted_ranks` of both sides; 0 for a
+    resample in which either side is constant.
 
     A resample can draw only pairs on which a sparse similarity is equal (the paper's
     τ-Jaccard is 0 on all but a handful of pairs), and a constant has no rank
     association: 0, where ρ is undefined. Leaving those resamples out instead (as NaN)
     made the CI and the paired p-values describe only the resamples that drew one of the
     handful, which put the CI's lower bound on the point estimate."""
-    rx = stats.rankdata(x, axis=1)
-    ry = stats.rankdata(y, axis=1)
-    rx -= rx.mean(axis=1, keepdims=True)
-    ry -= ry.mean(axis=1, keepdims=True)
-    denom = np.sqrt((rx * rx).sum(axis=1) * (ry * ry).sum(axis=1))
+    total = weights.sum(axis=1, keepdims=True)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(denom > 0, (rx * ry).sum(axis=1) / denom, 0.0)
+        dx = rx - (weights * rx).sum(axis=1, keepdims=True) / total
+        dy = ry - (weights * ry).sum(axis=1, keepdims=True) / total
+        denom = np.sqrt((weights * dx * dx).sum(axis=1) * (weights * dy * dy).sum(axis=1))
+        return np.where(denom > 0, (weights * dx * dy).sum(axis=1) / denom, 0.0)
 
 
-# Peak memory of scoring one measure, in n_resamples × n_pairs float64 arrays: 8.4,
-# measured with tracemalloc (MEN's 3000 pairs, 5000 resamples): the resample indices,
-# the resampled scores of both sides, and the rankings of both.
-_BOOTSTRAP_ARRAYS = 9
+# Peak memory of a Bootstrap scoring a measure and a paired test, in n_resamples ×
+# n_pairs float64 arrays: 6.0 for either unit, measured with tracemalloc (3000 pairs,
+# 5000 resamples): the resample weights, the rankings of both sides and the weighted
+# products; one more for margin.
+_BOOTSTRAP_ARRAYS = 7
+
+UNITS = ("pairs", "concepts")
 
 
 def bootstrap_bytes(n_resamples: int, n_pairs: int) -> int:
@@ -73,25 +92,46 @@ def bootstrap_bytes(n_resamples: int, n_pairs: int) -> int:
 
 
 class Bootstrap:
-    """Shared pair resamples for the CIs and paired comparisons of one run.
+    """Shared resamples for the CIs and paired comparisons of one run.
 
     Args:
         human: the rated pairs every measure is scored against.
         n_resamples: bootstrap resamples (percentile method).
         rng: source of randomness (seeded by the caller), or a seed.
+        unit: what is resampled. ``"pairs"`` (the paper's): the rated pairs, with
+            replacement. ``"concepts"``: the concepts, with replacement, each drawn pair
+            of concepts bringing its rated pair as many times as both were drawn
+            (``w_a · w_b``). Pairs that share a concept are not independent, which the
+            pair bootstrap ignores; the concept bootstrap keeps that dependence, and its
+            CIs are wider (1.3–2.3× on MiniLM's default run, README).
     """
 
-    def __init__(self, human: HumanPairs, n_resamples: int, rng: np.random.Generator | int) -> None:
+    def __init__(self, human: HumanPairs, n_resamples: int, rng: np.random.Generator | int, unit: str = "pairs") -> None:
         if whole_number(n_resamples) is None or n_resamples < 1:
             raise InputError(f"n_resamples must be a positive whole number; got {n_resamples!r}")
+        if unit not in UNITS:
+            raise InputError(f"unit must be one of {', '.join(UNITS)}; got {unit!r}")
         self.human = np.asarray(human.scores, dtype=np.float64)
         n = len(self.human)
-        self.indices = np.random.default_rng(rng).integers(0, n, size=(n_resamples, n))
-        self._human_resampled = self.human[self.indices]
+        rng = np.random.default_rng(rng)
+        if unit == "pairs":
+            drawn = rng.integers(0, n, size=(n_resamples, n))
+            self.weights = np.zeros((n_resamples, n), dtype=np.int64)
+            np.add.at(self.weights, (np.arange(n_resamples)[:, None], drawn), 1)
+        else:
+            words = sorted(human.words)
+            position = {word: i for i, word in enumerate(words)}
+            a = np.array([position[x] for x, _ in human.pairs], dtype=np.int64)
+            b = np.array([position[y] for _, y in human.pairs], dtype=np.int64)
+            counts = np.zeros((n_resamples, len(words)), dtype=np.int64)
+            np.add.at(counts, (np.arange(n_resamples)[:, None], rng.integers(0, len(words), size=(n_resamples, len(words)))), 1)
+            self.weights = counts[:, a] * counts[:, b]
+        self._human_ranks = _weighted_ranks(self.human, self.weights)
 
     def resampled_rho(self, values: np.ndarray) -> np.ndarray:
         """ρ on each resample ``[n_resamples]``."""
-        return _rowwise_spearman(np.asarray(values, dtype=np.float64)[self.indices], self._human_resampled)
+        values = np.asarray(values, dtype=np.float64)
+        return _weighted_spearman(_weighted_ranks(values, self.weights), self._human_ranks, self.weights)
 
     def align(self, values: np.ndarray) -> Alignment:
         """Spearman ρ of ``values`` (one per rated pair) with the human scores; all NaN

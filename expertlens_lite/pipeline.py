@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
+from .alignment import UNITS as BOOTSTRAP_UNITS
 from .alignment import Bootstrap, bootstrap_bytes
 from .atomic import json_ready
 from .batching import PoolingOptions
@@ -78,6 +79,7 @@ class RunConfig:
     batch_size: int = 32
     pooling: PoolingOptions = field(default_factory=PoolingOptions)
     n_bootstrap: int = 1000
+    bootstrap_unit: str = "pairs"
     out: Path = Path("elens-results")
     overwrite: bool = False
 
@@ -144,6 +146,8 @@ class RunConfig:
             raise InputError("--batch-size must be a positive integer")
         if self.n_bootstrap < 100:
             raise InputError("--n-bootstrap must be at least 100")
+        if self.bootstrap_unit not in BOOTSTRAP_UNITS:
+            raise InputError(f"--bootstrap-unit must be one of {', '.join(BOOTSTRAP_UNITS)}; got {self.bootstrap_unit!r}")
         if self.seed < 0:
             raise InputError("--seed must be a non-negative integer")
         if self.out.exists() and not self.out.is_dir():
@@ -289,7 +293,7 @@ def _run(config: RunConfig, cache: Path, progress: Progress | None) -> RunResult
         )
     with timer.stage("analysis"):
         measures = expert_measures(ap, concept_set, config.selections()) + baseline_measures(exported, responses, concept_set)
-        bootstrap = Bootstrap(rated, config.n_bootstrap, np.random.default_rng(config.seed))
+        bootstrap = Bootstrap(rated, config.n_bootstrap, np.random.default_rng(config.seed), config.bootstrap_unit)
         score_all(measures, concept_set.concepts, rated, bootstrap)
     summary = _summary(config, exported, concept_set, rated, measures, timer)
     with timer.stage("write"):
@@ -339,6 +343,7 @@ def _summary(
             "device": config.device,
             "batch_size": config.batch_size,
             "n_bootstrap": config.n_bootstrap,
+            "bootstrap_unit": config.bootstrap_unit,
             "pooling": asdict(config.pooling),
         },
         "alignment": [

@@ -64,6 +64,7 @@ def test_values_of_the_wrong_kind_are_refused_when_the_config_is_made(field, val
         ("batch_size", "8", "--batch-size must be a whole number; got '8'"),
         ("batch_size", True, "--batch-size must be a whole number; got True"),
         ("pooling", "mean", "--pooling must be 'max' or 'mean' (in a RunConfig: PoolingOptions('max') or PoolingOptions('mean'))"),
+        ("bootstrap_unit", "sentences", "--bootstrap-unit must be one of pairs, concepts; got 'sentences'"),
     ],
 )
 def test_values_of_the_wrong_type_are_one_line_errors(field, value, message):

@@ -111,10 +111,44 @@ def test_resamples_without_a_sparse_similaritys_few_nonzero_pairs_count_as_no_as
     values[int(np.argmax(human.scores))] = 1.0  # one pair of 40 above 0: about 36% of resamples miss it
     boot = Bootstrap(human, 1000, 0)
     rho = boot.resampled_rho(values)
-    missed = np.array([not (row == int(np.argmax(human.scores))).any() for row in boot.indices])
+    missed = boot.weights[:, int(np.argmax(human.scores))] == 0
     assert 0.25 < missed.mean() < 0.5 and np.all(rho[missed] == 0.0)
     result = boot.align(values)
     assert result.ci_low == 0.0 < result.spearman <= result.ci_high
+
+
+@pytest.mark.parametrize("unit", ["pairs", "concepts"])
+def test_resampled_rho_is_spearman_on_the_resampled_pairs_themselves(unit):
+    """Each resample's ρ is scipy's Spearman ρ on its pairs, a pair as often as drawn:
+    for concepts, each drawn concept pair brings its rated pair w_a · w_b times."""
+    rng = np.random.default_rng(1)
+    words = [f"w{i}" for i in range(20)]
+    pairs = tuple((a, b) for a, b in itertools.combinations(words, 2) if rng.random() < 0.3)
+    human = HumanPairs("t", pairs, tuple(float(x) for x in rng.integers(0, 10, len(pairs))))  # ties
+    values = np.round(rng.random(len(pairs)), 1)
+    values[::3] = 0.0
+    boot = Bootstrap(human, 100, 5, unit=unit)
+    draws = np.random.default_rng(5)
+    if unit == "pairs":
+        taken = draws.integers(0, len(pairs), size=(100, len(pairs)))
+    else:
+        position = {w: i for i, w in enumerate(sorted(human.words))}
+        counts = [np.bincount(row, minlength=len(position)) for row in draws.integers(0, len(position), size=(100, len(position)))]
+        taken = [np.repeat(np.arange(len(pairs)), [c[position[a]] * c[position[b]] for a, b in pairs]) for c in counts]
+    scores = np.asarray(human.scores)
+    expected = [stats.spearmanr(values[rows], scores[rows]).statistic for rows in taken]
+    np.testing.assert_allclose(boot.resampled_rho(values), expected, atol=1e-12)
+
+
+def test_a_concept_bootstrap_is_wider_than_a_pair_bootstrap_where_pairs_share_concepts():
+    rng = np.random.default_rng(2)
+    words = [f"w{i}" for i in range(25)]
+    pairs = tuple(itertools.combinations(words, 2))  # each concept in 24 pairs
+    strength = rng.random(25)
+    human = HumanPairs("t", pairs, tuple(float(strength[int(a[1:])] + strength[int(b[1:])] + rng.random()) for a, b in pairs))
+    values = np.array([strength[int(a[1:])] * strength[int(b[1:])] for a, b in pairs])
+    pair, concept = (Bootstrap(human, 1000, 0, unit=unit).align(values) for unit in ("pairs", "concepts"))
+    assert concept.ci_high - concept.ci_low > 1.5 * (pair.ci_high - pair.ci_low)
 
 
 def test_the_paired_p_value_counts_the_observed_difference_as_a_resample():

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from ..alignment import UNITS as BOOTSTRAP_UNITS
 from ..batching import PoolingOptions
 from ..export import QUANTIZATIONS
 from ..models.sources import BUNDLED_MODELS
@@ -43,6 +44,10 @@ _FILE = click.Path(dir_okay=False, path_type=Path)
 @click.option("--keep-special-tokens", is_flag=True, help="Let special tokens (BOS, CLS, SEP) take part in pooling.")
 @click.option("--skip-first-token", is_flag=True, help="Also leave the first real token out of pooling.")
 @click.option("--n-bootstrap", type=int, default=_DEFAULTS.n_bootstrap, help="Bootstrap resamples for CIs and paired tests.")
+@click.option(
+    "--bootstrap-unit", type=click.Choice(BOOTSTRAP_UNITS), default=_DEFAULTS.bootstrap_unit,
+    help="Resample the rated pairs (the paper's) or the concepts, which keeps the dependence of pairs that share one (wider CIs).",
+)
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=_DEFAULTS.out, help="Results folder.")
 @click.option("--overwrite", is_flag=True, help="Replace the results of an earlier run in --out.")
 def run_command(pooling: str, keep_special_tokens: bool, skip_first_token: bool, **options) -> None:
