@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,8 +26,9 @@ log = logging.getLogger(__name__)
 
 
 def _umask() -> int:
-    """The process's umask. Linux shows it in ``/proc/self/status``; elsewhere
-    ``os.umask`` can only read it by setting it, so it is set back at once."""
+    """The process's umask now. Linux shows it in ``/proc/self/status``; elsewhere
+    ``os.umask`` can only read it by setting it, so it is set back at once (a file
+    another thread makes meanwhile gets the 022 mask)."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith("Umask:"):
@@ -38,21 +40,21 @@ def _umask() -> int:
     return mask
 
 
-# The modes ``open()`` and ``mkdir`` would give a new file or folder. ``mkstemp`` and
-# ``mkdtemp`` make them 0600 and 0700, and so do some writers (safetensors' weights,
-# ONNX's external data): results and cached models would be unreadable to the
-# collaborators the user's umask lets in.
-FILE_MODE = 0o666 & ~_umask()
-DIR_MODE = 0o777 & ~_umask()
-
-
 def as_if_created(tree: Path) -> None:
-    """Give ``tree`` and every file and folder under it the mode :data:`FILE_MODE` or
-    :data:`DIR_MODE`, before it is moved into place."""
+    """Give ``tree`` and every file and folder under it the mode ``open()`` and ``mkdir``
+    would give them under the umask, before it is moved into place. ``mkstemp`` and
+    ``mkdtemp`` make them 0600 and 0700, and so do some writers (safetensors' weights,
+    ONNX's external data): results and cached models were unreadable to the
+    collaborators the user's umask lets in. A folder keeps its setgid bit, which a
+    shared cache's folders use to give new files their group."""
+    mask = _umask()
     for path in [tree, *tree.rglob("*")]:
         if path.is_symlink():
             continue
-        path.chmod(DIR_MODE if path.is_dir() else FILE_MODE)
+        if path.is_dir():
+            path.chmod((0o777 & ~mask) | (path.stat().st_mode & stat.S_ISGID))
+        else:
+            path.chmod(0o666 & ~mask)
 
 
 @contextmanager

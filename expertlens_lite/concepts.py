@@ -99,7 +99,7 @@ def read_concepts(path: Path | str) -> list[str]:
         word = line.strip()
         if not word or word.startswith("#"):
             continue
-        if not _WORD.fullmatch(word):
+        if not _WORD.fullmatch(word.lower()):
             raise InputError(f"{path}:{number}: a concept must be a single word, got {word!r}")
         words.append(word)
     if not words:
@@ -112,8 +112,8 @@ def concept_words(words: Sequence[str]) -> list[str]:
     human pairs are read) and in composed Unicode (:func:`~.userfiles.nfc`), each once."""
     if isinstance(words, str) or not isinstance(words, Sequence):
         raise InputError(f"concepts must be a list of words; got {type(words).__name__} {str(words)[:40]!r}")
-    for word in words:
-        if not isinstance(word, str) or not _WORD.fullmatch(nfc(word)):
+    for word in words:  # checked as it is matched: "İ" lower-cases to "i" and a combining dot
+        if not isinstance(word, str) or not _WORD.fullmatch(nfc(word).lower()):
             raise InputError(f"a concept must be a single word, got {word!r}")
     return list(dict.fromkeys(nfc(word).lower() for word in words))
 

@@ -223,8 +223,8 @@ def load_inputs(config: RunConfig) -> tuple[ConceptSet, HumanPairs]:
         )
     if len(rated.pairs) < FEW_PAIRS:
         log.warning(
-            "only %d rated pairs have both words among the concepts: each ρ rests on so few that its CI spans "
-            "most of [-1, 1]; add concepts that %s rates", len(rated.pairs), human.source,
+            "only %d rated pairs have both words among the concepts: each ρ rests on so few that its 95%% CI is "
+            "±0.35 wide or more; add concepts that %s rates", len(rated.pairs), human.source,
         )
     _check_bootstrap_fits(config.n_bootstrap, len(rated.pairs))
     return concept_set, rated
@@ -325,7 +325,7 @@ def _summary(
         "n_concepts": len(concept_set.concepts),
         "n_sentences": len(concept_set.sentences),
         "n_pool": len(concept_set.pool),  # --n-neg, or the whole corpus where it is smaller
-        "device_used": resolve_device(config.device),  # what --device auto chose
+        "device_used": resolve_device(config.device),  # what --device auto resolves to here (cached responses ran nothing)
         "n_pairs": len(rated.pairs),
         "human": rated.source,
         "concepts": list(concept_set.concepts),

@@ -331,6 +331,9 @@ def test_verbose_is_taken_after_the_command_too():
 
 def test_a_misspelt_bundled_name_is_pointed_at_the_bundled_one(tmp_path):
     assert_user_error(invoke("run", "--model", "smolm2", "--out", str(tmp_path / "r")), "cannot load model 'smolm2'", "did you mean the bundled model 'smollm2'?")
+    from expertlens_lite.models.sources import cannot_load
+
+    assert "reinstall the package of the bundled model 'smollm2'" in str(cannot_load("smollm2", None, OSError("gone"), "tokenizer"))
 
 
 def test_unreachable_model_id_offline(tmp_path):
@@ -365,12 +368,14 @@ def _edit_config(folder: Path, **fields) -> None:
     [
         ({"num_hidden_layers": 3}, "lacks 9 weight(s) its config asks for (layers.2.input_layernorm.weight, layers.2.mlp.down_proj.weight, layers.2.mlp.gate_proj.weight, ...): the config and the weights do not match"),
         ({"intermediate_size": 200}, "do not fit its config: size mismatch for weight: copying a param with shape torch.Size([64, 160]) from checkpoint"),
-        ({"model_type": None}, "its config.json names no model_type (a model folder needs"),  # instead of transformers' list of every type
+        ({"num_hidden_layers": 1}, "holds 9 weight(s) of layers past the config's 1 (layers.1.input_layernorm.weight, layers.1.mlp.down_proj.weight, layers.1.mlp.gate_proj.weight, ...): the config and the weights do not match"),
+        ({"model_type": None}, "its config.json names no model_type; add one"),  # instead of transformers' list of every type
     ],
 )
 def test_a_model_folder_whose_weights_do_not_fit_its_config(fields, message, tmp_path):
     """With a layer more in the config, transformers made that layer up at random, with a
-    warning, and the run went on; with a wider MLP it raised a RuntimeError."""
+    warning, and the run went on (with a layer fewer, it left the last out); with a wider
+    MLP it raised a RuntimeError."""
     folder = Path(tiny_source("llama", tmp_path / "model").path)
     _edit_config(folder, **fields)
     result = invoke("export", "--model", str(folder), "--out", str(tmp_path / "x"))

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from pathlib import Path
 
 import pytest
 
-from expertlens_lite.atomic import DIR_MODE, FILE_MODE, file_sizes, write_json
+from expertlens_lite.atomic import file_sizes, write_json
 from expertlens_lite.errors import ModelError
 from expertlens_lite.export import export_model
 from expertlens_lite.export.manifest import MANIFEST, damage
@@ -51,6 +52,12 @@ def test_a_damaged_export_is_made_again(harm, problem, tmp_path, caplog):
     assert f"the cached export {exported.directory} is damaged ({problem}" in caplog.text
     assert damage(again.directory) is None
     assert again.manifest.sizes == sizes and again.manifest.files == exported.manifest.files  # the same export, whole
+
+
+def test_a_manifest_field_of_a_later_version_is_left_out_not_refused(tmp_path):
+    exported = export_model(tiny_source("bert", tmp_path / "bert"), tmp_path / "home")
+    edit_manifest(exported.directory, field_of_a_later_version=[1, 2])
+    assert damage(exported.directory) is None
 
 
 def test_a_quantized_variant_is_covered_too(tmp_path):
@@ -146,19 +153,24 @@ def _modes(folder) -> dict[str, str]:
     return {str(path.relative_to(folder)): oct(path.stat().st_mode & 0o777) for path in sorted(folder.rglob("*"))}
 
 
-def test_cached_files_get_the_modes_the_umask_gives_new_files(tmp_path):
+@pytest.mark.parametrize("mask", [0o022, 0o027])
+def test_cached_files_get_the_modes_the_umask_gives_new_files(mask, tmp_path):
     """ONNX's external data (and safetensors' weights) used to be written 0600: a cache
-    shared with collaborators was unreadable to them."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    assert (FILE_MODE, DIR_MODE) == (0o666 & ~mask, 0o777 & ~mask)
+    shared with collaborators was unreadable to them. A setgid folder stays setgid."""
     source = tiny_source("bert", tmp_path / "bert")
-    for quantize in ("none", "int8", "fp16"):
-        exported = export_model(source, tmp_path / "home", quantize)
+    home = tmp_path / "home"
+    (home / "models").mkdir(parents=True)
+    (home / "models").chmod(0o2775)
+    previous = os.umask(mask)
+    try:
+        for quantize in ("none", "int8", "fp16"):
+            exported = export_model(source, home, quantize)
+    finally:
+        os.umask(previous)
     files = _modes(exported.directory)
     assert {"model.onnx_data", "model.int8.onnx.data", "model.fp16.onnx.data"} <= files.keys()
-    assert files == dict.fromkeys(files, oct(FILE_MODE))
-    assert oct(exported.directory.stat().st_mode & 0o777) == oct(DIR_MODE)
+    assert files == dict.fromkeys(files, oct(0o666 & ~mask))
+    assert oct(exported.directory.stat().st_mode & 0o7777) == oct(stat.S_ISGID | (0o777 & ~mask))
 
 
 def test_files_beside_the_model_do_not_make_it_another_model(tmp_path):
@@ -169,6 +181,8 @@ def test_files_beside_the_model_do_not_make_it_another_model(tmp_path):
     (folder / "notes.ipynb").write_text("{}")
     (folder / "results").mkdir()
     (folder / "results" / "summary.json").write_text("{}")
+    for name in ("summary.json", "experts.csv", "trainer_state.json", "training_args.bin", "notes.txt"):  # --out the folder itself
+        (folder / name).write_text("{}")
     assert sources.resolve_model(str(folder), None, tmp_path / "home").fingerprint == before
     config = folder / "config.json"
     config.write_text(config.read_text().replace('"num_hidden_layers": 2', '"num_hidden_layers": 1'))

@@ -83,6 +83,22 @@ def test_a_family_whose_past_is_traced_wrong_runs_whole_sentences(tmp_path, monk
     assert_equals_whole_forward(source, exported, alike_sentences(), OPTIONS[0], tmp_path, "whole")
 
 
+def test_a_graph_without_past_that_differs_is_refused_once(tmp_path, monkeypatch):
+    """The fallback to no past is for a with-past graph that differs; one exported without
+    past (its trace failed) that differs is refused, not exported again."""
+    def fails(onnx_config):
+        raise RuntimeError("the trace failed")
+
+    attempts = []
+    export_into = exporter._export_into
+    monkeypatch.setattr(exporter, "_with_past_mask", fails)
+    monkeypatch.setattr(exporter, "_parity", lambda *args: (0.5, 0.5))
+    monkeypatch.setattr(exporter, "_export_into", lambda *args, **kwargs: attempts.append(kwargs) or export_into(*args, **kwargs))
+    with pytest.raises(exporter.ParityError, match="differs from PyTorch by 5.00e-01"):
+        export_model(tiny_source("llama", tmp_path / "llama", bos=True), tmp_path / "home")
+    assert len(attempts) == 1
+
+
 def test_a_model_type_optimum_cannot_export_is_refused(tmp_path, elens_home):
     register(Architecture("persimmon", model_types=("persimmon",), mlp_down="layers.{layer}.mlp.dense_4h_to_h", causal=True))
     config = AutoConfig.for_model("persimmon", max_position_embeddings=128, **SMALL)
@@ -152,6 +168,7 @@ def test_the_command_line_takes_families_from_a_file(tmp_path, monkeypatch):
         ("from expertlens_lite.models import Architecture, register\n\nregister(Architecture('x', ('llama',), 'a.{layer}', causal=True))\n",
          "families.py:3: ValueError: model type 'llama' is already registered by 'llama'"),
         (None, "families.py: no such file"),
+        ("import sys\nsys.exit(3)\n", "families.py:2: SystemExit: 3"),
     ],
 )
 def test_a_families_file_that_fails_is_one_line(text, message, tmp_path):

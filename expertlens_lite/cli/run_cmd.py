@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
@@ -57,9 +60,20 @@ def run_command(pooling: str, keep_special_tokens: bool, skip_first_token: bool,
         result = run(config, progress=progress)
     # The results are whole now: a Ctrl-C while the table prints made a finished run exit
     # 130, as if interrupted (and the console script ignores one during its shutdown).
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
+    with _no_interrupt():
         print_alignment_table(result.summary)
         click.echo(f"results: {result.out}/ ({', '.join(RESULT_FILES)})")
+
+
+@contextmanager
+def _no_interrupt() -> Iterator[None]:
+    """SIGINT ignored in the block, where Python lets a handler be set: in the main
+    thread (the command may run in another, embedded or under a test runner)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
     finally:
         signal.signal(signal.SIGINT, previous)

@@ -45,7 +45,7 @@ from .quantize import (
 )
 from .reference import torch_responses
 from .smoothing import PROBE_PREFIX
-from .surgery import add_pooled_outputs, response_outputs
+from .surgery import PAST_INPUT, add_pooled_outputs, response_outputs
 from .tokenizer import JsonTokenizer, disagreement
 
 log = logging.getLogger(__name__)
@@ -216,18 +216,24 @@ def load_pretrained(source: ModelSource):
     """Config, base model (fp32, eval mode) and tokenizer; a one-line error for a model
     that cannot be found or read (unreachable, weights missing or cut short, no tokenizer)
     or whose weights do not fit its config. transformers only warns when the checkpoint
-    lacks weights the config asks for (a layer more, keys of another prefix) and makes
-    them up at random: the run would go on with random neurons."""
+    lacks weights the config asks for (a layer more, keys of another prefix), which it
+    makes up at random, or holds layers the config does not have (a layer fewer), which
+    it leaves out: the run would go on with random neurons, or a model cut short."""
     import torch
     from safetensors import SafetensorError
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
-    config_file = Path(source.path) / "config.json"
-    if config_file.is_file() and _lacks_model_type(config_file):  # transformers would list every type it knows
-        raise cannot_load(source.name, source.revision, ValueError("its config.json names no model_type"))
+    folder = Path(source.path)
     try:
         config = AutoConfig.from_pretrained(source.path, revision=source.load_revision)
-        architecture = get_architecture(config.model_type)
+    except (OSError, ValueError) as exc:
+        if (folder / "config.json").is_file() and _lacks_model_type(folder / "config.json"):  # transformers lists every type it knows
+            raise ModelError(f"cannot load model {source.name!r}: its config.json names no model_type; add one (\"model_type\": \"llama\", ...)") from None
+        raise cannot_load(source.name, source.revision, exc) from None
+    architecture = get_architecture(config.model_type)
+    if folder.is_dir() and not any(next(folder.glob(pattern), None) for pattern in _TOKENIZER_FILES):  # before loading the weights
+        raise cannot_load(source.name, source.revision, FileNotFoundError(f"no tokenizer files in {folder}"), "tokenizer")
+    try:
         with quiet_transformers():
             model, loading = AutoModel.from_pretrained(
                 source.path, revision=source.load_revision, dtype=torch.float32, output_loading_info=True
@@ -238,20 +244,30 @@ def load_pretrained(source: ModelSource):
         if "size mismatch" not in str(exc):
             raise
         raise ModelError(f"the weights of model {source.name!r} do not fit its config: {_mismatch(exc)}") from None
-    if missing := [key for key in loading["missing_keys"] if not _UNUSED_WEIGHTS.match(key)]:
-        raise ModelError(
-            f"the checkpoint of model {source.name!r} lacks {len(missing)} weight(s) its config asks for "
-            f"({', '.join(sorted(missing)[:3])}{', ...' if len(missing) > 3 else ''}): the config and the weights do not match"
-        )
-    folder = Path(source.path)
-    if folder.is_dir() and not any(next(folder.glob(pattern), None) for pattern in _TOKENIZER_FILES):
-        raise cannot_load(source.name, source.revision, FileNotFoundError(f"no tokenizer files in {folder}"), "tokenizer")
+    _check_weights_fit(source.name, loading, config.num_hidden_layers)
     try:
         with quiet_transformers():
             tokenizer = AutoTokenizer.from_pretrained(source.path, revision=source.load_revision)
     except (OSError, ValueError, TypeError, AttributeError) as exc:  # without its files, some classes fail on None (GPT-NeoX: AttributeError)
         raise cannot_load(source.name, source.revision, exc, "tokenizer") from None
     return architecture, model.eval(), tokenizer
+
+
+# A layer's weights, as checkpoints name them: ``layers.3.``, ``layer.3.``, ``h.3.``, ``blocks.3.``.
+_LAYER_KEY = re.compile(r"(?:^|\.)(?:layers?|h|blocks?)\.(\d+)\.")
+
+
+def _check_weights_fit(name: str, loading: dict, n_layers: int) -> None:
+    """Refuse a checkpoint that lacks weights the config asks for (but a pooler's), or
+    holds layers past the config's last; other weights it holds and the base model does
+    not read (an LM head, a masked-LM head) are fine."""
+    problem = ""
+    if missing := sorted(key for key in loading["missing_keys"] if not _UNUSED_WEIGHTS.match(key)):
+        problem = f"lacks {len(missing)} weight(s) its config asks for ({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''})"
+    elif extra := sorted(key for key in loading["unexpected_keys"] if (m := _LAYER_KEY.search(key)) and int(m.group(1)) >= n_layers):
+        problem = f"holds {len(extra)} weight(s) of layers past the config's {n_layers} ({', '.join(extra[:3])}{', ...' if len(extra) > 3 else ''})"
+    if problem:
+        raise ModelError(f"the checkpoint of model {name!r} {problem}: the config and the weights do not match")
 
 
 def _lacks_model_type(config_file: Path) -> bool:
@@ -362,7 +378,7 @@ def _export_fresh(source: ModelSource, directory: Path) -> None:
         try:
             manifest = _export_into(tmp, source, architecture, model, tokenizer, units, with_past=architecture.causal)
         except ParityError as exc:
-            if not architecture.causal:
+            if not _takes_past(tmp / "model.onnx"):  # exported without past already: nothing to fall back to
                 raise
             # A trace that runs but computes the past otherwise than the model (seen with MPT).
             log.warning("%s exported with past keys and values %s; exporting it without them: its sentences will run whole",
@@ -411,6 +427,11 @@ def _export_into(tmp: Path, source: ModelSource, architecture: Architecture, mod
         files={"model.onnx": onnx_sha256(onnx_path)},
         tokenizer_json=tokenizer_json,
     )
+
+
+def _takes_past(onnx_path: Path) -> bool:
+    """Whether the graph in ``onnx_path`` takes past keys and values."""
+    return any(i.name.startswith(PAST_INPUT) for i in onnx.load(onnx_path, load_external_data=False).graph.input)
 
 
 def _empty(folder: Path) -> None:
@@ -514,8 +535,9 @@ def _parity(
         for target, value in zip(run, outputs):
             target[rows] = value
     pairs = [(np.concatenate(o[:-1], axis=1), expected) for o in (whole, run)] + [(o[-1], expected_embedding) for o in (whole, run)]
-    absolute = max(float(np.abs(got - want).max()) for got, want in pairs)
-    scaled = max(float((np.abs(got - want) / np.maximum(1.0, np.abs(want))).max()) for got, want in pairs)
+    # NaN, which max() would pass over and a comparison would pass, counts as infinitely far.
+    absolute = max(float(np.nan_to_num(np.abs(got - want), nan=np.inf).max()) for got, want in pairs)
+    scaled = max(float(np.nan_to_num(np.abs(got - want) / np.maximum(1.0, np.abs(want)), nan=np.inf).max()) for got, want in pairs)
     return absolute, scaled
 
 

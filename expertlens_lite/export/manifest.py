@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from ..atomic import file_sizes, size_damage, write_json
@@ -69,8 +69,14 @@ class Manifest:
 
     @classmethod
     def load(cls, directory: Path) -> Manifest:
-        """The manifest in ``directory``; ValueError or TypeError when it is not one."""
-        manifest = cls(**json.loads((directory / MANIFEST).read_text()))
+        """The manifest in ``directory``; ValueError or TypeError when it is not one.
+        Fields this version does not know (a later version's) are left out, not refused:
+        the format version says whether the export can be read."""
+        data = json.loads((directory / MANIFEST).read_text())
+        if not isinstance(data, dict):
+            raise TypeError("not a JSON object")
+        known = {f.name for f in fields(cls)}
+        manifest = cls(**{key: value for key, value in data.items() if key in known})
         manifest._check_types()
         return manifest
 

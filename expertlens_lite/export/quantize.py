@@ -120,8 +120,8 @@ def quantize_model(
         model = convert_float_to_float16(onnx.load(fp32_path), keep_io_types=True)
         with atomic_path(target, suffix=".onnx") as tmp:
             onnx.save(model, tmp, save_as_external_data=external, all_tensors_to_one_file=True, location=f"{target.name}.data")
-        if external:
-            as_if_created(target.with_name(f"{target.name}.data"))
+        if external and (data := target.with_name(f"{target.name}.data")).exists():
+            as_if_created(data)
     else:
         raise ValueError(f"unknown quantization {quantize!r}")
     return target

