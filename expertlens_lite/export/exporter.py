@@ -28,7 +28,7 @@ import onnx
 from ..atomic import atomic_dir, dir_leftovers, remove_leftovers
 from ..batching import Encoded, PoolingOptions, encode, iter_batches, make_batch, pad_id
 from ..concepts import read_corpus
-from ..errors import ModelError, first_line
+from ..errors import ModelError, first_line, whole_number
 from ..locks import waiting_for
 from ..models import Architecture, get_architecture
 from ..models.sources import ModelSource, cannot_load, quiet_transformers, resolve_model
@@ -124,7 +124,7 @@ def export_model(source: ModelSource | str | os.PathLike, cache_dir: Path, quant
     _check_quantize(quantize)
     cache_dir = Path(cache_dir)
     if isinstance(source, (str, os.PathLike)):
-        source = resolve_model(os.fspath(source), None, cache_dir)
+        source = resolve_model(source, None, cache_dir)
     if not isinstance(source, ModelSource):
         raise ModelError(f"a model to export is a ModelSource (resolve_model) or a --model value; got {source!r}")
     if (Path(source.path) / MANIFEST).exists():
@@ -484,7 +484,7 @@ def _units_per_layer(model, architecture: Architecture, n_layers: int) -> list[i
     export consistently and find "experts" elsewhere in the model.
     """
     hidden = model.config.hidden_size
-    widths = {value for key in _MLP_WIDTH_KEYS if isinstance(value := getattr(model.config, key, None), int) and not isinstance(value, bool)}
+    widths = {value for key in _MLP_WIDTH_KEYS if (value := whole_number(getattr(model.config, key, None))) is not None}
     units = []
     for layer in range(n_layers):
         path = architecture.mlp_down_module(layer)

@@ -121,7 +121,7 @@ class ModelSource:
         return self.commit or self.revision
 
 
-def resolve_model(spec: str, revision: str | None, cache_dir: Path) -> ModelSource:
+def resolve_model(spec: str | os.PathLike, revision: str | None, cache_dir: Path) -> ModelSource:
     """Turn a ``--model`` value into a :class:`ModelSource`, converting GGUF if needed.
 
     ``revision`` only applies to hub ids: a bundled or local model has the one set of
