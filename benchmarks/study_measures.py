@@ -277,7 +277,7 @@ def rank_of(record: dict, measure: str, family: str) -> int:
 
 def paired_p(ex_a: dict, name_a: str, ex_b: dict, name_b: str) -> float | None:
     """Paired bootstrap p that two measures differ; the runs must share pairs and resamples (same concepts and seed)."""
-    assert np.array_equal(ex_a["bootstrap"].indices, ex_b["bootstrap"].indices)
+    assert np.array_equal(ex_a["bootstrap"].weights, ex_b["bootstrap"].weights)
     p = ex_a["bootstrap"].paired_p_value(ex_a["pair_values"][name_a], ex_b["pair_values"][name_b])
     return None if math.isnan(p) else p
 

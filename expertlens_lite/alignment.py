@@ -62,7 +62,8 @@ def _weighted_ranks(x: np.ndarray, weights: np.ndarray) -> np.ndarray:
 
 def _weighted_spearman(rx: np.ndarray, ry: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """Spearman ρ per resample from :func:`_weighted_ranks` of both sides; 0 for a
-    resample in which either side is constant.
+    resample in which either side is constant (or that drew no rated pair, which the
+    concept unit can on a handful of pairs).
 
     A resample can draw only pairs on which a sparse similarity is equal (the paper's
     τ-Jaccard is 0 on all but a handful of pairs), and a constant has no rank
@@ -78,9 +79,9 @@ def _weighted_spearman(rx: np.ndarray, ry: np.ndarray, weights: np.ndarray) -> n
 
 
 # Peak memory of a Bootstrap scoring a measure and a paired test, in n_resamples ×
-# n_pairs float64 arrays: 6.0 for either unit, measured with tracemalloc (3000 pairs,
-# 5000 resamples): the resample weights, the rankings of both sides and the weighted
-# products; one more for margin.
+# n_pairs float64 arrays: 5.5 for either unit, with pairs that share words (800) or none
+# (6000 words), measured with tracemalloc (3000 pairs, 5000 resamples): the int32
+# resample weights, the rankings of both sides and the weighted products; 7 for margin.
 _BOOTSTRAP_ARRAYS = 7
 
 UNITS = ("pairs", "concepts")
@@ -89,6 +90,17 @@ UNITS = ("pairs", "concepts")
 def bootstrap_bytes(n_resamples: int, n_pairs: int) -> int:
     """About the memory a :class:`Bootstrap` needs at its peak, in bytes."""
     return _BOOTSTRAP_ARRAYS * 8 * n_resamples * n_pairs
+
+
+def _draw_counts(rng: np.random.Generator, n_resamples: int, n_items: int, block: int = 256) -> np.ndarray:
+    """``[n_resamples, n_items]`` int32: how often each item is drawn in each resample of
+    ``n_items`` draws with replacement. Drawn a block of resamples at a time, the same
+    numbers as all at once: the int64 draws of every resample were the peak of memory."""
+    counts = np.zeros((n_resamples, n_items), dtype=np.int32)
+    for start in range(0, n_resamples, block):
+        rows = counts[start:start + block]
+        np.add.at(rows, (np.arange(len(rows))[:, None], rng.integers(0, n_items, size=rows.shape)), 1)
+    return counts
 
 
 class Bootstrap:
@@ -113,32 +125,39 @@ class Bootstrap:
             raise InputError(f"unit must be one of {', '.join(UNITS)}; got {unit!r}")
         self.human = np.asarray(human.scores, dtype=np.float64)
         n = len(self.human)
+        if len(human.pairs) < 2:
+            raise InputError(f"a bootstrap of ρ needs at least 2 rated pairs; got {len(human.pairs)}")
         rng = np.random.default_rng(rng)
         if unit == "pairs":
-            drawn = rng.integers(0, n, size=(n_resamples, n))
-            self.weights = np.zeros((n_resamples, n), dtype=np.int64)
-            np.add.at(self.weights, (np.arange(n_resamples)[:, None], drawn), 1)
+            self.weights = _draw_counts(rng, n_resamples, n)
         else:
             words = sorted(human.words)
             position = {word: i for i, word in enumerate(words)}
             a = np.array([position[x] for x, _ in human.pairs], dtype=np.int64)
             b = np.array([position[y] for _, y in human.pairs], dtype=np.int64)
-            counts = np.zeros((n_resamples, len(words)), dtype=np.int64)
-            np.add.at(counts, (np.arange(n_resamples)[:, None], rng.integers(0, len(words), size=(n_resamples, len(words)))), 1)
+            counts = _draw_counts(rng, n_resamples, len(words))
             self.weights = counts[:, a] * counts[:, b]
         self._human_ranks = _weighted_ranks(self.human, self.weights)
 
-    def resampled_rho(self, values: np.ndarray) -> np.ndarray:
-        """ρ on each resample ``[n_resamples]``."""
+    def _checked(self, values: np.ndarray) -> np.ndarray:
+        """``values`` as float64, refused unless one per rated pair."""
         values = np.asarray(values, dtype=np.float64)
+        if values.shape != self.human.shape:
+            raise InputError(f"values must have one number per rated pair ({len(self.human)}); got shape {values.shape}")
+        return values
+
+    def resampled_rho(self, values: np.ndarray) -> np.ndarray:
+        """ρ on each resample ``[n_resamples]``; NaN throughout where a value is not
+        finite (ranks of NaN or infinities would be made up)."""
+        values = self._checked(values)
+        if not np.all(np.isfinite(values)):
+            return np.full(len(self.weights), np.nan)
         return _weighted_spearman(_weighted_ranks(values, self.weights), self._human_ranks, self.weights)
 
     def align(self, values: np.ndarray) -> Alignment:
         """Spearman ρ of ``values`` (one per rated pair) with the human scores; all NaN
         where ρ is undefined (constant values, or a NaN among them)."""
-        values = np.asarray(values, dtype=np.float64)
-        if values.shape != self.human.shape:
-            raise InputError(f"values must have one number per rated pair ({len(self.human)}); got shape {values.shape}")
+        values = self._checked(values)
         if not _defined(values):
             return Alignment(math.nan, math.nan, math.nan, math.nan, len(values))
         result = stats.spearmanr(values, self.human)
@@ -153,7 +172,7 @@ class Bootstrap:
         from B resamples cannot be below about 1/B, and the share ``k / B`` alone said
         0.000. NaN when either ρ is undefined.
         """
-        values, reference = np.asarray(values, dtype=np.float64), np.asarray(reference, dtype=np.float64)
+        values, reference = self._checked(values), self._checked(reference)
         if not (_defined(values) and _defined(reference)):
             return math.nan
         diff = self.resampled_rho(values) - self.resampled_rho(reference)

@@ -25,19 +25,28 @@ from .errors import ResourceError, first_line
 log = logging.getLogger(__name__)
 
 
-def _umask() -> int:
-    """The process's umask now. Linux shows it in ``/proc/self/status``; elsewhere
-    ``os.umask`` can only read it by setting it, so it is set back at once (a file
+def _umask_by_setting() -> int:
+    """The umask as ``os.umask`` reads it: by setting it, and back at once (a file that
     another thread makes meanwhile gets the 022 mask)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK_AT_IMPORT = _umask_by_setting()
+
+
+def _umask() -> int:
+    """The process's umask now, where Linux shows it (``/proc/self/status``); elsewhere
+    the one at import, which is read only once, so as not to race other threads on
+    every write."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith("Umask:"):
                 return int(line.split()[1], 8)
     except (OSError, ValueError, IndexError):
         pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
+    return _UMASK_AT_IMPORT
 
 
 def as_if_created(tree: Path) -> None:

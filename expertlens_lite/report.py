@@ -104,7 +104,8 @@ def render_report(summary: dict, measures: list[Measure], rated: HumanPairs, pap
 ({summary['n_layers']} layers, {html.escape(summary['architecture'])}); {summary['n_pairs']} rated pairs from
 <code>{html.escape(str(summary['human']))}</code>. Skipped concepts (positives found): {skipped}.</p>
 <h2>Alignment with human similarity</h2>
-<p>Spearman ρ between each measure and the human scores over the rated pairs, 95% bootstrap CI over pairs,
+<p>Spearman ρ between each measure and the human scores over the rated pairs, 95% bootstrap CI over
+{html.escape(summary['settings']['bootstrap_unit'])} (<code>--bootstrap-unit</code>),
 and the paired bootstrap p-value of its difference from the paper's measure (<code>{html.escape(paper.name)}</code>).
 The default measure, <code>{html.escape(headline.name)}</code>, was chosen by measurement on two models and three
 corpora (RESULTS.md).

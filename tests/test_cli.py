@@ -136,11 +136,12 @@ def test_a_library_run_with_numpy_values_and_an_undefined_p_writes_strict_json(m
 
     config = RunConfig(
         model="minilm", concepts=slice_files / "concepts.txt", n_pos=np.int64(16), n_neg=np.int64(200), min_pos=10,
-        taus=np.array([0.3, 0.5]), lifts=np.float64(1e6), topks=50, n_bootstrap=200, out=tmp_path / "r",
+        taus=np.array([0.3, 0.5]), lifts=np.float64(1e6), topks=50, n_bootstrap=200, out=tmp_path / "r", bootstrap_unit="concepts",
     )
     result = run(config)
     summary = json.loads((tmp_path / "r" / "summary.json").read_text(), parse_constant=no_constants)
     assert summary == result.summary
+    assert summary["settings"]["bootstrap_unit"] == "concepts" and "95% bootstrap CI over\nconcepts" in (tmp_path / "r" / "report.html").read_text()
     assert f"only {summary['n_pairs']} rated pairs have both words among the concepts" in caplog.text  # under FEW_PAIRS
     lift = next(row for row in summary["comparison"] if row["measure"] == "lift=1e+06 jaccard")
     assert lift["paired_p_vs_paper"] is None and lift["spearman"] is None
@@ -381,6 +382,13 @@ def test_a_model_folder_whose_weights_do_not_fit_its_config(fields, message, tmp
     result = invoke("export", "--model", str(folder), "--out", str(tmp_path / "x"))
     assert_user_error(result, f"model '{folder}'", message)
     assert not (tmp_path / "x").exists()
+
+
+def test_a_config_without_model_type_is_named_whatever_the_folder_is_called(tmp_path):
+    """transformers guesses a missing model_type from the path: "robert" read as BERT."""
+    folder = Path(tiny_source("llama", tmp_path / "robert" / "my-llama").path)
+    _edit_config(folder, model_type=None)
+    assert_user_error(invoke("export", "--model", str(folder), "--out", str(tmp_path / "x")), "its config.json names no model_type; add one")
 
 
 def test_out_of_memory_sized_request(monkeypatch, tmp_path, slice_files, minilm):

@@ -54,10 +54,13 @@ def test_a_damaged_export_is_made_again(harm, problem, tmp_path, caplog):
     assert again.manifest.sizes == sizes and again.manifest.files == exported.manifest.files  # the same export, whole
 
 
-def test_a_manifest_field_of_a_later_version_is_left_out_not_refused(tmp_path):
-    exported = export_model(tiny_source("bert", tmp_path / "bert"), tmp_path / "home")
+def test_a_manifest_field_of_a_later_version_is_kept_not_refused(tmp_path):
+    source = tiny_source("bert", tmp_path / "bert")
+    exported = export_model(source, tmp_path / "home")
     edit_manifest(exported.directory, field_of_a_later_version=[1, 2])
     assert damage(exported.directory) is None
+    export_model(source, tmp_path / "home", "int8")  # adds a variant: saves the manifest again
+    assert json.loads((exported.directory / MANIFEST).read_text())["field_of_a_later_version"] == [1, 2]
 
 
 def test_a_quantized_variant_is_covered_too(tmp_path):

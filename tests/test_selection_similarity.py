@@ -140,6 +140,18 @@ def test_resampled_rho_is_spearman_on_the_resampled_pairs_themselves(unit):
     np.testing.assert_allclose(boot.resampled_rho(values), expected, atol=1e-12)
 
 
+def test_resampled_rho_of_values_that_cannot_be_ranked_is_nan_or_refused():
+    human = _men_like()
+    boot = Bootstrap(human, 50, 0, unit="concepts")
+    values = np.random.default_rng(0).random(40)
+    values[3] = np.nan
+    assert np.isnan(boot.resampled_rho(values)).all()
+    with pytest.raises(InputError, match=r"^values must have one number per rated pair \(40\); got shape \(39,\)$"):
+        boot.resampled_rho(values[:39])
+    with pytest.raises(InputError, match="needs at least 2 rated pairs; got 1"):
+        Bootstrap(HumanPairs("t", human.pairs[:1], human.scores[:1]), 50, 0)
+
+
 def test_a_concept_bootstrap_is_wider_than_a_pair_bootstrap_where_pairs_share_concepts():
     rng = np.random.default_rng(2)
     words = [f"w{i}" for i in range(25)]

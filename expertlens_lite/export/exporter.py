@@ -224,11 +224,13 @@ def load_pretrained(source: ModelSource):
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
     folder = Path(source.path)
+    # Checked first: transformers guesses a missing type from the folder's path ("roberta"
+    # in .../robert/...), or fails listing every type it knows.
+    if (folder / "config.json").is_file() and _lacks_model_type(folder / "config.json"):
+        raise ModelError(f"cannot load model {source.name!r}: its config.json names no model_type; add one (\"model_type\": \"llama\", ...)")
     try:
         config = AutoConfig.from_pretrained(source.path, revision=source.load_revision)
     except (OSError, ValueError) as exc:
-        if (folder / "config.json").is_file() and _lacks_model_type(folder / "config.json"):  # transformers lists every type it knows
-            raise ModelError(f"cannot load model {source.name!r}: its config.json names no model_type; add one (\"model_type\": \"llama\", ...)") from None
         raise cannot_load(source.name, source.revision, exc) from None
     architecture = get_architecture(config.model_type)
     if folder.is_dir() and not any(next(folder.glob(pattern), None) for pattern in _TOKENIZER_FILES):  # before loading the weights

@@ -65,18 +65,20 @@ class Manifest:
     def save(self, directory: Path) -> None:
         """Write the manifest, with the size of every other file now in ``directory``."""
         self.sizes = file_sizes(directory, leave_out=MANIFEST)
-        write_json(directory / MANIFEST, asdict(self))
+        write_json(directory / MANIFEST, asdict(self) | getattr(self, "_later_fields", {}))
 
     @classmethod
     def load(cls, directory: Path) -> Manifest:
         """The manifest in ``directory``; ValueError or TypeError when it is not one.
-        Fields this version does not know (a later version's) are left out, not refused:
-        the format version says whether the export can be read."""
+        Fields this version does not know (a later version's, in a cache both use) are
+        kept aside, not refused, and written back by :meth:`save`: the format version says
+        whether the export can be read."""
         data = json.loads((directory / MANIFEST).read_text())
         if not isinstance(data, dict):
             raise TypeError("not a JSON object")
         known = {f.name for f in fields(cls)}
         manifest = cls(**{key: value for key, value in data.items() if key in known})
+        manifest._later_fields = {key: value for key, value in data.items() if key not in known}
         manifest._check_types()
         return manifest
 
