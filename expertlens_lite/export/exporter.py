@@ -537,9 +537,11 @@ def _parity(
         for target, value in zip(run, outputs):
             target[rows] = value
     pairs = [(np.concatenate(o[:-1], axis=1), expected) for o in (whole, run)] + [(o[-1], expected_embedding) for o in (whole, run)]
-    # NaN, which max() would pass over and a comparison would pass, counts as infinitely far.
-    absolute = max(float(np.nan_to_num(np.abs(got - want), nan=np.inf).max()) for got, want in pairs)
-    scaled = max(float(np.nan_to_num(np.abs(got - want) / np.maximum(1.0, np.abs(want)), nan=np.inf).max()) for got, want in pairs)
+    def worst(differences: np.ndarray) -> float:  # NaN, which max() and a comparison pass over, is infinitely far
+        return float(np.nan_to_num(differences, nan=np.inf).max())
+
+    absolute = max(worst(np.abs(got - want)) for got, want in pairs)
+    scaled = max(worst(np.abs(got - want) / np.maximum(1.0, np.abs(want))) for got, want in pairs)
     return absolute, scaled
 
 
