@@ -170,10 +170,16 @@ class Bootstrap:
         With k the number of resamples on which the difference has the other sign (the
         fewer of ≤ 0 and ≥ 0), ``2 (k + 1) / (B + 1)``, capped at 1: a p-value estimated
         from B resamples cannot be below about 1/B, and the share ``k / B`` alone said
-        0.000. NaN when either ρ is undefined.
+        0.000. NaN where a value is not finite.
+
+        A side that is constant on the whole sample (the paper's τ-Jaccard where no two
+        rated concepts share an expert) counts as ρ = 0 on every resample, as a resample
+        on which it is constant does (:func:`_weighted_spearman`): it ranks no pair above
+        another. Otherwise the test was defined when one rated pair shared an expert and
+        undefined when none did, though the two say the same.
         """
         values, reference = self._checked(values), self._checked(reference)
-        if not (_defined(values) and _defined(reference)):
+        if not (np.all(np.isfinite(values)) and np.all(np.isfinite(reference))):
             return math.nan
         diff = self.resampled_rho(values) - self.resampled_rho(reference)
         k = min(int((diff <= 0).sum()), int((diff >= 0).sum()))

@@ -126,9 +126,10 @@ def test_run_ap_matches_sklearn_on_cached_responses(minilm_run, elens_home):
             assert abs(average_precision_score(labels, responses[rows, m]) - ap[c, m]) < 1e-6  # ap.npy is float32
 
 
-def test_a_library_run_with_numpy_values_and_an_undefined_p_writes_strict_json(minilm_run, slice_files, tmp_path, caplog):
+def test_a_library_run_with_numpy_values_and_an_undefined_rho_writes_strict_json(minilm_run, slice_files, tmp_path, caplog):
     """A NumPy ``n_pos`` used to fail the summary after every slow stage, and a lift no
-    concept reaches wrote ``"paired_p_vs_paper": NaN``, which is not JSON."""
+    concept reaches wrote ``"paired_p_vs_paper": NaN``, which is not JSON (its ρ is
+    still undefined; its paired test is now one against ρ = 0)."""
     from expertlens_lite import RunConfig, run
 
     def no_constants(name):
@@ -144,7 +145,7 @@ def test_a_library_run_with_numpy_values_and_an_undefined_p_writes_strict_json(m
     assert summary["settings"]["bootstrap_unit"] == "concepts" and "95% bootstrap CI over\nconcepts" in (tmp_path / "r" / "report.html").read_text()
     assert f"only {summary['n_pairs']} rated pairs have both words among the concepts" in caplog.text  # under FEW_PAIRS
     lift = next(row for row in summary["comparison"] if row["measure"] == "lift=1e+06 jaccard")
-    assert lift["paired_p_vs_paper"] is None and lift["spearman"] is None
+    assert lift["spearman"] is None and lift["ci_low"] is None and 0 < lift["paired_p_vs_paper"] <= 1
 
 
 def test_an_undefined_rho_is_a_dash_in_the_report_too(minilm_run, slice_files, tmp_path):

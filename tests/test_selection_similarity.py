@@ -169,7 +169,23 @@ def test_the_paired_p_value_counts_the_observed_difference_as_a_resample():
     boot = Bootstrap(human, 200, 0)
     noise = np.random.default_rng(5).random(40)
     assert boot.paired_p_value(np.asarray(human.scores), noise) == 2 / 201  # the difference never changes sign
-    assert math.isnan(boot.paired_p_value(np.zeros(40), noise))
+
+
+def test_a_similarity_constant_on_every_pair_is_compared_as_rho_0():
+    """The paper's τ-Jaccard is 0 on every rated pair where no two concepts share an
+    expert: its ρ is undefined, but a paired test against it is one against ρ = 0, as on
+    a resample where it is constant. It was undefined (NaN), while one pair that shared
+    an expert made it defined."""
+    human = _men_like()
+    boot = Bootstrap(human, 200, 0)
+    scores, constant = np.asarray(human.scores), np.zeros(40)
+    assert math.isnan(boot.align(constant).spearman)
+    assert boot.paired_p_value(scores, constant) == boot.paired_p_value(constant, scores) == 2 / 201
+    assert boot.paired_p_value(constant, np.ones(40)) == 1.0
+    one_shared = constant.copy()
+    one_shared[np.argmax(scores)] = 0.5
+    assert boot.paired_p_value(scores, one_shared) == 2 / 201
+    assert math.isnan(boot.paired_p_value(scores, np.r_[np.nan, constant[1:]]))
 
 
 def test_an_ap_that_equals_the_threshold_exactly_is_an_expert():
