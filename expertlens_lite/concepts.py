@@ -138,6 +138,21 @@ def matching_sentences(word: str, index: dict[str, set[int]]) -> set[int]:
     return index.get(word, set()) | index.get(word + "s", set()) | index.get(word + "es", set())
 
 
+def _stream(seed: int, word: str | None = None) -> np.random.Generator:
+    """The random stream of the negative pool (no ``word``) or of one concept's positives.
+
+    Each is its own child of ``seed``, keyed by the concept word's bytes rather than its
+    place in the list, so that adding, removing or reordering concepts leaves every other
+    concept's positives and the pool as they were: results for a concept can be compared
+    across runs that study different concept lists. The key is a SHA-256 of the word,
+    not Python's ``hash``, which changes from one process to the next.
+    """
+    if word is None:
+        return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(0,)))
+    key = int.from_bytes(hashlib.sha256(word.encode("utf-8")).digest()[:8], "little")
+    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(1, key)))
+
+
 def build_concept_set(
     corpus: Sequence[str],
     concepts: Sequence[str],
@@ -150,13 +165,13 @@ def build_concept_set(
 ) -> ConceptSet:
     """Sample positives per concept and one shared negative pool, reproducibly.
 
-    Each concept keeps up to ``n_pos`` of its matching sentences (uniformly, seeded);
-    concepts with fewer than ``min_pos`` matches are skipped and reported. The pool
-    is ``n_neg`` sentences drawn from the whole corpus; a concept's negatives are the
-    pool minus the sentences containing it (a concept in every pool sentence is
-    refused). Only sentences used somewhere are kept, in corpus order, so each enters
-    the model once. ``concepts`` go through :func:`concept_words` and the corpus
-    through :func:`~.userfiles.nfc`.
+    Each concept keeps up to ``n_pos`` of its matching sentences (uniformly, seeded, from
+    a stream of its own: :func:`_stream`); concepts with fewer than ``min_pos`` matches
+    are skipped and reported. The pool is ``n_neg`` sentences drawn from the whole
+    corpus; a concept's negatives are the pool minus the sentences containing it (a
+    concept in every pool sentence is refused). Only sentences used somewhere are kept,
+    in corpus order, so each enters the model once. ``concepts`` go through
+    :func:`concept_words` and the corpus through :func:`~.userfiles.nfc`.
     """
     if any(whole_number(n) is None or n < 1 for n in (n_pos, n_neg, min_pos)):
         raise InputError(f"--n-pos, --n-neg and --min-pos must be positive integers; got {n_pos!r}, {n_neg!r}, {min_pos!r}")
@@ -168,7 +183,6 @@ def build_concept_set(
         raise InputError(f"corpus must be a list of sentences; got {type(corpus).__name__} {str(corpus)[:40]!r}")
     concepts = concept_words(concepts)
     corpus = [nfc(sentence) for sentence in corpus]
-    rng = np.random.default_rng(seed)
     index = word_index(corpus)
     kept: list[str] = []
     hits: list[np.ndarray] = []
@@ -179,7 +193,7 @@ def build_concept_set(
         if len(matches) < min_pos:
             skipped[word] = int(len(matches))
             continue
-        take = rng.choice(len(matches), size=min(n_pos, len(matches)), replace=False)
+        take = _stream(seed, word).choice(len(matches), size=min(n_pos, len(matches)), replace=False)
         kept.append(word)
         hits.append(matches)
         chosen.append(np.sort(matches[take]))
@@ -195,7 +209,7 @@ def build_concept_set(
             f"only {len(kept)} concept(s) have at least {min_pos} positive sentences in the corpus; "
             "need 2 or more (add sentences, add concepts, or lower --min-pos)"
         )
-    pool = np.sort(rng.choice(len(corpus), size=min(n_neg, len(corpus)), replace=False))
+    pool = np.sort(_stream(seed).choice(len(corpus), size=min(n_neg, len(corpus)), replace=False))
     used = np.unique(np.concatenate([pool, *chosen]))
     row_of = np.full(len(corpus), -1, dtype=np.int64)
     row_of[used] = np.arange(len(used))

@@ -4,8 +4,8 @@ In a causal model a token's keys, values, neurons and hidden state depend only o
 the tokens up to it, so sentences that start with the same tokens share all of them.
 The tokenizer's constant prefix (BOS) is computed once at export
 (:mod:`.export.prefix`). A run groups its sentences by their first ``length`` tokens,
-their *head* (the prefix and the first word piece: the 2,128 sentences of the default
-pool start with 356 distinct heads), runs each distinct head once after the prefix
+their *head* (the prefix and the first word piece: the 2,125 sentences of the default
+pool start with 351 distinct heads), runs each distinct head once after the prefix
 and keeps what the rest of a sentence reads: the head's keys and values, and its
 neurons and last hidden state, which pooling covers. Each sentence then runs from the
 token after its head, with the head fed as past (:mod:`.export.surgery` describes the

@@ -9,7 +9,7 @@ import pytest
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "slow: runs the real SmolLM2 (tens of seconds); CI runs it")
+    config.addinivalue_line("markers", "slow: runs the real SmolLM2 (a few minutes in all, with its export); CI runs it")
     config.addinivalue_line("markers", "gpu: needs onnxruntime-gpu and a CUDA GPU; skipped elsewhere")
 
 

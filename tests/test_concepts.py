@@ -123,6 +123,19 @@ def _drawn(cs, word):
     return {cs.sentences[i] for i in cs.positives[c]}, {cs.sentences[i] for i in cs.pool}
 
 
+def test_a_concepts_sample_does_not_depend_on_the_other_concepts():
+    """Adding, dropping (here by too few matches) or reordering concepts leaves every
+    other concept's positives and the negative pool as they were."""
+    corpus = _corpus()
+    alone = build_concept_set(corpus, ["birds", "soup"], n_pos=10, n_neg=100, min_pos=5, seed=4)
+    more = build_concept_set(corpus, ["kitchen", "zebra", "soup", "happy", "birds"], n_pos=10, n_neg=100, min_pos=5, seed=4)
+    for word in ("birds", "soup"):
+        assert _drawn(alone, word) == _drawn(more, word)
+    other_seed = build_concept_set(corpus, ["birds", "soup"], n_pos=10, n_neg=100, min_pos=5, seed=5)
+    assert _drawn(other_seed, "birds")[0] != _drawn(alone, "birds")[0]
+    assert _drawn(other_seed, "birds")[1] != _drawn(alone, "birds")[1]
+
+
 def test_concepts_are_lower_case_composed_words_each_once():
     corpus = [unicodedata.normalize("NFD", f"I love the café {i}.") for i in range(6)] + [f"The cafe sign {i}." for i in range(6)]
     corpus += [f"A dog barks {i}." for i in range(6)] + [f"Nothing {i}." for i in range(20)]

@@ -25,7 +25,7 @@ from .main import main, verbose_option
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Folder to write the export to.")
 @click.option("--force", "--overwrite", "force", is_flag=True, help="Replace --out if it is an earlier export.")
 def export_command(model: str, revision: str | None, quantize: str, out: Path, force: bool) -> None:
-    """Export MODEL to ONNX (pooled MLP neurons as outputs), validated against PyTorch."""
+    """Export --model to ONNX (pooled MLP neurons as outputs), validated against PyTorch."""
     cache = cache_dir()
     _refuse_unsafe_out(out, cache)
     if out.exists() and not force:
