@@ -95,6 +95,7 @@ CORPUS_SETTINGS = {  # n_pos, min_pos, n_neg
 CORPUS_LABEL = {"full": "full", "halfA": "half A", "halfB": "half B"}
 MODEL_LABEL = {"smollm2": "SmolLM2-135M-Instruct (`smollm2`)", "minilm": "all-MiniLM-L6-v2 (`minilm`)"}
 PAPER = "tau=0.5 jaccard"
+TOOL_DEFAULT = RunConfig().headline()  # the measure a run reports as its default
 BASELINES = ("sentence_embedding", "word_embedding")
 
 
@@ -309,7 +310,8 @@ def analyse(data: dict, extras: dict | None) -> None:
         for m, c in cells:
             ex = extras[(m, c, "default")]
             paired[f"{m}/{c}"] = {
-                set_rule: {o: paired_p(ex, set_rule, ex, o) for o in (PAPER, *BASELINES, profile, runner_up)},
+                set_rule: {o: paired_p(ex, set_rule, ex, o) for o in dict.fromkeys((PAPER, *BASELINES, profile, runner_up, TOOL_DEFAULT))
+                           if o != set_rule},
                 profile: {o: paired_p(ex, profile, ex, o) for o in (PAPER, *BASELINES, set_rule, *others_profile)},
             }
         pooling_p = {}
@@ -593,6 +595,17 @@ def _choice_section(data: dict) -> list[str]:
         + ("" if rank_b == 1 else f"; best there `{short(best_b[0])}` {f3(best_b[1])}") + f"); {worst_text}.",
         "",
     ]
+    if set_rule != TOOL_DEFAULT and TOOL_DEFAULT in rob:
+        default_p = ", ".join(f"{fmt_p(ch['paired'][f'{m}/{c}'][set_rule].get(TOOL_DEFAULT))} ({m} {CORPUS_LABEL[c]})"
+                              for m in models for c in CORPORA)
+        L += [
+            f"**This is not the tool's default, `{short(TOOL_DEFAULT)}`**: half-A mean ρ "
+            f"{f3(dict(ch['set_scores']).get(TOOL_DEFAULT))}, half B {f3(rob[TOOL_DEFAULT]['halfB'])}, full "
+            f"{f3(rob[TOOL_DEFAULT]['full'])}, mean of all cells {f3(rob[TOOL_DEFAULT]['all'])} (`{short(set_rule)}`: "
+            f"{f3(rob[set_rule]['all'])}), worst cell {f3(rob[TOOL_DEFAULT]['worst'])}. Paired test of `{short(set_rule)}` "
+            f"against it: p {default_p}.",
+            "",
+        ]
     by_k = [n for n in ("topk=100 jaccard", "topk=200 jaccard", "topk=500 jaccard", "lift=3 jaccard") if n in rob]
     if len(by_k) == 4 and set_rule.startswith("topfrac="):  # why the chosen fraction beats a count and a threshold
         full_rho = lambda m, n: f3(_rho(_find(records, m, "full"), n))  # noqa: E731

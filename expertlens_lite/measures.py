@@ -30,6 +30,12 @@ log = logging.getLogger(__name__)
 PAPER_MEASURE = "tau"
 
 
+def constant_paper_note(paper: str) -> str:
+    """What "p vs paper" means where the paper's measure is the same on every rated pair
+    (:meth:`.alignment.Bootstrap.paired_p_value`)."""
+    return f"{paper} is the same on every rated pair (ρ undefined): p vs paper tests ρ against 0"
+
+
 @dataclass
 class Measure:
     """One similarity measure and, once scored, its alignment with human ratings.

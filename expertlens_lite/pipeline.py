@@ -50,7 +50,7 @@ log = logging.getLogger(__name__)
 DEFAULT_MODEL = "smollm2"
 
 # Fewer rated pairs than this get a warning: at 30 pairs a 95% CI of Spearman's ρ is
-# still about ±0.35 wide (Fisher's z, ±1.96 / sqrt(n - 3)), so rules cannot be told apart.
+# still about ±0.35 (Fisher's z, ±1.96 / sqrt(n - 3)), so rules cannot be told apart.
 FEW_PAIRS = 30
 
 Progress = Callable[[str, int, int], None]
@@ -224,7 +224,7 @@ def load_inputs(config: RunConfig) -> tuple[ConceptSet, HumanPairs]:
     if len(rated.pairs) < FEW_PAIRS:
         log.warning(
             "only %d rated pairs have both words among the concepts: each ρ rests on so few that its 95%% CI is "
-            "±0.35 wide or more; add concepts that %s rates", len(rated.pairs), human.source,
+            "±0.35 or wider; add concepts that %s rates", len(rated.pairs), human.source,
         )
     _check_bootstrap_fits(config.n_bootstrap, len(rated.pairs))
     return concept_set, rated

@@ -17,7 +17,7 @@ import numpy as np
 from .export import Manifest
 from .human import HumanPairs
 from .kernels import unpack_masks
-from .measures import Measure
+from .measures import Measure, constant_paper_note
 from .selection import Selection, select
 
 _STYLE = """
@@ -97,6 +97,7 @@ def render_report(summary: dict, measures: list[Measure], rated: HumanPairs, pap
         )
     skipped = _some(f"{html.escape(w)} ({n})" for w, n in summary["skipped_concepts"].items())
     timings = ", ".join(f"{k} {v:.1f} s" for k, v in summary["timings"].items())
+    constant = "; " + html.escape(constant_paper_note(paper.name)) if math.isnan(paper.alignment.spearman) else ""
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>expertlens-lite: {html.escape(summary['model'])}</title>
 <style>{_STYLE}</style></head><body>
 <h1>Expert neurons of <code>{html.escape(summary['model'])}</code></h1>
@@ -106,7 +107,7 @@ def render_report(summary: dict, measures: list[Measure], rated: HumanPairs, pap
 <h2>Alignment with human similarity</h2>
 <p>Spearman ρ between each measure and the human scores over the rated pairs, 95% bootstrap CI over
 {html.escape(summary['settings']['bootstrap_unit'])} (<code>--bootstrap-unit</code>),
-and the paired bootstrap p-value of its difference from the paper's measure (<code>{html.escape(paper.name)}</code>).
+and the paired bootstrap p-value of its difference from the paper's measure (<code>{html.escape(paper.name)}</code>{constant}).
 The default measure, <code>{html.escape(headline.name)}</code>, was chosen by measurement on two models and three
 corpora (RESULTS.md).
 "Median experts" is the median expert-set size per concept; "zero overlap" the share of rated pairs whose expert sets

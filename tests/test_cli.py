@@ -156,6 +156,19 @@ def test_an_undefined_rho_is_a_dash_in_the_report_too(minilm_run, slice_files, t
     assert next(row for row in summary["comparison"] if row["measure"] == "tau=0.999 jaccard")["spearman"] is None
     text = re.sub(r'src="data:[^"]*"', "", (tmp_path / "r" / "report.html").read_text())  # the plots' base64
     assert re.search(r"\bnan\b", text, re.IGNORECASE) is None
+    assert "is the same on every rated pair" not in text + result.output  # the paper's τ here is 0.3
+
+
+def test_where_the_papers_rho_is_undefined_table_and_report_say_what_p_vs_paper_tests(minilm_run, slice_files, tmp_path):
+    result = invoke(
+        "run", "--model", "minilm", "--concepts", str(slice_files / "concepts.txt"), "--n-pos", "16", "--n-neg", "200",
+        "--min-pos", "10", "--tau", "0.999", "--n-bootstrap", "200", "--out", str(tmp_path / "r"),
+    )
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert summary["comparison"][0]["spearman"] is None and summary["comparison"][1]["paired_p_vs_paper"] is not None
+    note = "tau=0.999 jaccard is the same on every rated pair (ρ undefined): p vs paper tests ρ against 0"
+    assert note in (tmp_path / "r" / "report.html").read_text() and note in " ".join(result.output.split())
 
 
 def test_rerun_reuses_export_and_responses(minilm_run, slice_files, tmp_path):

@@ -136,6 +136,31 @@ def test_a_concepts_sample_does_not_depend_on_the_other_concepts():
     assert _drawn(other_seed, "birds")[1] != _drawn(alone, "birds")[1]
 
 
+_DRAW = """
+import json
+from expertlens_lite.concepts import build_concept_set, read_corpus
+from expertlens_lite.paths import bundled
+cs = build_concept_set(read_corpus(bundled("corpus.txt")), ["birds", "soup"], n_pos=10, n_neg=100, min_pos=5, seed=4)
+print(json.dumps([cs.sentences_hash(), [p.tolist() for p in cs.positives], cs.pool.tolist()]))
+"""
+
+
+def test_the_sample_is_the_same_in_every_process():
+    """The per-concept streams are keyed by a hash of the word; Python's own ``hash`` of a
+    string changes from one process to the next (PYTHONHASHSEED), which would have drawn
+    another sample in every run."""
+    import os
+    import subprocess
+    import sys
+
+    draws = {
+        subprocess.run([sys.executable, "-c", _DRAW], env={**os.environ, "PYTHONHASHSEED": hash_seed},
+                       capture_output=True, text=True, check=True).stdout
+        for hash_seed in ("1", "2")
+    }
+    assert len(draws) == 1
+
+
 def test_concepts_are_lower_case_composed_words_each_once():
     corpus = [unicodedata.normalize("NFD", f"I love the café {i}.") for i in range(6)] + [f"The cafe sign {i}." for i in range(6)]
     corpus += [f"A dog barks {i}." for i in range(6)] + [f"Nothing {i}." for i in range(20)]

@@ -182,6 +182,10 @@ def test_a_similarity_constant_on_every_pair_is_compared_as_rho_0():
     assert math.isnan(boot.align(constant).spearman)
     assert boot.paired_p_value(scores, constant) == boot.paired_p_value(constant, scores) == 2 / 201
     assert boot.paired_p_value(constant, np.ones(40)) == 1.0
+    noise = np.random.default_rng(6).random(40)
+    rho = boot.resampled_rho(noise)  # against ρ = 0 on every resample: how often ρ(noise) falls on either side of 0
+    assert boot.paired_p_value(noise, constant) == min(1.0, 2 * (min(int((rho <= 0).sum()), int((rho >= 0).sum())) + 1) / 201)
+    assert 0.05 < boot.paired_p_value(noise, constant) < 1
     one_shared = constant.copy()
     one_shared[np.argmax(scores)] = 0.5
     assert boot.paired_p_value(scores, one_shared) == 2 / 201

@@ -5,6 +5,8 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
+from ..measures import constant_paper_note
+
 
 def _num(value, fmt: str = ".3f") -> str:
     return "–" if value is None else format(value, fmt)
@@ -13,7 +15,11 @@ def _num(value, fmt: str = ".3f") -> str:
 def print_alignment_table(summary: dict) -> None:
     """ρ with the human set per measure (τ rules, other rules, baselines), with CIs; the
     default measure in bold, the paper's τ-Jaccard first."""
-    table = Table(title=f"Alignment with {summary['n_pairs']} human-rated pairs ({summary['model']}, {summary['n_concepts']} concepts)")
+    paper = summary["comparison"][0]  # the paper's τ-Jaccard comes first (RunConfig.selections)
+    table = Table(
+        title=f"Alignment with {summary['n_pairs']} human-rated pairs ({summary['model']}, {summary['n_concepts']} concepts)",
+        caption=None if paper["spearman"] is not None else constant_paper_note(paper["measure"]),
+    )
     for column in ("measure", "ρ", "95% CI", "p vs paper", "median experts", "zero overlap"):
         table.add_column(column, justify="left" if column == "measure" else "right")
     for row in summary["comparison"]:
