@@ -178,10 +178,9 @@ class Bootstrap:
         another. Otherwise the test was defined when one rated pair shared an expert and
         undefined when none did, though the two say the same.
         """
-        values, reference = self._checked(values), self._checked(reference)
-        if not (np.all(np.isfinite(values)) and np.all(np.isfinite(reference))):
-            return math.nan
         diff = self.resampled_rho(values) - self.resampled_rho(reference)
+        if np.isnan(diff).any():  # a value that is not finite (resampled_rho's NaN)
+            return math.nan
         k = min(int((diff <= 0).sum()), int((diff >= 0).sum()))
         return float(min(1.0, 2 * (k + 1) / (len(diff) + 1)))
 
