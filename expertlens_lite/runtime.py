@@ -38,7 +38,6 @@ from .devices import batches_at_once, onnxruntime_module, resolve_device
 from .errors import InputError, ResourceError, whole_number
 from .export import ExportedModel
 from .export.prefix import Prefix
-from .export.quantize import onnx_filename
 from .export.surgery import PAST_INPUT, keep_outputs, response_outputs
 from .heads import (
     Heads,
@@ -319,7 +318,7 @@ class Responses:
 def responses_key(exported: ExportedModel, sentences_hash: str, options: PoolingOptions, quantize: str) -> str:
     """Keyed by the hash of the ONNX file that computes them, so that a regenerated
     quantized variant never meets responses of the one before."""
-    model_hash = exported.manifest.files.get(onnx_filename(quantize))
+    model_hash = exported.manifest.files.get(exported.onnx_path(quantize).name)
     raw = f"{exported.directory.name}|{model_hash}|{options.key()}|{quantize}|{sentences_hash}"
     return hashlib.sha256(raw.encode()).hexdigest()[:16]
 

@@ -12,6 +12,7 @@ export leaves nothing behind and a rerun reuses a finished one.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -36,6 +37,7 @@ from ..paths import DEFAULT_CORPUS, bundled
 from .manifest import FORMAT_VERSION, MANIFEST, Manifest, damage
 from .prefix import Prefix, compute_prefix, constant_prefix, load_prefix, save_prefix
 from .quantize import (
+    INT8_WEIGHTS,
     QUANTIZATIONS,
     SCRATCH_PREFIX,
     onnx_filename,
@@ -62,6 +64,17 @@ PARITY_SENTENCES = (
 CALIBRATION_SENTENCES = 128
 
 
+@functools.cache
+def _warn_int8_made_elsewhere(directory: Path, model: str, name: str) -> None:
+    """Warn, once per folder, that its int8 variant (the file ``name``) has the other
+    weight type than this CPU's (:func:`.quantize.int8_weights`)."""
+    if name == onnx_filename("int8", "s8"):
+        what = "int8 weights, whose products saturate on this CPU (x86 without VNNI) and can move its responses"
+    else:
+        what = "uint8 weights, made for a CPU without VNNI: exact here, but slower than int8 weights"
+    log.warning("the int8 variant in %s has %s; export %s again here with --quantize int8", directory, what, model)
+
+
 class ParityError(ModelError):
     """The exported graph disagrees with the PyTorch model beyond tolerance."""
 
@@ -75,14 +88,22 @@ class ExportedModel:
 
     def onnx_path(self, quantize: str = "none") -> Path:
         """The ONNX file of the ``quantize`` variant, which ``export_model(source, cache,
-        quantize)`` makes."""
+        quantize)`` makes: for int8, the one with this CPU's weight type
+        (:func:`.quantize.int8_weights`), else, with a warning, the other one (an export
+        folder made on another CPU)."""
         _check_quantize(quantize)
-        if onnx_filename(quantize) not in self.manifest.files:
+        name = onnx_filename(quantize)
+        if name not in self.manifest.files and quantize == "int8":
+            made_elsewhere = [onnx_filename(quantize, w) for w in INT8_WEIGHTS if onnx_filename(quantize, w) in self.manifest.files]
+            if made_elsewhere:
+                name = made_elsewhere[0]
+                _warn_int8_made_elsewhere(self.directory, self.manifest.model, name)
+        if name not in self.manifest.files:
             raise ModelError(
                 f"the export in {self.directory} has no {quantize} variant; export its model "
                 f"({self.manifest.model}) with --quantize {quantize}"
             )
-        return self.directory / onnx_filename(quantize)
+        return self.directory / name
 
     def tokenizer(self):
         """The model's tokenizer: its ``tokenizer.json`` alone where the export checked

@@ -12,7 +12,9 @@ hence this graph rewrite of each down-projection ``y = x @ W``:
 - one scale per token: ``QuantizeLinear`` with a per-row scale (``max|x_row| / 127``,
   symmetric, stored as uint8 around 128), then ``MatMulIntegerToFloat`` (ORT's fused
   kernel, which takes a per-row activation scale ``[M, 1]`` and per-column weight
-  scales) for the product and the rescaling in one pass;
+  scales) for the product and the rescaling in one pass; the weights, symmetric too,
+  are int8, or uint8 around 128 where the CPU's int8 products saturate
+  (:func:`.quantize.int8_weights`);
 - the outlier channels, found on calibration sentences (channel max above
   ``OUTLIER_FACTOR`` x the layer's median channel max, at most ``MAX_OUTLIERS``), are
   zeroed in the int8 input and multiplied in fp32 instead, as LLM.int8() does
@@ -49,12 +51,16 @@ def outlier_channels(maxima: np.ndarray, factor: float = OUTLIER_FACTOR, limit: 
     return np.sort(largest).astype(np.int64)
 
 
-def quantize_per_token(model: onnx.ModelProto, matmuls: Sequence[str], maxima: Mapping[str, np.ndarray]) -> list[str]:
+def quantize_per_token(
+    model: onnx.ModelProto, matmuls: Sequence[str], maxima: Mapping[str, np.ndarray], unsigned_weights: bool = False,
+) -> list[str]:
     """Rewrite the MatMul nodes named ``matmuls`` of ``model`` (in place) into per-token int8.
 
     ``maxima``: ``max|x|`` per input channel, keyed by each MatMul's input tensor; a
-    MatMul without an entry gets no outlier channels. Returns the names of the fp32
-    MatMuls added for the outlier channels, which a later quantizer must leave alone.
+    MatMul without an entry gets no outlier channels. ``unsigned_weights``: store the
+    weights as uint8 around 128 rather than int8 (same values). Returns the names of
+    the fp32 MatMuls added for the outlier channels, which a later quantizer must leave
+    alone.
     """
     graph = model.graph
     initializers = {init.name: init for init in graph.initializer}
@@ -83,7 +89,7 @@ def quantize_per_token(model: onnx.ModelProto, matmuls: Sequence[str], maxima: M
             ]
             x = rewritten.last
             weight = weight * keep[:, None]
-        nodes += rewritten.int8_matmul(x, weight)
+        nodes += rewritten.int8_matmul(x, weight, unsigned_weights)
         if outliers.size:
             nodes.append(rewritten.node("Add", [rewritten.last, f"{node.name}/outliers/output"]))
         nodes[-1].output[0] = node.output[0]
@@ -116,12 +122,15 @@ class _Rewrite:
         self.last = f"{name}/output"
         return helper.make_node(op_type, inputs, [self.last], name=name, domain=domain, **attributes)
 
-    def int8_matmul(self, x: str, weight: np.ndarray) -> list[onnx.NodeProto]:
-        """``x @ weight`` with ``x`` quantized per row (of its 2-D view) and ``weight`` per column."""
+    def int8_matmul(self, x: str, weight: np.ndarray, unsigned_weights: bool) -> list[onnx.NodeProto]:
+        """``x @ weight`` with ``x`` quantized per row (of its 2-D view) and ``weight`` per
+        column; the weights int8, or (``unsigned_weights``) the same levels + 128 as uint8."""
         k, n = weight.shape
         weight_scale = np.abs(weight).max(axis=0) / 127.0
         weight_scale[weight_scale == 0] = 1.0  # an all-zero column quantizes to zeros either way
-        quantized_weight = np.clip(np.round(weight / weight_scale), -127, 127).astype(np.int8)
+        levels = np.clip(np.round(weight / weight_scale), -127, 127)
+        quantized_weight = (levels + 128).astype(np.uint8) if unsigned_weights else levels.astype(np.int8)
+        weight_zero_point = [self.const("weight_zero_point", np.array(128, np.uint8))] if unsigned_weights else []
         nodes = [self.node("Shape", [x])]
         shape = self.last
         nodes.append(self.node("Slice", [shape, self.const("start", np.array([0], np.int64)), self.const("end", np.array([-1], np.int64))]))
@@ -143,7 +152,8 @@ class _Rewrite:
         nodes.append(self.node(
             "MatMulIntegerToFloat",
             [quantized, self.const("weight", quantized_weight), self.last,
-             self.const("weight_scale", weight_scale.astype(np.float32)), self.const("scalar_zero_point", np.array(128, np.uint8))],
+             self.const("weight_scale", weight_scale.astype(np.float32)), self.const("scalar_zero_point", np.array(128, np.uint8)),
+             *weight_zero_point],
             domain=MS_DOMAIN,
         ))
         nodes.append(self.node("Reshape", [self.last, output_shape]))

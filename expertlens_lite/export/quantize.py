@@ -16,6 +16,14 @@ the post-norm MiniLM it lowered that Jaccard from 0.800 to 0.791 and moved one
 alignment rho by 0.032, past the 0.03 target, so encoders keep every down-projection
 fp32 (BENCHMARKS.md). Only MatMul is quantized: the embedding table stays fp32, so the
 word-embedding baseline reads the same numbers.
+The int8 weights' type depends on the CPU that quantizes (:func:`int8_weights`), as
+Optimum's ``AutoQuantizationConfig`` picks it by instruction set: int8 (ORT's default)
+where the CPU has VNNI or is not x86, uint8 on other x86 CPUs, where ORT multiplies
+uint8 activations by int8 weights with ``VPMADDUBSW``, whose int16 sum of two products
+saturates. On an AVX2-only AMD EPYC (Zen 2) that took the int8 responses of tiny
+random GPT-J, Gemma 2 and CodeGen models to a correlation of 0.93-0.96 with fp32;
+uint8 weights (ORT's ``U8U8`` kernels widen to int16 before multiplying) give
+0.997-0.998 there, and a model exported on one CPU and run on another is warned about.
 ``fp16``: weights and activations in half precision with float32 inputs and
 outputs, for the CUDA provider. The neuron tensors keep their names and feed the
 same pooling nodes, so they stay exposed after either conversion.
@@ -23,10 +31,12 @@ same pooling nodes, so they stay exposed after either conversion.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import math
 import os
+import platform
 import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -41,13 +51,51 @@ from .per_token import quantize_per_token
 from .smoothing import channel_maxima, find_groups, smooth
 
 QUANTIZATIONS = ("none", "int8", "fp16")
+INT8_WEIGHTS = ("s8", "u8")  # the int8 variant's weight type: int8 or uint8 (see int8_weights)
+_VNNI_FLAGS = {"avx512_vnni", "avx_vnni"}  # /proc/cpuinfo names of AVX512-VNNI and AVX-VNNI
 SCRATCH_PREFIX = ".quantize-"  # the int8 quantizer's scratch folder, beside the model
 # SmolLM2 top-1% Jaccard fp32 vs int8 (BENCHMARKS.md): 0.791 with no layer kept, 0.811 with 3 of 30.
 FP32_DOWN_FRACTION = 0.1
 
 
-def onnx_filename(quantize: str) -> str:
-    return "model.onnx" if quantize == "none" else f"model.{quantize}.onnx"
+def onnx_filename(quantize: str, weights: str | None = None) -> str:
+    """The ONNX file of the ``quantize`` variant; for int8, of the one with ``weights``
+    (default: this CPU's, :func:`int8_weights`). The int8-weight file keeps the name it
+    had before uint8 weights existed, so caches made on CPUs with VNNI stay valid."""
+    if quantize == "none":
+        return "model.onnx"
+    if quantize == "int8" and (weights or int8_weights()) == "u8":
+        return "model.int8u8.onnx"
+    return f"model.{quantize}.onnx"
+
+
+@functools.cache
+def int8_weights() -> str:
+    """The weight type of the int8 variant for this CPU (:func:`int8_weights_for`)."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            flags = next((set(line.split(":", 1)[1].split()) for line in cpuinfo if line.startswith("flags")), None)
+    except OSError:
+        flags = None
+    return int8_weights_for(platform.machine(), flags)
+
+
+def int8_weights_for(machine: str, flags: set[str] | None) -> str:
+    """The weight type of the int8 variant for a CPU of architecture ``machine``
+    (``platform.machine()``) with ``flags`` (``/proc/cpuinfo``'s; None: unknown):
+    ``"u8"`` on x86 without VNNI, else ``"s8"``.
+
+    Why: there ONNX Runtime multiplies uint8 activations by int8 weights with
+    ``VPMADDUBSW``, which adds two products into a saturating int16 (255 x 127 x 2 >
+    32,767), and with uint8 weights it widens to int16 first, exactly; with VNNI
+    (``VPDPBUSD``, 32-bit sums) or on ARM the int8 products are exact and the faster
+    choice (Optimum's ``AutoQuantizationConfig.avx2`` uses uint8 weights, its ``avx512_vnni``
+    int8). An x86 CPU whose flags are unknown (no ``/proc/cpuinfo``, as on macOS) gets
+    ``"u8"``: exact everywhere, at worst slower.
+    """
+    if machine.lower() not in ("x86_64", "amd64", "i386", "i686"):
+        return "s8"
+    return "s8" if flags and _VNNI_FLAGS & flags else "u8"
 
 
 def uses_external_data(model: Path | onnx.ModelProto) -> bool:
@@ -75,6 +123,7 @@ def quantize_model(
     down_scopes: list[str],
     calibration: Sequence[dict[str, np.ndarray]] = (),
     per_token_downs: bool = True,
+    weights: str | None = None,
 ) -> Path:
     """Write the ``quantize`` variant of ``fp32_path`` next to it (atomically) and return its path.
 
@@ -86,8 +135,13 @@ def quantize_model(
     ``calibration``: input batches for int8's smoothing and outlier channels (none:
     neither, just per-token int8 down-projections). ``per_token_downs``: False keeps
     every down-projection fp32 (for post-norm encoders, see the module docstring).
+    ``weights``: int8's weight type (:data:`INT8_WEIGHTS`; default: this CPU's,
+    :func:`int8_weights`).
     """
-    target = fp32_path.with_name(onnx_filename(quantize))
+    weights = weights or int8_weights()
+    if weights not in INT8_WEIGHTS:
+        raise ValueError(f"unknown int8 weight type {weights!r}")
+    target = fp32_path.with_name(onnx_filename(quantize, weights))
     external = uses_external_data(fp32_path)
     if quantize == "int8":
         from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -96,13 +150,15 @@ def quantize_model(
         # data file after its output (``<output>.data``), so the output gets the
         # target's name there and both files are then renamed into place, graph last.
         with tempfile.TemporaryDirectory(prefix=SCRATCH_PREFIX, dir=fp32_path.parent) as scratch:
-            prepared, keep_fp32 = _prepare_int8(fp32_path, Path(scratch), down_scopes, calibration, external, per_token_downs)
+            prepared, keep_fp32 = _prepare_int8(
+                fp32_path, Path(scratch), down_scopes, calibration, external, per_token_downs, weights == "u8",
+            )
             quantized = Path(scratch) / target.name
             with _quiet_quantizer():
                 quantize_dynamic(
                     prepared,
                     quantized,
-                    weight_type=QuantType.QInt8,
+                    weight_type=QuantType.QUInt8 if weights == "u8" else QuantType.QInt8,
                     per_channel=True,
                     op_types_to_quantize=["MatMul"],
                     nodes_to_exclude=keep_fp32,
@@ -134,6 +190,7 @@ def _prepare_int8(
     calibration: Sequence[dict[str, np.ndarray]],
     external: bool,
     per_token_downs: bool,
+    unsigned_weights: bool,
 ) -> tuple[Path, list[str]]:
     """A copy of ``fp32_path`` in ``scratch``, smoothed and with per-token int8
     down-projections, and the MatMuls that ORT's dynamic quantizer must then leave fp32.
@@ -151,7 +208,7 @@ def _prepare_int8(
     maxima = channel_maxima(fp32_path, tensors, calibration) if calibration else {}
     model = onnx.load(fp32_path)
     smooth(model, groups, maxima)
-    outlier_matmuls = quantize_per_token(model, list(token_downs), maxima)
+    outlier_matmuls = quantize_per_token(model, list(token_downs), maxima, unsigned_weights)
     path = scratch / "prepared.onnx"
     onnx.save(model, path, save_as_external_data=external, all_tensors_to_one_file=True, location="prepared.onnx.data")
     return path, fp32_downs + outlier_matmuls
