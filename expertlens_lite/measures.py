@@ -10,6 +10,7 @@ the paper's measure (τ-Jaccard at the first τ) by a paired bootstrap.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -34,6 +35,14 @@ def constant_paper_note(paper: str) -> str:
     """What "p vs paper" means where the paper's measure is the same on every rated pair
     (:meth:`.alignment.Bootstrap.paired_p_value`)."""
     return f"{paper} is the same on every rated pair (ρ undefined): p vs paper tests ρ against 0"
+
+
+def median_text(value: float | None) -> str:
+    """A median expert-set size as the table and the report show it: a whole number as
+    one, the half between two sizes with its .5 (rounding showed 2.5 as 2)."""
+    if value is None or math.isnan(value):
+        return "–"
+    return f"{value:.0f}" if float(value).is_integer() else f"{value:.1f}"
 
 
 @dataclass

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import json
 import math
 from collections.abc import Iterable
 
@@ -17,7 +18,7 @@ import numpy as np
 from .export import Manifest
 from .human import HumanPairs
 from .kernels import unpack_masks
-from .measures import Measure, constant_paper_note
+from .measures import Measure, constant_paper_note, median_text
 from .selection import Selection, select
 
 _STYLE = """
@@ -64,7 +65,7 @@ def _scatter(measure: Measure, rated: HumanPairs) -> str:
     ax.set_xlabel("human score")
     ax.set_ylabel(measure.name)
     rho = measure.alignment.spearman if measure.alignment else float("nan")
-    ax.set_title(f"{measure.name}: Spearman ρ = {rho:.3f}")
+    ax.set_title(f"{measure.name}: Spearman ρ " + ("undefined" if math.isnan(rho) else f"= {rho:.3f}"))
     return _png(fig)
 
 
@@ -83,6 +84,14 @@ def _layer_histogram(ap: np.ndarray, manifest: Manifest, selection: Selection) -
     return _png(fig)
 
 
+def _settings(summary: dict) -> str:
+    """Every setting that changes the results, as summary.json records them."""
+    settings = summary["settings"] | {
+        "revision": summary["revision"], "commit": summary["commit"], "device_used": summary["device_used"],
+    }
+    return "; ".join(f"<code>{html.escape(name)}</code> {html.escape(json.dumps(value, ensure_ascii=False))}" for name, value in settings.items())
+
+
 def render_report(summary: dict, measures: list[Measure], rated: HumanPairs, paper: Measure, ap: np.ndarray, manifest: Manifest) -> str:
     """The report as an HTML string; ``paper`` is the paper's τ-Jaccard measure."""
     headline = next(m for m in measures if m.name == summary["default_measure"])
@@ -93,7 +102,7 @@ def render_report(summary: dict, measures: list[Measure], rated: HumanPairs, pap
         rows.append(
             f'<tr class="{"base" if m.kind == "baseline" else ""}"><td>{"<b>" + html.escape(m.name) + " (default)</b>" if m is headline else html.escape(m.name)}</td>'
             f"<td>{_fmt(a.spearman)}</td><td>[{_fmt(a.ci_low)}, {_fmt(a.ci_high)}]</td><td>{_fmt(a.p_value)}</td>"
-            f"<td>{_fmt(m.paired_p_value)}</td><td>{_fmt(m.median_size, 0)}</td><td>{_fmt(m.zero_overlap)}</td></tr>"
+            f"<td>{_fmt(m.paired_p_value)}</td><td>{median_text(m.median_size)}</td><td>{_fmt(m.zero_overlap)}</td></tr>"
         )
     skipped = _some(f"{html.escape(w)} ({n})" for w, n in summary["skipped_concepts"].items())
     timings = ", ".join(f"{k} {v:.1f} s" for k, v in summary["timings"].items())
@@ -108,14 +117,17 @@ def render_report(summary: dict, measures: list[Measure], rated: HumanPairs, pap
 <p>Spearman ρ between each measure and the human scores over the rated pairs, 95% bootstrap CI over
 {html.escape(summary['settings']['bootstrap_unit'])} (<code>--bootstrap-unit</code>),
 and the paired bootstrap p-value of its difference from the paper's measure (<code>{html.escape(paper.name)}</code>{constant}).
-The default measure, <code>{html.escape(headline.name)}</code>, was chosen by measurement on two models and three
-corpora (RESULTS.md).
+"p" is Spearman's own p-value, which takes the pairs as independent.
+The run leads with <code>{html.escape(headline.name)}</code>: the first <code>--top-frac</code> rule asked for, else the
+paper's τ; the tool's default top fraction was chosen by measurement on two models and three corpora (RESULTS.md).
 "Median experts" is the median expert-set size per concept; "zero overlap" the share of rated pairs whose expert sets
 share no neuron — a rule whose sets rarely overlap cannot rank pairs.</p>
 <table><tr><th>measure</th><th>ρ</th><th>95% CI</th><th>p</th><th>p vs paper</th><th>median experts</th><th>zero overlap</th></tr>
 {''.join(rows)}</table>
 <h2>Plots</h2>
 {''.join(_scatter(m, rated) for m in shown)}{''.join(_layer_histogram(ap, manifest, m.selection) for m in shown if m.selection.rule != "lift")}
-<p>Timings: {timings}.</p>
+<h2>Settings</h2>
+<p>{_settings(summary)}.</p>
+<p>Timings (the stages before these files were written; summary.json adds the writing): {timings}.</p>
 </body></html>
 """

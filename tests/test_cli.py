@@ -21,6 +21,7 @@ from expertlens_lite.cli import main
 from expertlens_lite.concepts import build_concept_set, read_corpus
 from expertlens_lite.devices import cuda_available
 from expertlens_lite.export.manifest import FORMAT_VERSION
+from expertlens_lite.measures import median_text
 from expertlens_lite.paths import bundled
 from expertlens_lite.results import RESULT_FILES
 
@@ -80,6 +81,38 @@ def test_run_writes_the_documented_results(minilm_run):
     html = (out / "report.html").read_text()
     assert "<img" in html and "Spearman" in html and "tau=0.3 jaccard" in html
     assert sorted(p.name for p in out.iterdir()) == sorted(RESULT_FILES)
+
+
+def test_the_report_shows_the_settings_and_says_why_its_measure_leads(minilm_run):
+    """A reader of the report alone must see what changes the results (pooling, seed,
+    bootstrap resamples, ...), and is not told that a --top-frac of their own was
+    chosen by the study of the tool's default."""
+    _, out = minilm_run
+    summary = json.loads((out / "summary.json").read_text())
+    html = (out / "report.html").read_text()
+    for name, value in summary["settings"].items():
+        assert f"<code>{name}</code> {json.dumps(value)}".replace('"', "&quot;") in html, name
+    assert "<code>device_used</code>" in html and "<code>revision</code> null" in html
+    assert "The run leads with <code>topfrac=0.01 jaccard</code>: the first <code>--top-frac</code> rule asked for" in html
+    assert "summary.json adds the writing" in html
+
+
+def test_a_median_set_size_keeps_its_half():
+    assert [median_text(v) for v in (2.5, 461.0, 0.5, 5, None, float("nan"))] == ["2.5", "461", "0.5", "5", "–", "–"]
+
+
+def test_similarity_csv_keeps_the_human_scores_as_read(minilm_run, slice_files, tmp_path):
+    """Rounded to 6 digits (``:g``), scores of a finer human set tied, and ρ computed from
+    the file missed the run's by up to 4e-3."""
+    words = SLICE_WORDS
+    scores = {(a, b): 1 + 1e-7 * i + i / 3 for i, (a, b) in enumerate(zip(words, words[1:] + words[:1]))}
+    human = tmp_path / "human.txt"
+    human.write_text("".join(f"{a} {b} {score!r}\n" for (a, b), score in scores.items()))
+    result = run_slice(tmp_path / "r", slice_files / "concepts.txt", "minilm", "--human", str(human))
+    assert result.exit_code == 0, result.output
+    with (tmp_path / "r" / "similarity.csv").open() as handle:
+        written = {(row["concept_a"], row["concept_b"]): float(row["human"]) for row in csv.DictReader(handle)}
+    assert written == scores
 
 
 def test_experts_and_similarity_files_agree_with_the_ap_matrix(minilm_run):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
-from ..measures import constant_paper_note
+from ..measures import constant_paper_note, median_text
 
 
 def _num(value, fmt: str = ".3f") -> str:
@@ -29,7 +29,7 @@ def print_alignment_table(summary: dict) -> None:
             _num(row["spearman"]),
             f"[{_num(row['ci_low'])}, {_num(row['ci_high'])}]",
             _num(row["paired_p_vs_paper"]),
-            _num(row["median_experts"], ".0f"),
+            median_text(row["median_experts"]),
             _num(row["zero_overlap_fraction"], ".3f"),  # two decimals showed 0.997 as 1.00
             style="bold" if default else "italic" if row["kind"] == "baseline" else None,
         )
