@@ -3,7 +3,11 @@ NumPy max-pooling (how ml-selfcond reads responses) vs ONNX Runtime fp32 and int
 
 Usage::
 
-    python benchmarks/bench_inference.py [--model smollm2] [--limit N] [--json out.json]
+    python benchmarks/bench_inference.py [--model smollm2] [--limit N] [--int8-weights s8 u8] [--json out.json]
+
+``ort_int8`` runs the int8 variant with this CPU's weight type
+(``expertlens_lite.export.quantize.int8_weights``); ``--int8-weights`` times the
+variants with the weights named as well (``ort_int8_s8``, ``ort_int8_u8``).
 
 All engines read the same tokenized sentences and produce the same pooled responses,
 in sentence order; the time covers the model calls and the pooling. Two PyTorch
@@ -45,6 +49,7 @@ from expertlens_lite import RunConfig  # noqa: E402
 from expertlens_lite.batching import PoolingOptions, encode, iter_batches, pad_id  # noqa: E402
 from expertlens_lite.devices import batches_at_once  # noqa: E402
 from expertlens_lite.export import export_model, load_pretrained  # noqa: E402
+from expertlens_lite.export.quantize import INT8_WEIGHTS, onnx_filename  # noqa: E402
 from expertlens_lite.export.reference import pool_tokens, torch_inputs, torch_responses  # noqa: E402
 from expertlens_lite.export.surgery import response_outputs  # noqa: E402
 from expertlens_lite.models.sources import resolve_model  # noqa: E402
@@ -135,6 +140,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=RunConfig().batch_size)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--int8-weights", nargs="*", choices=INT8_WEIGHTS, default=[],
+                        help="also time the int8 variant with these weights (ort_int8 is this CPU's, int8_weights())")
     args = parser.parse_args()
 
     import torch
@@ -143,6 +150,8 @@ def main() -> None:
     cache = cache_dir()
     source = resolve_model(args.model, None, cache)
     exported = export_model(source, cache, "int8")
+    for weights in args.int8_weights:
+        export_model(source, cache, "int8", int8_weights=weights)
     architecture, model, tokenizer = load_pretrained(source)
     concept_set, _ = load_inputs(RunConfig(model=args.model))
     sentences = list(concept_set.sentences)[: args.limit]
@@ -158,7 +167,10 @@ def main() -> None:
     workers = batches_at_once("cpu")  # as compute_responses runs them: a batch per core
     prefix = exported.prefix()
     counter = TokenCounter(inference_session(exported.onnx_path("none"), "cpu", workers, names))
-    sessions = {"none": counter, "int8": inference_session(exported.onnx_path("int8"), "cpu", workers, names)}
+    sessions = {"none": counter, "int8": inference_session(exported.onnx_path("int8"), "cpu", workers, names)} | {
+        f"int8_{weights}": inference_session(exported.directory / onnx_filename("int8", weights), "cpu", workers, names)
+        for weights in args.int8_weights
+    }
 
     def onnx_engine(session):
         def run_all(_batches):

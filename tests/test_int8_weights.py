@@ -10,7 +10,8 @@ import numpy as np
 import onnx
 import pytest
 
-from expertlens_lite.export import export_model, quantize
+from expertlens_lite.errors import ModelError
+from expertlens_lite.export import export_model
 from expertlens_lite.export.per_token import quantize_per_token
 from expertlens_lite.export.quantize import (
     int8_weights,
@@ -61,13 +62,12 @@ def test_per_token_int8_products_are_exact_with_the_weights_this_cpu_gets(unsign
 
 
 @pytest.mark.parametrize("weights", ["u8", "s8"])
-def test_the_int8_variant_has_the_weights_asked_for(weights, tmp_path, monkeypatch):
+def test_the_int8_variant_has_the_weights_asked_for(weights, tmp_path):
     """Both of the quantizer's paths (ORT's dynamic MatMuls, the per-token
     down-projections) store the type of the variant's name."""
-    monkeypatch.setattr(quantize, "int8_weights", lambda: weights)
-    exported = export_model(tiny_source("llama", tmp_path / "llama", bos=True), tmp_path / "home", "int8")
-    path = exported.onnx_path("int8")
-    assert path.name == onnx_filename("int8", weights)
+    exported = export_model(tiny_source("llama", tmp_path / "llama", bos=True), tmp_path / "home", "int8", int8_weights=weights)
+    path = exported.directory / onnx_filename("int8", weights)
+    assert path.name in exported.manifest.files
     graph = onnx.load(path, load_external_data=False).graph
     initializers = {init.name: init.data_type for init in graph.initializer}
     integer_matmuls = [node for node in graph.node if node.op_type in ("MatMulInteger", "MatMulIntegerToFloat")]
@@ -76,14 +76,12 @@ def test_the_int8_variant_has_the_weights_asked_for(weights, tmp_path, monkeypat
     assert {initializers[node.input[1]] for node in integer_matmuls} == {wanted}
 
 
-def test_an_export_with_the_other_int8_weights_is_used_with_a_warning(tmp_path, monkeypatch, caplog):
+def test_an_export_with_the_other_int8_weights_is_used_with_a_warning(tmp_path, caplog):
     """A folder exported on a CPU of the other kind runs as it is (a run never adds to a
     user's export), and says how to get this CPU's variant; the cache makes it."""
     other = "s8" if int8_weights() == "u8" else "u8"
     source = tiny_source("bert", tmp_path / "bert")
-    with monkeypatch.context() as patch:
-        patch.setattr(quantize, "int8_weights", lambda: other)
-        made_elsewhere = export_model(source, tmp_path / "home", "int8")
+    made_elsewhere = export_model(source, tmp_path / "home", "int8", int8_weights=other)
     with caplog.at_level(logging.WARNING, logger="expertlens_lite"):
         assert made_elsewhere.onnx_path("int8").name == onnx_filename("int8", other)
     assert f"the int8 variant in {made_elsewhere.directory} has" in caplog.text
@@ -91,3 +89,9 @@ def test_an_export_with_the_other_int8_weights_is_used_with_a_warning(tmp_path, 
     again = export_model(source, tmp_path / "home", "int8")
     assert again.onnx_path("int8").name == onnx_filename("int8", int8_weights())
     assert {onnx_filename("int8", "s8"), onnx_filename("int8", "u8")} <= set(again.manifest.files)
+
+
+def test_an_unknown_int8_weight_type_is_refused_before_any_work(tmp_path):
+    with pytest.raises(ModelError, match="int8_weights must be one of s8, u8"):
+        export_model(tiny_source("bert", tmp_path / "bert"), tmp_path / "home", "int8", int8_weights="int4")
+    assert not (tmp_path / "home").exists()

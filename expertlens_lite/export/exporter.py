@@ -138,11 +138,17 @@ def _check_quantize(quantize: str) -> None:
         raise ModelError(f"unknown quantization {quantize!r}; choose one of {', '.join(QUANTIZATIONS)}")
 
 
-def export_model(source: ModelSource | str | os.PathLike, cache_dir: Path, quantize: str = "none") -> ExportedModel:
+def export_model(
+    source: ModelSource | str | os.PathLike, cache_dir: Path, quantize: str = "none", int8_weights: str | None = None,
+) -> ExportedModel:
     """Export (or reuse) ``source`` and make sure its ``quantize`` variant exists; a folder
     that ``elens-lite export`` wrote is used as it is (:func:`_given_export`). A ``source``
-    given as a ``--model`` value (a name, folder, file or hub id) is resolved first."""
+    given as a ``--model`` value (a name, folder, file or hub id) is resolved first.
+    ``int8_weights``: the int8 variant's weight type (:data:`.quantize.INT8_WEIGHTS`), to
+    make the one of another CPU as well; default: this CPU's."""
     _check_quantize(quantize)
+    if int8_weights not in (None, *INT8_WEIGHTS):
+        raise ModelError(f"int8_weights must be one of {', '.join(INT8_WEIGHTS)} (or None: this CPU's); got {int8_weights!r}")
     cache_dir = Path(cache_dir)
     if isinstance(source, (str, os.PathLike)):
         source = resolve_model(source, None, cache_dir)
@@ -152,10 +158,10 @@ def export_model(source: ModelSource | str | os.PathLike, cache_dir: Path, quant
         return _given_export(Path(source.path), quantize)
     directory = export_dir(source, cache_dir)
     with waiting_for(directory, cache_dir, f"the export of {source.name}"):
-        return _cached_export(source, directory, quantize)
+        return _cached_export(source, directory, quantize, int8_weights)
 
 
-def _cached_export(source: ModelSource, directory: Path, quantize: str) -> ExportedModel:
+def _cached_export(source: ModelSource, directory: Path, quantize: str, int8_weights: str | None) -> ExportedModel:
     """:func:`export_model` once it holds ``directory``: the cached export, made or
     repaired if need be, with its ``quantize`` variant; what killed runs left of their
     work on it is removed first."""
@@ -171,11 +177,11 @@ def _cached_export(source: ModelSource, directory: Path, quantize: str) -> Expor
     if exported.manifest.tokenizer_json is None:  # exported before the check existed: checked once, now
         exported.manifest.tokenizer_json = _tokenizer_json_agrees(exported.tokenizer(), directory, source.name)
         exported.manifest.save(directory)
-    if quantize != "none" and onnx_filename(quantize) not in exported.manifest.files:
+    if quantize != "none" and onnx_filename(quantize, int8_weights) not in exported.manifest.files:
         architecture = get_architecture(exported.manifest.model_type)
         down = [architecture.onnx_scope(i) for i in range(exported.manifest.n_layers)]
         calibration = _calibration_batches(exported) if quantize == "int8" else []
-        path = quantize_model(exported.onnx_path(), quantize, down, calibration, per_token_downs=architecture.causal)
+        path = quantize_model(exported.onnx_path(), quantize, down, calibration, architecture.causal, int8_weights)
         exported.manifest.files[path.name] = onnx_sha256(path)
         exported.manifest.save(directory)
     return exported
