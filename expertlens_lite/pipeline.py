@@ -326,6 +326,7 @@ def _summary(
         "n_sentences": len(concept_set.sentences),
         "n_pool": len(concept_set.pool),  # --n-neg, or the whole corpus where it is smaller
         "device_used": resolve_device(config.device),  # what --device auto resolves to here (cached responses ran nothing)
+        "onnx_file": exported.onnx_path(config.quantize).name,  # for int8: which weights (quantize.int8_weights)
         "n_pairs": len(rated.pairs),
         "human": rated.source,
         "concepts": list(concept_set.concepts),

@@ -87,7 +87,7 @@ def _layer_histogram(ap: np.ndarray, manifest: Manifest, selection: Selection) -
 def _settings(summary: dict) -> str:
     """Every setting that changes the results, as summary.json records them."""
     settings = summary["settings"] | {
-        "revision": summary["revision"], "commit": summary["commit"], "device_used": summary["device_used"],
+        "revision": summary["revision"], "commit": summary["commit"], "device_used": summary["device_used"], "onnx_file": summary["onnx_file"],
     }
     return "; ".join(f"<code>{html.escape(name)}</code> {html.escape(json.dumps(value, ensure_ascii=False))}" for name, value in settings.items())
 

@@ -21,6 +21,7 @@ from expertlens_lite.cli import main
 from expertlens_lite.concepts import build_concept_set, read_corpus
 from expertlens_lite.devices import cuda_available
 from expertlens_lite.export.manifest import FORMAT_VERSION
+from expertlens_lite.export.quantize import onnx_filename
 from expertlens_lite.measures import median_text
 from expertlens_lite.paths import bundled
 from expertlens_lite.results import RESULT_FILES
@@ -92,6 +93,7 @@ def test_the_report_shows_the_settings_and_says_why_its_measure_leads(minilm_run
     html = (out / "report.html").read_text()
     for name, value in summary["settings"].items():
         assert f"<code>{name}</code> {json.dumps(value)}".replace('"', "&quot;") in html, name
+    assert summary["onnx_file"] == "model.onnx" and "<code>onnx_file</code> &quot;model.onnx&quot;" in html
     assert "<code>device_used</code>" in html and "<code>revision</code> null" in html
     assert "The run leads with <code>topfrac=0.01 jaccard</code>: the first <code>--top-frac</code> rule asked for" in html
     assert "summary.json adds the writing" in html
@@ -260,6 +262,7 @@ def test_run_on_smollm2_slice(slice_files, tmp_path, smollm2):
     assert result.exit_code == 0, result.output
     summary = json.loads((tmp_path / "smol" / "summary.json").read_text())
     assert summary["architecture"] == "llama" and summary["n_neurons"] == 46080
+    assert summary["onnx_file"] == onnx_filename("int8")  # this CPU's int8 weights
 
 
 # --- bad input: one line on stderr, exit status 2, no traceback ---------------------------

@@ -88,10 +88,11 @@ def int8_weights_for(machine: str, flags: set[str] | None) -> str:
     Why: there ONNX Runtime multiplies uint8 activations by int8 weights with
     ``VPMADDUBSW``, which adds two products into a saturating int16 (255 x 127 x 2 >
     32,767), and with uint8 weights it widens to int16 first, exactly; with VNNI
-    (``VPDPBUSD``, 32-bit sums) or on ARM the int8 products are exact and the faster
-    choice (Optimum's ``AutoQuantizationConfig.avx2`` uses uint8 weights, its ``avx512_vnni``
-    int8). An x86 CPU whose flags are unknown (no ``/proc/cpuinfo``, as on macOS) gets
-    ``"u8"``: exact everywhere, at worst slower.
+    (``VPDPBUSD``, 32-bit sums) the int8 products are exact and the faster choice
+    (Optimum's ``AutoQuantizationConfig.avx2`` uses uint8 weights, its ``avx512_vnni``
+    int8). Other architectures (ARM) keep int8 weights, as before; not measured here. An
+    x86 CPU whose flags are unknown (no ``/proc/cpuinfo``, as on macOS) gets ``"u8"``:
+    exact everywhere, at worst slower.
     """
     if machine.lower() not in ("x86_64", "amd64", "i386", "i686"):
         return "s8"
