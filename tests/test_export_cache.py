@@ -15,6 +15,7 @@ from expertlens_lite.atomic import file_sizes, write_json
 from expertlens_lite.errors import ModelError
 from expertlens_lite.export import export_model
 from expertlens_lite.export.manifest import MANIFEST, damage
+from expertlens_lite.export.quantize import onnx_filename
 from expertlens_lite.models import sources
 from expertlens_lite.models.sources import file_sha256
 
@@ -171,7 +172,7 @@ def test_cached_files_get_the_modes_the_umask_gives_new_files(mask, tmp_path):
     finally:
         os.umask(previous)
     files = _modes(exported.directory)
-    assert {"model.onnx_data", "model.int8.onnx.data", "model.fp16.onnx.data"} <= files.keys()
+    assert {"model.onnx_data", f"{onnx_filename('int8')}.data", "model.fp16.onnx.data"} <= files.keys()
     assert files == dict.fromkeys(files, oct(0o666 & ~mask))
     assert oct(exported.directory.stat().st_mode & 0o7777) == oct(stat.S_ISGID | (0o777 & ~mask))
 
