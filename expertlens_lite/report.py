@@ -1,7 +1,10 @@
 """``report.html``: the run's human-facing view, one self-contained offline file.
 
-Plots are drawn with matplotlib (Agg) and embedded as base64 PNG, so the report
-needs no network and no companion files.
+Plots are drawn with matplotlib and embedded as base64 PNG, so the report needs no
+network and no companion files. They are ``matplotlib.figure.Figure`` objects, not
+pyplot's: a run inside a notebook or a GUI program leaves its backend and its open
+figures as they were (``matplotlib.use("Agg")`` switched every later plot of the
+caller's to Agg).
 """
 
 from __future__ import annotations
@@ -29,12 +32,17 @@ th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}tr.base td{c
 """
 
 
+def _axes():
+    """A figure of the report's size and its axes, outside pyplot (see the module docstring)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(4.6, 3.6))
+    return fig, fig.subplots()
+
+
 def _png(fig) -> str:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
     return f'<img class="fig" alt="plot" src="data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}">'
 
 
@@ -55,12 +63,7 @@ def _fmt(value, digits: int = 3) -> str:
 
 
 def _scatter(measure: Measure, rated: HumanPairs) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(4.6, 3.6))
+    fig, ax = _axes()
     ax.scatter(rated.scores, measure.pair_values, s=10, alpha=0.6)
     ax.set_xlabel("human score")
     ax.set_ylabel(measure.name)
@@ -71,12 +74,10 @@ def _scatter(measure: Measure, rated: HumanPairs) -> str:
 
 def _layer_histogram(ap: np.ndarray, manifest: Manifest, selection: Selection) -> str:
     """Experts per layer, summed over concepts (``lift`` needs base rates, so it is not drawn)."""
-    import matplotlib.pyplot as plt
-
     experts = unpack_masks(select(ap, selection, base_rate=None), ap.shape[1])
     layers = np.repeat(np.arange(manifest.n_layers), manifest.units_per_layer)
     counts = np.bincount(layers[np.nonzero(experts)[1]], minlength=manifest.n_layers)
-    fig, ax = plt.subplots(figsize=(4.6, 3.6))
+    fig, ax = _axes()
     ax.bar(np.arange(manifest.n_layers), counts)
     ax.set_xlabel("layer")
     ax.set_ylabel(f"experts ({selection.label}), all concepts")

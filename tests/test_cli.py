@@ -99,6 +99,24 @@ def test_the_report_shows_the_settings_and_says_why_its_measure_leads(minilm_run
     assert "summary.json adds the writing" in html
 
 
+def test_a_run_leaves_the_callers_matplotlib_as_it_was(minilm_run, slice_files, tmp_path):
+    """The report's plots switched every later plot of a notebook's to Agg."""
+    import matplotlib
+    import matplotlib.pyplot as plt
+
+    before = matplotlib.get_backend()
+    matplotlib.use("svg")
+    try:
+        figure = plt.figure()
+        result = run_slice(tmp_path / "r", slice_files / "concepts.txt")
+        assert result.exit_code == 0, result.output
+        assert matplotlib.get_backend() == "svg" and plt.get_fignums() == [figure.number]
+        assert (tmp_path / "r" / "report.html").read_text().count('src="data:image/png;base64,') == 4
+    finally:
+        plt.close("all")
+        matplotlib.use(before)
+
+
 def test_a_median_set_size_keeps_its_half():
     assert [median_text(v) for v in (2.5, 461.0, 0.5, 5, None, float("nan"))] == ["2.5", "461", "0.5", "5", "–", "–"]
 
