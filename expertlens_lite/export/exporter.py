@@ -17,6 +17,7 @@ import hashlib
 import json
 import logging
 import os
+import random
 import re
 import shutil
 import warnings
@@ -356,6 +357,7 @@ def _check_optimum_supports(model_type: str) -> None:
 
 
 def _optimum_export(model, folder: Path, with_past: bool) -> None:
+    import torch
     from optimum.exporters.onnx import onnx_export_from_model
     from optimum.exporters.tasks import TasksManager
 
@@ -370,11 +372,15 @@ def _optimum_export(model, folder: Path, with_past: bool) -> None:
     # whatever revision was asked. Pointed at the output folder, which has none yet, it
     # copies nothing; the export saves the tokenizer it loaded itself.
     loaded_from, model.config._name_or_path = model.config._name_or_path, str(folder)
+    # Optimum draws its dummy inputs from Python's and PyTorch's global generators: a
+    # caller that seeded them would find them moved by an export that a warm cache skips.
+    python_random = random.getstate()
     try:
-        with warnings.catch_warnings():  # the tracer's notes on constants are expected, not actionable
-            warnings.simplefilter("ignore")
+        with warnings.catch_warnings(), torch.random.fork_rng(devices=[]):
+            warnings.simplefilter("ignore")  # the tracer's notes on constants are expected, not actionable
             onnx_export_from_model(model, folder, task="feature-extraction", custom_onnx_configs=custom, do_validation=False)
     finally:
+        random.setstate(python_random)
         model.config._name_or_path = loaded_from
 
 

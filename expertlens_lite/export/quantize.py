@@ -219,14 +219,20 @@ def _prepare_int8(
 def _quiet_quantizer() -> Iterator[None]:
     """Drop the advice ORT's quantizer logs on the root logger ("consider pre-processing",
     and "already quantized", which the per-token down-projections trigger on purpose):
-    it is about ORT's own workflow, not something a user of this tool can act on."""
+    it is about ORT's own workflow, not something a user of this tool can act on. It
+    logs with ``logging.warning``, which gives a root logger without handlers one for
+    stderr (``basicConfig``): removed again, or every later warning of the caller's
+    program would print there and its own ``basicConfig`` would do nothing."""
 
     def not_from_quantizer(record: logging.LogRecord) -> bool:
         return "onnxruntime" not in record.pathname or "quantization" not in record.pathname
 
     root = logging.getLogger()
+    handlers = list(root.handlers)
     root.addFilter(not_from_quantizer)
     try:
         yield
     finally:
         root.removeFilter(not_from_quantizer)
+        for handler in [h for h in root.handlers if h not in handlers]:
+            root.removeHandler(handler)
