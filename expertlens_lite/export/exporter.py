@@ -72,7 +72,7 @@ def _warn_int8_made_elsewhere(directory: Path, model: str, name: str) -> None:
     if name == onnx_filename("int8", "s8"):
         what = "int8 weights, whose products saturate on this CPU (x86 without VNNI) and can move its responses"
     else:
-        what = "uint8 weights, made for a CPU without VNNI: exact here, but slower than int8 weights"
+        what = "uint8 weights, made for a CPU without VNNI (this CPU gets int8 weights, which ORT multiplies with VNNI)"
     log.warning("the int8 variant in %s has %s; export %s again here with --quantize int8", directory, what, model)
 
 
@@ -95,9 +95,9 @@ class ExportedModel:
         _check_quantize(quantize)
         name = onnx_filename(quantize)
         if name not in self.manifest.files and quantize == "int8":
-            made_elsewhere = [onnx_filename(quantize, w) for w in INT8_WEIGHTS if onnx_filename(quantize, w) in self.manifest.files]
-            if made_elsewhere:
-                name = made_elsewhere[0]
+            other = next(n for w in INT8_WEIGHTS if (n := onnx_filename(quantize, w)) != name)
+            if other in self.manifest.files:
+                name = other
                 _warn_int8_made_elsewhere(self.directory, self.manifest.model, name)
         if name not in self.manifest.files:
             raise ModelError(
