@@ -36,10 +36,19 @@ def main() -> None:
         # Not sys.exit: an extension module whose import was cut short can crash the
         # interpreter's shutdown (a segmentation fault was seen), and nothing needs it.
         os._exit(130)
+    from .cli.main import Terminated
+
+    def terminated(signum: int, frame: object) -> None:
+        raise Terminated
+
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:  # an ignored one stays ignored
+        signal.signal(signal.SIGTERM, terminated)
     try:
         group()
     except SystemExit:
-        # The command is over, its status set: a Ctrl-C during the interpreter's
-        # shutdown (a third of a second) would turn a finished run's 0 into 130.
+        # The command is over, its status set: a Ctrl-C or SIGTERM during the
+        # interpreter's shutdown (a third of a second) would turn a finished run's 0
+        # into 130 or 143.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         raise

@@ -87,6 +87,11 @@ def atomic_path(target: Path, suffix: str = "") -> Iterator[Path]:
         tmp_path.unlink(missing_ok=True)
 
 
+def file_leftovers(name: str) -> tuple[str, ...]:
+    """The pattern of what :func:`atomic_path` leaves beside a file ``name`` when killed."""
+    return (f".{name}.*.tmp*",)
+
+
 @contextmanager
 def atomic_dir(target: Path) -> Iterator[Path]:
     """Yield a temporary directory next to ``target``; move it to ``target`` on success.
@@ -137,6 +142,15 @@ def _folder_beside(target: Path, suffix: str) -> Path:
 def dir_leftovers(target: Path) -> tuple[str, ...]:
     """The patterns of what :func:`atomic_dir` leaves beside ``target`` when killed."""
     return tuple(f".{target.name}.*{suffix}" for suffix in (_NEW, _OLD))
+
+
+def remove_dir(target: Path) -> None:
+    """Delete the folder ``target`` so that nothing finds it half deleted: it is renamed
+    aside in one step first (what a deletion cut short leaves matches
+    :func:`dir_leftovers`), then deleted."""
+    old = _folder_beside(target, _OLD)
+    os.replace(target, old)  # onto an empty directory, which POSIX allows
+    shutil.rmtree(old)
 
 
 def _replace_dir(new: Path, target: Path) -> None:

@@ -26,7 +26,13 @@ def onnxruntime_module():
     """``onnxruntime`` (CPU or GPU build: they install the same module), or a clear error."""
     try:
         import onnxruntime
-    except ImportError:
+    except ImportError as exc:
+        # A Ctrl-C or SIGTERM while its extension module initialises comes as an
+        # ImportError (pybind11 turns any error of a module's init into one): it was
+        # reported as "not installed" (seen in a test).
+        cause = exc.__cause__ or exc.__context__
+        if isinstance(cause, KeyboardInterrupt):
+            raise cause from None
         raise InputError(
             "ONNX Runtime is not installed; pip install 'expertlens-lite[cpu]' (or '[gpu]' for CUDA)"
         ) from None

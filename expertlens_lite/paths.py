@@ -11,11 +11,16 @@ from .errors import InputError
 
 
 def cache_dir() -> Path:
-    """``$ELENS_HOME``, else ``~/.cache/expertlens-lite``; exported models and responses go
-    here, so a folder that cannot be written is refused before any work."""
-    path = Path(os.environ.get("ELENS_HOME") or Path.home() / ".cache" / "expertlens-lite").expanduser()
+    """:func:`cache_path`, refused before any work if it cannot be written: exported
+    models and responses go there."""
+    path = cache_path()
     check_writable(path, f"the cache folder {path} (ELENS_HOME)")
     return path
+
+
+def cache_path() -> Path:
+    """``$ELENS_HOME``, else ``~/.cache/expertlens-lite`` (which may not exist yet)."""
+    return Path(os.environ.get("ELENS_HOME") or Path.home() / ".cache" / "expertlens-lite").expanduser()
 
 
 def check_writable(path: Path, what: str) -> None:
@@ -43,3 +48,6 @@ def bundled(name: str) -> Path:
 
 DEFAULT_CORPUS = "corpus.txt"
 DEFAULT_HUMAN = "men.txt"
+# A cache entry's description for people (``elens-lite cache ls``), in entries whose
+# other files do not say what they were made from (responses, GGUF copies).
+ABOUT = "about.json"

@@ -23,7 +23,12 @@ import numpy as np
 from . import __version__
 from .alignment import UNITS as BOOTSTRAP_UNITS
 from .alignment import Bootstrap, bootstrap_bytes
-from .atomic import json_ready
+from .atomic import (
+    file_leftovers,
+    json_ready,
+    remove_leftovers,
+    reported_write_failures,
+)
 from .batching import PoolingOptions
 from .concepts import (
     ConceptSet,
@@ -37,7 +42,7 @@ from .errors import InputError, ResourceError, whole_number
 from .export import QUANTIZATIONS, ExportedModel, export_model
 from .human import HumanPairs, read_human_pairs
 from .kernels import average_precision_many
-from .locks import refusing
+from .locks import refusing, writing_into
 from .measures import Measure, baseline_measures, expert_measures, score_all
 from .models.sources import resolve_model
 from .paths import DEFAULT_CORPUS, DEFAULT_HUMAN, bundled, cache_dir, check_writable
@@ -258,6 +263,29 @@ def _only_run_into(out: Path, cache: Path) -> AbstractContextManager[None]:
     return refusing(out, cache, f"--out {out} is being written by another elens-lite run; wait for it, or choose another --out")
 
 
+@contextmanager
+def _writing_into(out: Path, overwrite: bool) -> Iterator[None]:
+    """Hold ``out`` while this run writes its results there, and refuse to replace the
+    results of a run that finished into it meanwhile (unless ``overwrite``).
+
+    :func:`_only_run_into` keeps out runs of the same cache only: two runs with their
+    own ``ELENS_HOME`` both found no ``summary.json`` when they started, then wrote
+    into one folder at once, and each exited 0 (seen in an audit; killed at the wrong
+    moment, one left its ``summary.json`` beside the other's results). Temporary files
+    that a run killed while writing here left are removed.
+    """
+    with reported_write_failures(f"--out {out}"):
+        out.mkdir(parents=True, exist_ok=True)
+    with writing_into(out):
+        if (out / SUMMARY).exists() and not overwrite:
+            raise InputError(
+                f"--out {out} got the results of another elens-lite run while this one ran; pass --overwrite to "
+                "replace them, or choose another --out (this run's cached work makes a rerun quick)"
+            )
+        remove_leftovers(out, *(pattern for name in RESULT_FILES for pattern in file_leftovers(name)))
+        yield
+
+
 def _run(config: RunConfig, cache: Path, progress: Progress | None) -> RunResult:
     config.validate()
     timer = _Timer()
@@ -296,10 +324,11 @@ def _run(config: RunConfig, cache: Path, progress: Progress | None) -> RunResult
         bootstrap = Bootstrap(rated, config.n_bootstrap, np.random.default_rng(config.seed), config.bootstrap_unit)
         score_all(measures, concept_set.concepts, rated, bootstrap)
     summary = _summary(config, exported, concept_set, rated, measures, timer)
-    with timer.stage("write"):
-        write_results(config.out, summary, exported.manifest, concept_set, rated, ap, measures, min(config.taus))
-    summary = json_ready(summary | {"timings": timer.seconds})  # what summary.json holds
-    write_summary(config.out, summary)
+    with _writing_into(config.out, config.overwrite):
+        with timer.stage("write"):
+            write_results(config.out, summary, exported.manifest, concept_set, rated, ap, measures, min(config.taus))
+        summary = json_ready(summary | {"timings": timer.seconds})  # what summary.json holds
+        write_summary(config.out, summary)
     return RunResult(summary, config.out.absolute(), concept_set, ap, measures)  # right after a chdir too
 
 

@@ -18,7 +18,7 @@ import shutil
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +50,7 @@ from .heads import (
 )
 from .lengths import check_lengths, export_max_tokens
 from .locks import waiting_for
+from .paths import ABOUT
 
 log = logging.getLogger(__name__)
 
@@ -323,6 +324,21 @@ def responses_key(exported: ExportedModel, sentences_hash: str, options: Pooling
     return hashlib.sha256(raw.encode()).hexdigest()[:16]
 
 
+def _about(exported: ExportedModel, n_sentences: int, options: PoolingOptions, quantize: str) -> dict[str, object]:
+    """What the responses are of, for people (``elens-lite cache ls``): nothing reads it
+    back to compute, since the folder's name is the hash of the same facts."""
+    manifest = exported.manifest
+    return {
+        "model": manifest.model,
+        "revision": manifest.revision,
+        "export": exported.directory.name,
+        "onnx_file": exported.onnx_path(quantize).name,
+        "pooling": asdict(options),
+        "sentences": n_sentences,
+        "neurons": manifest.n_neurons,
+    }
+
+
 class _RowWriter:
     """Writes rows of a float32 ``.npy`` matrix in place with ``os.pwrite``.
 
@@ -350,8 +366,9 @@ class _RowWriter:
 
 
 # The files of an unfinished run, one set per --batch-size (a resumed run needs the same
-# batches): once the responses are final, nothing reads them.
-_PARTIAL = ("*.partial-b*.npy", "progress-b*.json")
+# batches), and the temporary files of writes killed halfway: once the responses are
+# final, nothing reads them.
+_PARTIAL = ("*.partial-b*.npy", "progress-b*.json", ".*.tmp*")
 
 
 class _CannotResume(Exception):
@@ -477,6 +494,7 @@ def _cached_or_computed(
     partial = [directory / f"{p.stem}.partial-b{batch_size}.npy" for p in final]
     state_path = directory / f"progress-b{batch_size}.json"
     done = _resume_point(state_path, partial, shapes, plan)
+    write_json(directory / ABOUT, _about(exported, len(sentences), options, quantize))
     layout = plan.fingerprint()
     writers = [_RowWriter(path, shape, fresh=not done) for path, shape in zip(partial, shapes)]
     if done:
@@ -498,5 +516,6 @@ def _cached_or_computed(
             writer.close()
     for src, dst in zip(partial, final):
         os.replace(src, dst)
-    remove_leftovers(directory, *_PARTIAL)  # this run's progress file, and those of other --batch-size runs
+    state_path.unlink(missing_ok=True)  # this run's own, not "left by an interrupted run" as remove_leftovers logs
+    remove_leftovers(directory, *_PARTIAL)  # those of other --batch-size runs
     return Responses(np.load(final[0], mmap_mode="r"), np.load(final[1], mmap_mode="r"), directory)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
 import shutil
 import signal
@@ -490,6 +491,23 @@ def test_results_or_cache_where_nothing_can_be_written(tmp_path, monkeypatch):
 def test_export_refuses_to_overwrite(tmp_path):
     (tmp_path / "x").mkdir()
     assert_user_error(invoke("export", "--model", "minilm", "--out", str(tmp_path / "x")), "pass --force")
+
+
+def test_sigterm_stops_a_run_as_ctrl_c_does(slice_files, tmp_path):
+    """SIGTERM (``timeout``, batch schedulers, ``docker stop``) ended the process at once,
+    as SIGKILL does: no clean-up ran, and it printed nothing (seen in an audit)."""
+    home = tmp_path / "home"
+    command = [str(Path(sys.executable).parent / "elens-lite"), "run", "--model", "minilm", "--concepts",
+               str(slice_files / "concepts.txt"), "--out", str(tmp_path / "r")]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ | {"ELENS_HOME": str(home)})
+    deadline = time.monotonic() + 60
+    while not list(home.glob("locks/*.lock")) and time.monotonic() < deadline:  # the run has begun: it holds --out
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 143 and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1].startswith("terminated; a rerun reuses what was finished"), err
+    assert list(home.glob("locks/*.lock")) == []  # released and removed: the run's clean-ups ran
 
 
 @pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="watches the exec in Linux's /proc")

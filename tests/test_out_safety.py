@@ -130,3 +130,37 @@ def test_run_results_to_a_full_disk_is_one_line_and_leaves_no_torn_file(failure,
     # The files written before ap.npy are whole (each is renamed in complete); no temporary
     # file, no ap.npy, and no summary.json that would make the folder look finished.
     assert sorted(p.name for p in out.iterdir()) == ["experts.csv", "similarity.csv", "thesis.tex"]
+
+
+def test_results_that_another_run_finished_meanwhile_are_not_replaced(minilm, tmp_path, monkeypatch):
+    """Runs with their own ELENS_HOME do not share the cache's lock of --out: both found
+    no summary.json when they started, then the second replaced the first's results
+    without --overwrite (and, killed at the wrong moment, left one run's summary.json
+    beside the other's results), and both exited 0 (seen in an audit)."""
+    from expertlens_lite import pipeline
+
+    out = folder_with_a_file(tmp_path / "results")
+    (tmp_path / "concepts.txt").write_text("\n".join(SLICE_WORDS) + "\n")
+    theirs = {"experts.csv": "the other run's", "summary.json": '{"model": "theirs"}'}
+    analyse = pipeline.score_all
+
+    def another_run_finishes_now(*args, **kwargs):
+        for name, text in theirs.items():
+            (out / name).write_text(text)
+        return analyse(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "score_all", another_run_finishes_now)
+    assert_user_error(run_slice(out, tmp_path / "concepts.txt"), f"--out {out} got the results of another elens-lite run while this one ran")
+    assert_untouched(out)
+    assert {name: (out / name).read_text() for name in theirs} == theirs
+    assert sorted(p.name for p in out.iterdir()) == ["experts.csv", "summary.json", "thesis.tex"]
+
+
+def test_temporary_files_of_a_run_killed_while_writing_are_removed_by_the_next(minilm, tmp_path):
+    out = folder_with_a_file(tmp_path / "results")
+    (tmp_path / "concepts.txt").write_text("\n".join(SLICE_WORDS) + "\n")
+    left = [".ap.npy.y74pkeqc.tmp.npy", ".report.html.k2_8x0ab.tmp"]  # as a SIGKILL left them in an audit
+    for name in left:
+        (out / name).write_text("half written")
+    assert run_slice(out, tmp_path / "concepts.txt").exit_code == 0
+    assert sorted(p.name for p in out.iterdir()) == sorted(["ap.npy", "experts.csv", "report.html", "similarity.csv", "summary.json", "thesis.tex"])

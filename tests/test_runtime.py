@@ -4,6 +4,7 @@ from its finished batches; padding never wins the max."""
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 
@@ -189,11 +190,21 @@ def test_cached_responses_of_other_sentences_are_refused(minilm, tmp_path):
         compute_responses(minilm, SENTENCES[:4], "reused", tmp_path, batch_size=4, device="cpu")
 
 
+def test_a_finished_run_does_not_call_its_own_progress_file_a_leftover(minilm, tmp_path, caplog):
+    """Every cold run logged "removing …/progress-b32.json, left by an interrupted run"."""
+    caplog.set_level(logging.INFO, logger="expertlens_lite")
+    compute_responses(minilm, SENTENCES[:4], "own", tmp_path, batch_size=4, device="cpu")
+    assert "left by an interrupted run" not in caplog.text
+
+
 def test_files_of_an_unfinished_run_with_another_batch_size_are_removed(minilm, tmp_path):
     """An interrupted run's partial matrices (82 MB in an audit) stayed for good when
     the rerun chose another --batch-size, which cannot resume them."""
     interrupt_after(minilm, SENTENCES, "sizes", tmp_path, 2)
     (directory,) = tmp_path.glob("responses/*")
-    assert sorted(p.name for p in directory.iterdir()) == ["neurons.partial-b4.npy", "progress-b4.json", "sentence_embeddings.partial-b4.npy"]
+    (directory / ".progress-b4.json._6egrxgv.tmp").write_text("{")  # a write killed halfway (seen in an audit)
+    assert sorted(p.name for p in directory.iterdir()) == [
+        ".progress-b4.json._6egrxgv.tmp", "about.json", "neurons.partial-b4.npy", "progress-b4.json", "sentence_embeddings.partial-b4.npy"
+    ]
     compute_responses(minilm, SENTENCES, "sizes", tmp_path, batch_size=8, device="cpu")
-    assert sorted(p.name for p in directory.iterdir()) == ["neurons.npy", "sentence_embeddings.npy"]
+    assert sorted(p.name for p in directory.iterdir()) == ["about.json", "neurons.npy", "sentence_embeddings.npy"]

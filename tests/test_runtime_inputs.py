@@ -68,7 +68,7 @@ def test_damaged_interrupted_run_is_computed_again(damage, minilm, tmp_path, mon
     assert "cannot be resumed" in caplog.text and problem in caplog.text
     assert len(ran) == BATCHES  # started afresh, nothing kept
     np.testing.assert_array_equal(np.asarray(again.neurons), fresh_neurons)
-    assert sorted(p.name for p in folder.iterdir()) == ["neurons.npy", "sentence_embeddings.npy"]
+    assert sorted(p.name for p in folder.iterdir()) == ["about.json", "neurons.npy", "sentence_embeddings.npy"]
 
 
 def test_fresh_start_after_damage_drops_the_old_progress_file(minilm, tmp_path, monkeypatch, fresh_neurons):

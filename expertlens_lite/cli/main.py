@@ -14,6 +14,12 @@ from ..errors import ElensError
 _NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
 
 
+class Terminated(KeyboardInterrupt):
+    """Raised by the console script's SIGTERM handler (``timeout``, ``kill``, a batch
+    scheduler, ``docker stop``): stopped as by a Ctrl-C, so the run's clean-ups run
+    (SIGTERM's default action ends the process at once, as SIGKILL does); exit status 143."""
+
+
 class _Group(click.Group):
     """Every user mistake — a bad option or a library :class:`ElensError` — becomes one
     ``error: …`` line on stderr and exit status 2, never a traceback or a usage dump."""
@@ -30,9 +36,10 @@ class _Group(click.Group):
         except ElensError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(2)
-        except click.Abort:
-            click.echo("interrupted; finished work is cached and a rerun resumes", err=True)
-            sys.exit(130)
+        except click.Abort as exc:
+            stopped, status = ("terminated", 143) if isinstance(exc.__cause__, Terminated) else ("interrupted", 130)
+            click.echo(f"{stopped}; a rerun reuses what was finished (the export, batches of responses)", err=True)
+            sys.exit(status)
         sys.exit(status if isinstance(status, int) else 0)
 
 
@@ -70,4 +77,4 @@ def main(family_files: tuple[str, ...]) -> None:
             register_from_file(path)
 
 
-from . import export_cmd, models_cmd, run_cmd  # noqa: E402,F401  (register subcommands)
+from . import cache_cmd, export_cmd, models_cmd, run_cmd  # noqa: E402,F401  (register subcommands)

@@ -67,13 +67,14 @@ def run_command(pooling: str, keep_special_tokens: bool, skip_first_token: bool,
 
 @contextmanager
 def _no_interrupt() -> Iterator[None]:
-    """SIGINT ignored in the block, where Python lets a handler be set: in the main
-    thread (the command may run in another, embedded or under a test runner)."""
+    """SIGINT and SIGTERM ignored in the block, where Python lets a handler be set: in
+    the main thread (the command may run in another, embedded or under a test runner)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    previous = {number: signal.signal(number, signal.SIG_IGN) for number in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for number, handler in previous.items():
+            signal.signal(number, handler)

@@ -35,6 +35,7 @@ from ..atomic import (
 )
 from ..errors import ModelError, first_line
 from ..locks import waiting_for
+from ..paths import ABOUT
 
 log = logging.getLogger(__name__)
 
@@ -355,6 +356,7 @@ def _dequantized(path: Path, folder: Path) -> Path:
             tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        write_json(tmp / ABOUT, {"model": str(path)})
         write_json(tmp / _SIZES, file_sizes(tmp, leave_out=_SIZES))
     return folder
 

@@ -1,0 +1,162 @@
+"""What the cache (``ELENS_HOME``) holds, and removing parts of it (``elens-lite cache``).
+
+Every run leaves its model's export (hundreds of MB for SmolLM2), the response
+matrices of its sentence pool and, for a GGUF model, a dequantized copy, each keyed
+by what made it; nothing else ever removes them, and a new draw of sentences,
+another checkpoint or pooling makes new ones beside the old. This lists them with
+their sizes and removes the ones named, under the same locks the runs take
+(:mod:`.locks`), so an entry a run is making is refused, not pulled from under it.
+Runs take no lock to read a finished entry, so one that a running run still reads is
+not detected (README: cache).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from .atomic import dir_leftovers, remove_dir
+from .errors import InputError
+from .export.manifest import MANIFEST
+from .locks import refusing, remove_unheld_locks
+from .paths import ABOUT
+
+__all__ = ["CacheEntry", "cache_entries", "remove_cache_entries"]
+
+log = logging.getLogger(__name__)
+
+# The cache's folders of entries: exported models, response matrices, dequantized GGUF copies.
+_FOLDERS = ("models", "responses", "gguf")
+
+
+@dataclass(frozen=True)
+class CacheEntry:
+    """One entry of the cache.
+
+    Attributes:
+        name: ``<folder>/<entry>``, relative to the cache (``models/`` exports,
+            ``responses/`` response matrices, ``gguf/`` dequantized GGUF copies); what
+            :func:`remove_cache_entries` takes.
+        about: what it was made from, for people ("" where the entry does not say).
+        size: bytes of all its files.
+        modified: newest modification time of its files (seconds since the epoch),
+            i.e. when a run last wrote to it.
+        complete: False for what an interrupted run left: responses to resume, or the
+            scratch folder of an export or a GGUF copy (removed by the next run that
+            makes the same entry).
+    """
+
+    name: str
+    about: str
+    size: int
+    modified: float
+    complete: bool
+
+
+def cache_entries(cache: Path) -> list[CacheEntry]:
+    """The entries in ``cache``, by folder and name; an empty list for a cache not made yet."""
+    cache = Path(cache)
+    entries = []
+    for folder in _FOLDERS:
+        for path in sorted((cache / folder).glob("*")) if (cache / folder).is_dir() else []:
+            if path.is_dir() and not path.is_symlink():
+                size, modified = _size_and_time(path)
+                complete = not path.name.startswith(".") and _complete(path, folder)
+                entries.append(CacheEntry(f"{folder}/{path.name}", _about(path, folder), size, modified, complete))
+    return entries
+
+
+def remove_cache_entries(cache: Path, names: Sequence[str]) -> int:
+    """Remove the entries ``names`` (as :attr:`CacheEntry.name`) from ``cache`` and the
+    lock files no run holds; returns the bytes freed.
+
+    Every name is checked before anything is removed, so a mistyped one removes
+    nothing. An entry a run is using is refused with an :class:`InputError`; so is a
+    name that is not an entry, e.g. a path that leads out of the cache.
+    """
+    cache = Path(cache)
+    paths = [_entry_path(cache, name) for name in dict.fromkeys(names)]
+    freed = 0
+    for path in paths:
+        target = _guarded_by(path)
+        message = f"{path.relative_to(cache)} is in use by a running elens-lite; try again when it has finished"
+        with refusing(target, cache, message):
+            if path.exists():  # another cache rm may have been first
+                freed += _size_and_time(path)[0]
+                remove_dir(path)
+    remove_unheld_locks(cache)
+    return freed
+
+
+def _entry_path(cache: Path, name: str) -> Path:
+    """The folder of the entry ``name``, refused unless it is one that :func:`cache_entries` lists."""
+    parts = Path(name).parts
+    if len(parts) != 2 or parts[0] not in _FOLDERS or parts[1] in (".", ".."):
+        raise InputError(f"{name!r} is not a cache entry: give names as `elens-lite cache ls` prints them, e.g. responses/<key>")
+    path = cache / parts[0] / parts[1]
+    if not path.is_dir() or path.is_symlink():
+        raise InputError(f"there is no cache entry {name!r} in {cache}")
+    return path
+
+
+def _guarded_by(path: Path) -> Path:
+    """The folder whose lock guards ``path``: itself, or for a scratch folder that an
+    interrupted run left beside an entry (``.<entry>.<random>.tmp``), the entry."""
+    if path.name.startswith("."):
+        target = path.parent / path.name[1:].rsplit(".", 2)[0]
+        if any(path.match(pattern) for pattern in dir_leftovers(target)):
+            return target
+    return path
+
+
+def _complete(path: Path, folder: str) -> bool:
+    if folder == "responses":
+        return (path / "neurons.npy").is_file() and (path / "sentence_embeddings.npy").is_file()
+    return True  # exports and GGUF copies appear in one rename, complete
+
+
+def _about(path: Path, folder: str) -> str:
+    """What the entry was made from, as its own files say."""
+    try:
+        if folder == "models" and (path / MANIFEST).is_file():
+            manifest = json.loads((path / MANIFEST).read_text())
+            variants = ", ".join(sorted(manifest.get("files", {})))
+            return f"{_model(manifest)}; {variants}"
+        if folder == "responses" and (path / ABOUT).is_file():
+            about = json.loads((path / ABOUT).read_text())
+            return f"{_model(about)}; {about['sentences']:,} sentences, {about['onnx_file']}, {_pooling(about['pooling'])}"
+        if folder == "gguf" and (path / ABOUT).is_file():
+            return f"{Path(json.loads((path / ABOUT).read_text())['model']).name}, dequantized"
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        log.info("cannot describe %s: %s", path, exc)
+    return ""
+
+
+def _model(fields: dict) -> str:
+    return fields["model"] + (f" @ {fields['revision']}" if fields.get("revision") else "")
+
+
+def _pooling(options: dict) -> str:
+    """:class:`~expertlens_lite.batching.PoolingOptions` (as a dict) in words."""
+    special = ", special tokens in" if options["keep_special_tokens"] else ""
+    first = ", first token out" if options["skip_first_token"] else ""
+    return f"{options['pooling']} pooling{special}{first}"
+
+
+def _size_and_time(folder: Path) -> tuple[int, float]:
+    """Bytes on disk of the files under ``folder`` and the newest modification time
+    (of the folder itself when it is empty). Files that vanish meanwhile are skipped."""
+    size, modified = 0, folder.stat().st_mtime
+    for root, _dirs, files in os.walk(folder):
+        for name in files:
+            try:
+                stat = os.stat(os.path.join(root, name), follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            size += stat.st_blocks * 512
+            modified = max(modified, stat.st_mtime)
+    return size, modified

@@ -1,0 +1,70 @@
+"""``elens-lite cache ls|rm``: what the cache holds, and removing parts of it."""
+
+from __future__ import annotations
+
+import time
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from ..atomic import reported_write_failures
+from ..cache import cache_entries, remove_cache_entries
+from ..errors import InputError
+from ..paths import cache_dir, cache_path
+from .main import main, verbose_option
+
+
+@main.group("cache")
+def cache_group() -> None:
+    """List (ls) or remove (rm) what runs left in the cache (ELENS_HOME)."""
+
+
+@cache_group.command("ls")
+@verbose_option
+def ls_command() -> None:
+    """List the cache's entries (exports, responses, GGUF copies) with their sizes."""
+    cache = cache_path()
+    entries = cache_entries(cache)
+    console = Console()
+    if not entries:
+        console.print(f"the cache {cache} holds nothing")
+        return
+    table = Table(title=f"Cache {cache}")
+    table.add_column("entry", no_wrap=True)
+    table.add_column("made from", overflow="fold")
+    table.add_column("size", justify="right", no_wrap=True)
+    table.add_column("written", no_wrap=True)
+    for entry in entries:
+        about = entry.about or "–"
+        if not entry.complete:
+            about = f"unfinished: left by an interrupted run; {about}"
+        table.add_row(entry.name, about, _size(entry.size), time.strftime("%Y-%m-%d %H:%M", time.localtime(entry.modified)))
+    console.print(table)
+    console.print(f"{len(entries)} entries, {_size(sum(e.size for e in entries))}; remove with `elens-lite cache rm ENTRY...`")
+
+
+@cache_group.command("rm")
+@verbose_option
+@click.argument("names", nargs=-1, metavar="ENTRY...")
+@click.option("--all", "everything", is_flag=True, help="Remove every entry.")
+@click.option("--unfinished", is_flag=True, help="Remove what interrupted runs left (responses to resume, scratch folders).")
+def rm_command(names: tuple[str, ...], everything: bool, unfinished: bool) -> None:
+    """Remove cache entries, named as `elens-lite cache ls` prints them; a later run
+    makes again what it needs. Entries a run is making are refused; remove none that a
+    running run has already made and still reads (its export or responses)."""
+    if bool(names) + everything + unfinished != 1:
+        raise InputError("give entry names, --all or --unfinished (one of them)")
+    cache = cache_dir()
+    chosen = list(names) or [e.name for e in cache_entries(cache) if everything or not e.complete]
+    with reported_write_failures(f"removing from the cache {cache}"):
+        freed = remove_cache_entries(cache, chosen)
+    click.echo(f"removed {len(chosen)} entries, {_size(freed)} freed")
+
+
+def _size(size: int) -> str:
+    """Bytes in the largest unit that keeps them at least 1 (decimal units, as ``df -H``)."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if size >= scale:
+            return f"{size / scale:.1f} {unit}"
+    return f"{size} B"

@@ -1,0 +1,143 @@
+"""``elens-lite cache ls|rm`` and the lock files: what runs leave in ELENS_HOME can be
+seen and removed, never from under a run that is making it, and locks do not pile up."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from expertlens_lite.cache import cache_entries, remove_cache_entries
+from expertlens_lite.cli import main
+from expertlens_lite.errors import InputError
+from expertlens_lite.locks import _held, refusing, waiting_for
+from expertlens_lite.runtime import compute_responses
+
+from .test_runtime import SENTENCES, interrupt_after
+
+
+def names(cache: Path) -> list[str]:
+    return [entry.name for entry in cache_entries(cache)]
+
+
+def test_entries_say_what_they_are_and_whether_they_are_finished(minilm, tmp_path):
+    compute_responses(minilm, SENTENCES[:8], "done", tmp_path, batch_size=4, device="cpu")
+    interrupt_after(minilm, SENTENCES, "cut", tmp_path, 2)
+    entries = cache_entries(tmp_path)
+    assert [e.name.split("/")[0] for e in entries] == ["responses", "responses"]
+    finished = {e.complete: e for e in entries}
+    assert finished[True].about == "minilm; 8 sentences, model.onnx, max pooling"
+    assert finished[False].about == f"minilm; {len(SENTENCES)} sentences, model.onnx, max pooling"
+    assert finished[True].size >= 8 * 4 * minilm.manifest.n_neurons
+    assert cache_entries(tmp_path / "never-made") == []
+
+
+def test_removing_entries_frees_their_bytes_and_a_run_makes_them_again(minilm, tmp_path):
+    first = compute_responses(minilm, SENTENCES[:8], "again", tmp_path, batch_size=4, device="cpu")
+    (entry,) = cache_entries(tmp_path)
+    assert remove_cache_entries(tmp_path, [entry.name]) == entry.size
+    assert names(tmp_path) == []
+    again = compute_responses(minilm, SENTENCES[:8], "again", tmp_path, batch_size=4, device="cpu")
+    assert (again.neurons == first.neurons).all()
+
+
+@pytest.mark.parametrize("name", ["responses/nothing", "../responses", "responses/..", "locks", "responses/a/b", "/etc"])
+def test_names_that_are_not_entries_remove_nothing(minilm, tmp_path, name):
+    compute_responses(minilm, SENTENCES[:4], "kept", tmp_path, batch_size=4, device="cpu")
+    before = names(tmp_path)
+    with pytest.raises(InputError, match="cache entry"):
+        remove_cache_entries(tmp_path, [before[0], name])  # the good name first: still nothing goes
+    assert names(tmp_path) == before
+
+
+def test_an_entry_being_made_is_refused(minilm, tmp_path):
+    compute_responses(minilm, SENTENCES[:4], "busy", tmp_path, batch_size=4, device="cpu")
+    (entry,) = cache_entries(tmp_path)
+    with (
+        waiting_for(tmp_path / entry.name, tmp_path, "it"),
+        pytest.raises(InputError, match=f"{entry.name} is in use by a running elens-lite"),
+    ):
+        remove_cache_entries(tmp_path, [entry.name])
+    assert names(tmp_path) == [entry.name]
+
+
+def test_a_scratch_folder_left_beside_an_entry_is_listed_unfinished_and_guarded_by_the_entry(tmp_path):
+    scratch = tmp_path / "models" / ".tiny-0123.k3j_x9a2.tmp"  # as atomic_dir names it
+    scratch.mkdir(parents=True)
+    (scratch / "model.onnx").write_bytes(b"x" * 5000)
+    (entry,) = cache_entries(tmp_path)
+    assert (entry.name, entry.complete) == ("models/.tiny-0123.k3j_x9a2.tmp", False)
+    with waiting_for(tmp_path / "models" / "tiny-0123", tmp_path, "it"), pytest.raises(InputError, match="in use"):
+        remove_cache_entries(tmp_path, [entry.name])
+    remove_cache_entries(tmp_path, [entry.name])
+    assert names(tmp_path) == []
+
+
+def test_lock_files_do_not_pile_up(minilm, tmp_path):
+    """Every results folder and cache entry ever used left an empty lock file behind."""
+    compute_responses(minilm, SENTENCES[:4], "locks", tmp_path, batch_size=4, device="cpu")
+    with refusing(tmp_path / "some-results", tmp_path, "busy"):
+        assert len(list((tmp_path / "locks").glob("*.lock"))) == 1
+    assert list((tmp_path / "locks").glob("*.lock")) == []
+
+
+def test_a_waiter_whose_lock_file_was_deleted_locks_the_new_one(tmp_path):
+    """The holder deletes the lock file as it lets go; the run that was waiting then holds
+    a file no longer named, and must lock the file now under that name, or a third run
+    would get in beside it."""
+    folder = tmp_path / "entry"
+    waiting, holding, done = threading.Event(), threading.Event(), threading.Event()
+
+    def second() -> None:
+        with _held(folder, tmp_path, waiting.set):
+            holding.set()
+            done.wait(30)
+
+    with waiting_for(folder, tmp_path, "it"):
+        thread = threading.Thread(target=second)
+        thread.start()
+        assert waiting.wait(30)
+    assert holding.wait(30)
+    try:
+        with pytest.raises(InputError, match="third"), refusing(folder, tmp_path, "third"):
+            pass
+    finally:
+        done.set()
+        thread.join()
+
+
+def test_unheld_lock_files_of_killed_runs_are_removed_by_rm(tmp_path):
+    (tmp_path / "locks").mkdir()
+    (tmp_path / "locks" / "0123456789abcdef.lock").touch()  # a killed run's
+    (tmp_path / "responses" / "0123").mkdir(parents=True)
+    with refusing(tmp_path / "held-results", tmp_path, "busy"):
+        remove_cache_entries(tmp_path, ["responses/0123"])
+        assert len(list((tmp_path / "locks").glob("*.lock"))) == 1  # the held one stays
+    assert list((tmp_path / "locks").glob("*.lock")) == []
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+def test_cli_lists_and_removes(minilm, tmp_path, monkeypatch):
+    monkeypatch.setenv("ELENS_HOME", str(tmp_path))
+    monkeypatch.setenv("COLUMNS", "200")
+    assert "holds nothing" in invoke("cache", "ls").output
+    compute_responses(minilm, SENTENCES[:4], "cli", tmp_path, batch_size=4, device="cpu")
+    interrupt_after(minilm, SENTENCES, "cli-cut", tmp_path, 1)
+    listed = invoke("cache", "ls")
+    assert listed.exit_code == 0
+    done, cut = sorted(cache_entries(tmp_path), key=lambda e: not e.complete)
+    assert done.name in listed.output and cut.name in listed.output
+    assert "unfinished: left by an interrupted run; minilm" in listed.output
+
+    for bad in [(), ("--all", "--unfinished"), ("responses/none",)]:
+        result = invoke("cache", "rm", *bad)
+        assert result.exit_code == 2 and result.output.startswith("error: ") and result.output.count("\n") == 1, result.output
+    assert invoke("cache", "rm", "--unfinished").output.startswith("removed 1 entries")
+    assert names(tmp_path) == [done.name]
+    assert invoke("cache", "rm", "--all").output.startswith("removed 1 entries")
+    assert names(tmp_path) == []
