@@ -82,9 +82,44 @@ def atomic_path(target: Path, suffix: str = "") -> Iterator[Path]:
     try:
         yield tmp_path
         as_if_created(tmp_path)
+        flushed(tmp_path)
         os.replace(tmp_path, target)
+        flushed_names(target.parent)
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+def flushed(tree: Path) -> None:
+    """Flush ``tree`` to the disk: a file, or a folder and everything under it.
+
+    Why: a rename is atomic for every process, but after a power cut or an OS crash
+    the new name can be on the disk while the data it names is not (ext4 and XFS
+    order them only in some cases), and a file that is there but empty or zeroed
+    would be read as complete. So the data is flushed before the rename, and the
+    folder that holds the new name after it (:func:`flushed_names`).
+    """
+    for path in [tree, *tree.rglob("*")] if tree.is_dir() else [tree]:
+        if path.is_dir():
+            flushed_names(path)
+        elif not path.is_symlink():
+            _fsync(path)
+
+
+def flushed_names(folder: Path) -> None:
+    """Flush the entries of ``folder`` (names, not the files they name) to the disk."""
+    try:
+        _fsync(folder)
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:  # file systems that cannot flush a folder say EINVAL
+            raise
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def file_leftovers(name: str) -> tuple[str, ...]:
@@ -107,7 +142,9 @@ def atomic_dir(target: Path) -> Iterator[Path]:
     try:
         yield tmp
         as_if_created(tmp)
+        flushed(tmp)
         _replace_dir(tmp, target)
+        flushed_names(target.parent)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -25,7 +25,7 @@ import numpy as np
 import onnx
 import psutil
 
-from .atomic import remove_leftovers, write_json
+from .atomic import flushed_names, remove_leftovers, write_json
 from .batching import (
     Encoded,
     PoolingOptions,
@@ -361,6 +361,12 @@ class _RowWriter:
         for row, data in zip(rows, values):
             os.pwrite(self.fd, data.tobytes(), self.offset + int(row) * self.row_bytes)
 
+    def flush(self) -> None:
+        """Put the rows written on the disk, before the progress file says they are there
+        (after a power cut, rows it counts but that never reached the disk would be read
+        back as zeros: :func:`.atomic.flushed`)."""
+        getattr(os, "fdatasync", os.fsync)(self.fd)  # macOS has no fdatasync
+
     def close(self) -> None:
         os.close(self.fd)
 
@@ -506,6 +512,8 @@ def _cached_or_computed(
             if outputs is not None:
                 writers[0].write(rows, np.concatenate(outputs[:-1], axis=1))
                 writers[1].write(rows, outputs[-1])
+                for writer in writers:
+                    writer.flush()
                 write_json(state_path, {"batches_done": number, "plan": layout})  # only after the rows are written
             finished += len(rows)
             if progress is not None:
@@ -516,6 +524,7 @@ def _cached_or_computed(
             writer.close()
     for src, dst in zip(partial, final):
         os.replace(src, dst)
+    flushed_names(directory)
     state_path.unlink(missing_ok=True)  # this run's own, not "left by an interrupted run" as remove_leftovers logs
     remove_leftovers(directory, *_PARTIAL)  # those of other --batch-size runs
     return Responses(np.load(final[0], mmap_mode="r"), np.load(final[1], mmap_mode="r"), directory)

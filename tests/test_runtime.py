@@ -5,13 +5,16 @@ from its finished batches; padding never wins the max."""
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from expertlens_lite import runtime
+from expertlens_lite.atomic import write_text
 from expertlens_lite.batching import (
     PoolingOptions,
     encode,
@@ -188,6 +191,28 @@ def test_cached_responses_of_other_sentences_are_refused(minilm, tmp_path):
     compute_responses(minilm, SENTENCES[:3], "reused", tmp_path, batch_size=4, device="cpu")
     with pytest.raises(InputError, match="are of 3 sentences, not the 4 given: sentences_hash must identify the sentences"):
         compute_responses(minilm, SENTENCES[:4], "reused", tmp_path, batch_size=4, device="cpu")
+
+
+def test_rows_are_on_the_disk_before_the_progress_file_counts_them(minilm, tmp_path, monkeypatch):
+    """After a power cut, a progress file that reached the disk before its rows did
+    would make a resumed run read those rows back as zeros."""
+    events: list[str] = []
+    monkeypatch.setattr(os, "fdatasync", lambda fd: events.append("flush"))
+    write_json = runtime.write_json
+    monkeypatch.setattr(runtime, "write_json", lambda path, data: events.append(path.name) or write_json(path, data))
+    compute_responses(minilm, SENTENCES[:8], "durable", tmp_path, batch_size=4, device="cpu")
+    recorded = [i for i, event in enumerate(events) if event == "progress-b4.json"]
+    assert len(recorded) == 2 and all(events[i - 2 : i] == ["flush", "flush"] for i in recorded), events
+
+
+def test_atomic_writes_flush_the_data_before_the_rename_and_the_folder_after(tmp_path, monkeypatch):
+    events: list[str] = []
+    fsync, replace = os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: events.append(f"flush {os.readlink(f'/proc/self/fd/{fd}')}") or fsync(fd))
+    monkeypatch.setattr(os, "replace", lambda src, dst: events.append("rename") or replace(src, dst))
+    write_text(tmp_path / "summary.json", "{}")
+    (tmp,) = {event.split()[1] for event in events[: events.index("rename")]}
+    assert Path(tmp).name.startswith(".summary.json.") and events[events.index("rename") + 1 :] == [f"flush {tmp_path}"]
 
 
 def test_a_finished_run_does_not_call_its_own_progress_file_a_leftover(minilm, tmp_path, caplog):
