@@ -99,8 +99,8 @@ def read_concepts(path: Path | str) -> list[str]:
         word = line.strip()
         if not word or word.startswith("#"):
             continue
-        if not _WORD.fullmatch(word.lower()):
-            raise InputError(f"{path}:{number}: a concept must be a single word, got {word!r}")
+        if not _WORD.fullmatch(nfc(word).lower()):
+            raise InputError(f"{path}:{number}: {_not_a_concept(word)}")
         words.append(word)
     if not words:
         raise InputError(f"concepts file {path} lists no words")
@@ -114,8 +114,17 @@ def concept_words(words: Sequence[str]) -> list[str]:
         raise InputError(f"concepts must be a list of words; got {type(words).__name__} {str(words)[:40]!r}")
     for word in words:  # checked as it is matched: "İ" lower-cases to "i" and a combining dot
         if not isinstance(word, str) or not _WORD.fullmatch(nfc(word).lower()):
-            raise InputError(f"a concept must be a single word, got {word!r}")
+            raise InputError(_not_a_concept(word))
     return list(dict.fromkeys(nfc(word).lower() for word in words))
+
+
+def _not_a_concept(word: object) -> str:
+    """Why ``word`` is no concept: not a single word, or one that stops being one when
+    lower-cased (as the corpus is matched), which the plain message denied it was."""
+    if isinstance(word, str) and _WORD.fullmatch(nfc(word)):
+        lowered = nfc(word).lower()
+        return f"the concept {word!r} lower-cases to {lowered!r} ({len(lowered)} characters), no single word as the corpus is matched"
+    return f"a concept must be a single word, got {word!r}"
 
 
 def word_index(sentences: list[str]) -> dict[str, set[int]]:

@@ -20,7 +20,17 @@ def cache_dir() -> Path:
 
 def cache_path() -> Path:
     """``$ELENS_HOME``, else ``~/.cache/expertlens-lite`` (which may not exist yet)."""
-    return Path(os.environ.get("ELENS_HOME") or Path.home() / ".cache" / "expertlens-lite").expanduser()
+    return expanded(os.environ.get("ELENS_HOME") or "~/.cache/expertlens-lite")
+
+
+def expanded(path: str | os.PathLike) -> Path:
+    """``path`` with a leading ``~`` or ``~user`` made the home folder, which the shell
+    does not do in ``--corpus=~/c.txt``; an unknown user is an :class:`InputError`
+    (pathlib's RuntimeError was a traceback, found by an audit)."""
+    try:
+        return Path(path).expanduser()
+    except RuntimeError:
+        raise InputError(f"{path}: {str(path).split('/')[0]} is no user's home folder here") from None
 
 
 def check_writable(path: Path, what: str) -> None:

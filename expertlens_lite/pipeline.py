@@ -45,7 +45,14 @@ from .kernels import average_precision_many
 from .locks import refusing, writing_into
 from .measures import Measure, baseline_measures, expert_measures, score_all
 from .models.sources import resolve_model
-from .paths import DEFAULT_CORPUS, DEFAULT_HUMAN, bundled, cache_dir, check_writable
+from .paths import (
+    DEFAULT_CORPUS,
+    DEFAULT_HUMAN,
+    bundled,
+    cache_dir,
+    check_writable,
+    expanded,
+)
 from .results import RESULT_FILES, SUMMARY, write_results, write_summary
 from .runtime import available_memory, compute_responses
 from .selection import Selection
@@ -107,7 +114,9 @@ class RunConfig:
                 continue
             if not isinstance(value, (str, os.PathLike)):
                 raise InputError(f"{name} must be a path (a str or os.PathLike); got {type(value).__name__} {str(value)[:40]!r}")
-            object.__setattr__(self, name, Path(value).expanduser())  # ~ too: --out=~/r reaches us unexpanded
+            if not os.fspath(value):  # Path("") is ".": --out "" wrote into the current folder
+                raise InputError(f"{name} is empty; give a path")
+            object.__setattr__(self, name, expanded(value))  # ~ too: --out=~/r reaches us unexpanded
         for name in ("taus", "lifts", "topks", "top_fracs"):
             object.__setattr__(self, name, _rule_values(name, getattr(self, name)))
         for name in ("n_pos", "n_neg", "min_pos", "seed", "batch_size", "n_bootstrap"):
@@ -157,12 +166,12 @@ class RunConfig:
             raise InputError("--seed must be a non-negative integer")
         if self.out.exists() and not self.out.is_dir():
             raise InputError(f"--out {self.out} exists and is not a directory")
-        if (self.out / SUMMARY).exists() and not self.overwrite:
-            raise InputError(f"--out {self.out} holds the results of an earlier run; pass --overwrite to replace them, or choose another --out")
-        check_writable(self.out, f"--out {self.out}")
         for name in RESULT_FILES:  # found now, not when the results are written after the slow stages
             if (self.out / name).is_dir():
                 raise InputError(f"--out {self.out} holds a folder named {name}, where a result file goes; move it, or choose another --out")
+        if (self.out / SUMMARY).exists() and not self.overwrite:
+            raise InputError(f"--out {self.out} holds the results of an earlier run; pass --overwrite to replace them, or choose another --out")
+        check_writable(self.out, f"--out {self.out}")
 
 
 def _rule_values(name: str, value: object) -> tuple:
@@ -226,6 +235,11 @@ def load_inputs(config: RunConfig) -> tuple[ConceptSet, HumanPairs]:
             f"only {len(rated.pairs)} rated pair(s) of {human.source} have both words among the "
             f"{len(concept_set.concepts)} concepts; need at least 3 to measure alignment"
         )
+    if len(set(rated.scores)) == 1:  # ρ would be undefined for every measure, CIs [0, 0] (found by an audit)
+        raise InputError(
+            f"all {len(rated.pairs)} rated pairs of {human.source} among the concepts have the same human score "
+            f"({rated.scores[0]:g}): no alignment can be measured against it"
+        )
     if len(rated.pairs) < FEW_PAIRS:
         log.warning(
             "only %d rated pairs have both words among the concepts: each ρ rests on so few that its 95%% CI is "
@@ -247,6 +261,10 @@ def _check_bootstrap_fits(n_resamples: int, n_pairs: int) -> None:
 
 def run(config: RunConfig, progress: Progress | None = None) -> RunResult:
     """Run the whole pipeline and write the results folder ``config.out``."""
+    if not isinstance(config, RunConfig):  # run("minilm") was an AttributeError
+        raise InputError(f"run takes a RunConfig, e.g. run(RunConfig(model='minilm')); got {type(config).__name__} {str(config)[:40]!r}")
+    if progress is not None and not callable(progress):  # found before the slow stages, not at the first call
+        raise InputError(f"progress must be a function (stage, done, total) or None; got {type(progress).__name__}")
     cache = cache_dir()
     with _only_run_into(config.out, cache):
         return _run(config, cache, progress)

@@ -6,6 +6,7 @@ import unicodedata
 from pathlib import Path
 
 from .errors import InputError
+from .paths import expanded
 
 
 def read_text_file(path: Path | str, what: str) -> tuple[Path, str]:
@@ -14,7 +15,7 @@ def read_text_file(path: Path | str, what: str) -> tuple[Path, str]:
     undecodable file raises InputError naming ``what``. A leading ``~`` is the home
     folder, which the shell does not expand in ``--corpus=~/corpus.txt``. The text is
     in Unicode's composed form (:func:`nfc`)."""
-    path = Path(path).expanduser()
+    path = expanded(path)
     if not path.exists():
         raise InputError(f"{what} file not found: {path}")
     if path.is_dir():  # anything else is read: a pipe (``--corpus <(zcat big.txt.gz)``) too

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import os
 import re
@@ -320,6 +321,47 @@ def test_malformed_human_file(tmp_path):
     assert_user_error(invoke("run", "--model", "minilm", "--human", str(tmp_path / "h.txt")), "h.txt:2:")
 
 
+def test_human_scores_all_equal_among_the_concepts(slice_files, tmp_path):
+    """Every ρ was undefined, yet the table showed CIs [0.000, 0.000] and p 1.000 (an audit)."""
+    words = SLICE_WORDS
+    (tmp_path / "h.txt").write_text("".join(f"{a} {b} 5\n" for a, b in itertools.pairwise(words)) + "zebra unicorn 7\n")
+    result = run_slice(tmp_path / "r", slice_files / "concepts.txt", "minilm", "--human", str(tmp_path / "h.txt"))
+    assert_user_error(result, f"all {len(words) - 1} rated pairs of", "have the same human score (5)")
+
+
+PATHS = ["--corpus", "--concepts", "--human", "--out", "--model"]
+
+
+@pytest.mark.parametrize("option", PATHS)
+@pytest.mark.parametrize("path, message", [("y" * 300, "a file name is too long: yyyy"), ("~nouser-x/f", "~nouser-x is no user's home folder")])
+def test_paths_that_cannot_be_one_line(option, path, message):
+    """Both were tracebacks (an OSError, a RuntimeError), found by an audit."""
+    args = ["--model", "minilm", option, path] if option != "--model" else ["--model", path]
+    assert_user_error(invoke("run", *args), message)
+
+
+def test_an_empty_out_is_refused_not_the_current_folder():
+    assert_user_error(invoke("run", "--model", "minilm", "--out", ""), "out is empty")
+    assert list(Path.cwd().iterdir()) == []
+
+
+def test_export_out_expands_the_home_folder(tmp_path, monkeypatch):
+    """run expanded ``--out=~/x``, export made a folder named "~" in the current one."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "e").mkdir()
+    assert_user_error(invoke("export", "--model", "minilm", "--out", "~/e"), f"--out {tmp_path / 'e'} exists")
+
+
+def test_an_empty_revision_is_refused():
+    assert_user_error(invoke("run", "--model", "minilm", "--revision", ""), "--revision is empty")
+
+
+@pytest.mark.parametrize("word, message", [("İstanbul", "lower-cases to 'i̇stanbul'"), ("sun!", "a concept must be a single word")])
+def test_a_concept_that_is_no_word_says_why(word, message, tmp_path):
+    (tmp_path / "k.txt").write_text(f"birds\n{word}\n")
+    assert_user_error(invoke("run", "--model", "minilm", "--concepts", str(tmp_path / "k.txt")), "k.txt:2:", message)
+
+
 def test_unknown_architecture(tmp_path):
     (tmp_path / "t5").mkdir()
     (tmp_path / "t5" / "config.json").write_text(json.dumps({"model_type": "t5"}))
@@ -451,6 +493,24 @@ def test_a_model_folder_whose_weights_do_not_fit_its_config(fields, message, tmp
     result = invoke("export", "--model", str(folder), "--out", str(tmp_path / "x"))
     assert_user_error(result, f"model '{folder}'", message)
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize(
+    "family, config, message",
+    [
+        ("llama", [1, 2], "cannot load model"),
+        ("llama", {"num_hidden_layers": "two"}, "cannot load the config of model"),
+        ("bert", {"max_position_embeddings": -1}, "cannot load model"),  # learned positions: a tensor of that size
+    ],
+)
+def test_a_config_of_another_shape_or_type_is_one_line(family, config, message, tmp_path):
+    """A TypeError or RuntimeError traceback from transformers (found by an audit)."""
+    folder = Path(tiny_source(family, tmp_path / "model").path)
+    if isinstance(config, dict):
+        _edit_config(folder, **config)
+    else:
+        (folder / "config.json").write_text(json.dumps(config))
+    assert_user_error(invoke("export", "--model", str(folder), "--out", str(tmp_path / "x")), f"{message} '{folder}'")
 
 
 def test_a_config_without_model_type_is_named_whatever_the_folder_is_called(tmp_path):

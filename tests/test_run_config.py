@@ -80,3 +80,21 @@ def test_a_leading_tilde_is_the_home_folder(tmp_path, monkeypatch):
     (tmp_path / "corpus.txt").write_text("A cat sat.\n")
     assert read_corpus("~/corpus.txt") == ["A cat sat."]
     assert RunConfig(out="~/r", corpus=Path("~/corpus.txt")).out == tmp_path / "r"
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("minilm",), "run takes a RunConfig, e.g. run(RunConfig(model='minilm')); got str"),
+        ((None,), "run takes a RunConfig"),
+        ((RunConfig(model="minilm"), "x"), "progress must be a function"),
+    ],
+)
+def test_run_refuses_what_is_no_config_or_progress_before_any_work(args, message):
+    """``run("minilm")`` was an AttributeError; a progress that cannot be called failed
+    only after the inputs were read."""
+    from expertlens_lite import run
+
+    with pytest.raises(InputError, match=re.escape(message)):
+        run(*args)
+    assert list(Path.cwd().iterdir()) == []

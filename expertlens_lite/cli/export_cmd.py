@@ -13,7 +13,7 @@ from ..errors import InputError
 from ..export import QUANTIZATIONS, export_model
 from ..export.manifest import MANIFEST
 from ..models.sources import BUNDLED_MODELS, resolve_model
-from ..paths import cache_dir, check_writable
+from ..paths import cache_dir, check_writable, expanded
 from .main import main, verbose_option
 
 
@@ -27,6 +27,7 @@ from .main import main, verbose_option
 def export_command(model: str, revision: str | None, quantize: str, out: Path, force: bool) -> None:
     """Export --model to ONNX (pooled MLP neurons as outputs), validated against PyTorch."""
     cache = cache_dir()
+    out = expanded(out)  # as run's --out: ~ in --out=~/x reaches us unexpanded
     _refuse_unsafe_out(out, cache)
     if out.exists() and not force:
         raise InputError(f"--out {out} exists; pass --force (or --overwrite) to replace it")

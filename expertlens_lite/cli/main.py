@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import sys
 
@@ -35,6 +36,14 @@ class _Group(click.Group):
             sys.exit(exc.exit_code)
         except ElensError as exc:
             click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+        except OSError as exc:
+            if exc.errno != errno.ENAMETOOLONG:  # any other is a bug, with its traceback
+                raise
+            # Found wherever a path is first looked at (pathlib's exists() raises it), for
+            # any option or ELENS_HOME: one line here rather than a check at every use.
+            name = str(exc.filename)
+            click.echo(f"error: a file name is too long: {name[:60]}{'…' if len(name) > 60 else ''}", err=True)
             sys.exit(2)
         except click.Abort as exc:
             stopped, status = ("terminated", 143) if isinstance(exc.__cause__, Terminated) else ("interrupted", 130)

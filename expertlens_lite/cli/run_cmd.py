@@ -51,7 +51,7 @@ _FILE = click.Path(dir_okay=False, path_type=Path)
     "--bootstrap-unit", type=click.Choice(BOOTSTRAP_UNITS), default=_DEFAULTS.bootstrap_unit,
     help="Resample the rated pairs (the paper's) or the concepts, which keeps the dependence of pairs that share one (wider CIs).",
 )
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=_DEFAULTS.out, help="Results folder.")
+@click.option("--out", type=click.Path(file_okay=False), default=str(_DEFAULTS.out), help="Results folder.")
 @click.option("--overwrite", is_flag=True, help="Replace the results of an earlier run in --out.")
 def run_command(pooling: str, keep_special_tokens: bool, skip_first_token: bool, **options) -> None:
     """Find expert neurons and measure their alignment with human similarity."""

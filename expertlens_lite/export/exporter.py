@@ -258,7 +258,7 @@ def load_pretrained(source: ModelSource):
         raise ModelError(f"cannot load model {source.name!r}: its config.json names no model_type; add one (\"model_type\": \"llama\", ...)")
     try:
         config = AutoConfig.from_pretrained(source.path, revision=source.load_revision)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:  # a config.json of another shape: a list, ...
         raise cannot_load(source.name, source.revision, exc) from None
     architecture = get_architecture(config.model_type)
     if folder.is_dir() and not any(next(folder.glob(pattern), None) for pattern in _TOKENIZER_FILES):  # before loading the weights
@@ -271,9 +271,11 @@ def load_pretrained(source: ModelSource):
     except (OSError, ValueError, SafetensorError) as exc:
         raise cannot_load(source.name, source.revision, exc) from None
     except RuntimeError as exc:
-        if "size mismatch" not in str(exc):
-            raise
+        if "size mismatch" not in str(exc):  # a model its config cannot build ("max_position_embeddings": -1)
+            raise cannot_load(source.name, source.revision, exc) from None
         raise ModelError(f"the weights of model {source.name!r} do not fit its config: {_mismatch(exc)}") from None
+    except (TypeError, KeyError, AttributeError) as exc:  # a config value of another type ("num_hidden_layers": "six")
+        raise cannot_load(source.name, source.revision, exc, "config") from None
     _check_weights_fit(source.name, loading, config.num_hidden_layers)
     try:
         with quiet_transformers():

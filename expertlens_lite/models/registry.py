@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ModelError, first_line
+from ..paths import expanded
 
 
 @dataclass(frozen=True)
@@ -92,7 +93,7 @@ def register_from_file(path: str | Path) -> None:
     import runpy
     import traceback
 
-    path = Path(path).expanduser()
+    path = expanded(path)
     if not path.is_file():
         raise ModelError(f"--families {path}: {'a folder, not a file' if path.is_dir() else 'no such file'}")
     try:

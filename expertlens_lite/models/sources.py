@@ -35,7 +35,7 @@ from ..atomic import (
 )
 from ..errors import ModelError, first_line
 from ..locks import waiting_for
-from ..paths import ABOUT
+from ..paths import ABOUT, expanded
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +135,8 @@ def resolve_model(spec: str | os.PathLike, revision: str | None, cache_dir: Path
         raise ModelError(f"a model must be a bundled name, a model folder, a .gguf file or a hub id; got {spec!r}")
     if not spec.strip():
         raise ModelError("--model is empty; give a bundled name, a model folder, a .gguf file or a hub id")
+    if revision is not None and not revision.strip():
+        raise ModelError("--revision is empty; give a branch, tag or commit of a hub model, or leave it out")
     if spec in BUNDLED_MODELS:
         _no_revision(spec, revision, "a bundled model")
         path = BUNDLED_MODELS[spec].path()
@@ -142,7 +144,7 @@ def resolve_model(spec: str | os.PathLike, revision: str | None, cache_dir: Path
             raise ModelError(f"bundled model {spec!r} is installed but {path} is missing; reinstall its package")
         resolved = _resolve_local(path, cache_dir)
         return ModelSource(spec, resolved.path, None, resolved.fingerprint)
-    path = Path(spec).expanduser()
+    path = expanded(spec)
     if path.exists():
         _no_revision(spec, revision, f"a local {'file' if path.is_file() else 'folder'}")
         return _resolve_local(path, cache_dir)
