@@ -20,29 +20,36 @@ def main() -> None:
     # Noted as well as raised: a KeyboardInterrupt raised while Python runs a callback
     # of its import machinery is printed as "Exception ignored" and dropped, and the
     # import goes on (seen once in 8 runs of the test). An ignored SIGINT (a background
-    # job) stays ignored.
-    watching = signal.getsignal(signal.SIGINT) is signal.default_int_handler
-    if watching:
-        signal.signal(signal.SIGINT, interrupted)
+    # job) or SIGTERM stays ignored.
+    watched = [
+        number
+        for number, default in ((signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, signal.SIG_DFL))
+        if signal.getsignal(number) is default
+    ]
+    for number in watched:
+        signal.signal(number, interrupted)
     try:
         from .cli import main as group
+        from .cli.main import Terminated
     except KeyboardInterrupt:
         interrupts.append(signal.SIGINT)
-    finally:
-        if watching:
-            signal.signal(signal.SIGINT, signal.default_int_handler)
+    except ImportError:
+        if not interrupts:  # else it is the interrupt, which an extension's init turned into an ImportError
+            raise
     if interrupts:
-        print("interrupted", file=sys.stderr, flush=True)
+        terminated = interrupts[0] == signal.SIGTERM
+        print("terminated" if terminated else "interrupted", file=sys.stderr, flush=True)
         # Not sys.exit: an extension module whose import was cut short can crash the
         # interpreter's shutdown (a segmentation fault was seen), and nothing needs it.
-        os._exit(130)
-    from .cli.main import Terminated
+        os._exit(143 if terminated else 130)
 
-    def terminated(signum: int, frame: object) -> None:
+    def terminate(signum: int, frame: object) -> None:
         raise Terminated
 
-    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:  # an ignored one stays ignored
-        signal.signal(signal.SIGTERM, terminated)
+    if signal.SIGINT in watched:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if signal.SIGTERM in watched:
+        signal.signal(signal.SIGTERM, terminate)
     try:
         group()
     except SystemExit:

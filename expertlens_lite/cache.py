@@ -4,10 +4,8 @@ Every run leaves its model's export (hundreds of MB for SmolLM2), the response
 matrices of its sentence pool and, for a GGUF model, a dequantized copy, each keyed
 by what made it; nothing else ever removes them, and a new draw of sentences,
 another checkpoint or pooling makes new ones beside the old. This lists them with
-their sizes and removes the ones named, under the same locks the runs take
-(:mod:`.locks`), so an entry a run is making is refused, not pulled from under it.
-Runs take no lock to read a finished entry, so one that a running run still reads is
-not detected (README: cache).
+their sizes and removes the ones named, only while no run uses the cache
+(:func:`.locks.cache_unused`): runs read their export and responses until they end.
 """
 
 from __future__ import annotations
@@ -16,13 +14,14 @@ import json
 import logging
 import os
 from collections.abc import Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
 from .atomic import dir_leftovers, remove_dir
 from .errors import InputError
 from .export.manifest import MANIFEST
-from .locks import refusing, remove_unheld_locks
+from .locks import cache_unused, held, refusing, remove_unheld_locks
 from .paths import ABOUT
 
 __all__ = ["CacheEntry", "cache_entries", "remove_cache_entries"]
@@ -45,16 +44,16 @@ class CacheEntry:
         size: bytes of all its files.
         modified: newest modification time of its files (seconds since the epoch),
             i.e. when a run last wrote to it.
-        complete: False for what an interrupted run left: responses to resume, or the
-            scratch folder of an export or a GGUF copy (removed by the next run that
-            makes the same entry).
+        state: ``"complete"``; ``"being made"`` by a running run; or ``"interrupted"``,
+            what a stopped run left: responses to resume, or the scratch folder of an
+            export or a GGUF copy (removed by the next run that makes the same entry).
     """
 
     name: str
     about: str
     size: int
     modified: float
-    complete: bool
+    state: str
 
 
 def cache_entries(cache: Path) -> list[CacheEntry]:
@@ -64,36 +63,48 @@ def cache_entries(cache: Path) -> list[CacheEntry]:
     for folder in _FOLDERS:
         for path in sorted((cache / folder).glob("*")) if (cache / folder).is_dir() else []:
             if path.is_dir() and not path.is_symlink():
-                size, modified = _size_and_time(path)
-                complete = not path.name.startswith(".") and _complete(path, folder)
-                entries.append(CacheEntry(f"{folder}/{path.name}", _about(path, folder), size, modified, complete))
+                try:
+                    size, modified = _size_and_time(path)
+                except FileNotFoundError:  # removed or renamed into place meanwhile
+                    continue
+                entries.append(CacheEntry(f"{folder}/{path.name}", _about(path, folder), size, modified, _state(path, folder, cache)))
     return entries
 
 
-def remove_cache_entries(cache: Path, names: Sequence[str]) -> int:
-    """Remove the entries ``names`` (as :attr:`CacheEntry.name`) from ``cache`` and the
-    lock files no run holds; returns the bytes freed.
+def _state(path: Path, folder: str, cache: Path) -> str:
+    if not path.name.startswith(".") and _complete(path, folder):
+        return "complete"
+    return "being made" if held(_guarded_by(path), cache) else "interrupted"
 
-    Every name is checked before anything is removed, so a mistyped one removes
-    nothing. An entry a run is using is refused with an :class:`InputError`; so is a
-    name that is not an entry, e.g. a path that leads out of the cache.
+
+def remove_cache_entries(cache: Path, names: Sequence[str]) -> tuple[int, int]:
+    """Remove the entries ``names`` (as :attr:`CacheEntry.name`, or their paths) from
+    ``cache`` and the lock files no run holds; returns the bytes freed and the number
+    of entries removed (a name given twice is one entry).
+
+    All or nothing: every name is checked and every entry's lock taken before anything
+    is removed, and while a run uses the cache (it may read any entry until it ends)
+    nothing is; each refusal is an :class:`InputError`, as is a name that is no entry
+    (a path that leads out of the cache, say).
     """
     cache = Path(cache)
-    paths = [_entry_path(cache, name) for name in dict.fromkeys(names)]
-    freed = 0
-    for path in paths:
-        target = _guarded_by(path)
-        message = f"{path.relative_to(cache)} is in use by a running elens-lite; try again when it has finished"
-        with refusing(target, cache, message):
-            if path.exists():  # another cache rm may have been first
-                freed += _size_and_time(path)[0]
-                remove_dir(path)
+    paths = list(dict.fromkeys(_entry_path(cache, name) for name in names))
+    busy = "a run is using this cache (runs read their export and responses until they end); try again when none is"
+    with cache_unused(cache, busy), ExitStack() as locks:
+        for path in paths:  # held by a library caller making it outside a run
+            locks.enter_context(refusing(_guarded_by(path), cache, f"{path.relative_to(cache)} is being made; try again later"))
+        freed = 0
+        for path in paths:
+            freed += _size_and_time(path)[0]
+            remove_dir(path)
     remove_unheld_locks(cache)
-    return freed
+    return freed, len(paths)
 
 
 def _entry_path(cache: Path, name: str) -> Path:
     """The folder of the entry ``name``, refused unless it is one that :func:`cache_entries` lists."""
+    if Path(name).is_absolute() and Path(name).is_relative_to(cache.absolute()):
+        name = str(Path(name).relative_to(cache.absolute()))
     parts = Path(name).parts
     if len(parts) != 2 or parts[0] not in _FOLDERS or parts[1] in (".", ".."):
         raise InputError(f"{name!r} is not a cache entry: give names as `elens-lite cache ls` prints them, e.g. responses/<key>")

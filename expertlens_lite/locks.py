@@ -6,8 +6,8 @@ files: one of them failed with a traceback (seen in an audit, with threads and w
 processes). Now the first one makes it and the others wait, then reuse it; two runs
 into one results folder are refused instead, since neither may reuse the other's.
 
-Each lock is a file in the cache's ``locks/`` folder, named by the guarded folder's
-resolved path, held with ``flock``: the OS releases it when its process ends, however
+Each lock of a cache entry or a results folder is a file in the cache's ``locks/``
+folder, named by the guarded folder's resolved path, held with ``flock``: the OS releases it when its process ends, however
 it ends, so a crash leaves no stale lock. Each holder opens the file itself, so two
 threads of one process exclude each other too. ``fcntl`` is POSIX-only, like the
 positioned I/O elsewhere (README: platforms).
@@ -18,10 +18,16 @@ then hold a file that is no longer there; it checks, after it has the lock, that
 name still leads to the file it locked, and starts again if not (the usual pattern
 for ``flock`` files that get deleted). A killed holder's file stays, unlocked, until
 the next holder of that folder, or ``elens-lite cache rm``, removes it.
+
+Two more: a results folder's own lock file, held while a run writes into it
+(:func:`writing_into`), and the cache's ``locks/runs``, which every run holds shared
+and ``elens-lite cache rm`` exclusively (:func:`using_cache`, :func:`cache_unused`):
+runs read their export and responses long after making them, without their locks.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import logging
@@ -64,33 +70,104 @@ def writing_into(folder: Path) -> Iterator[None]:
     """Hold the lock file inside ``folder`` (which must exist); while another run holds
     it, say so and wait. For a results folder: runs with different caches do not share
     the cache's lock of it (:func:`refusing`), and wrote into one folder at once (an
-    audit found one run's summary beside the other's results)."""
+    audit found one run's summary beside the other's results). Where the folder's file
+    system has no ``flock`` (Lustre without ``-o flock``, NFS without its lock daemon),
+    a warning, and the run goes on unlocked: this comes after the run's slow stages."""
+    lock = folder / ".elens-lite.lock"
 
     def wait() -> None:
         log.warning("waiting for another elens-lite run that is writing into %s", folder)
 
-    with _held_at(folder / ".elens-lite.lock", wait):
+    try:
+        handle = _locked(lock, wait)
+    except OSError as exc:
+        if exc.errno not in _NO_FLOCK:
+            raise
+        lock.unlink(missing_ok=True)
+        log.warning("%s cannot be locked (%s): runs writing into it at once are not kept apart", folder, exc.strerror)
         yield
+        return
+    try:
+        yield
+    finally:
+        _release(lock, handle)
+
+
+# What flock says on file systems that do not lock.
+_NO_FLOCK = frozenset({errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL})
+
+
+@contextmanager
+def using_cache(cache: Path) -> Iterator[None]:
+    """Hold the cache's ``runs`` lock shared, for a whole run: ``elens-lite cache rm``
+    waits for no run and refuses while any holds it (a run whose export it had removed
+    failed later, reading the export's embeddings, found by an audit). While a
+    ``cache rm`` holds it, say so and wait."""
+    with _runs_lock(cache) as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.warning("waiting for elens-lite cache rm in %s", cache)
+            fcntl.flock(handle, fcntl.LOCK_SH)
+        yield
+
+
+@contextmanager
+def cache_unused(cache: Path, message: str) -> Iterator[None]:
+    """Hold the cache's ``runs`` lock alone, or raise ``InputError(message)`` if a run
+    holds it (:func:`using_cache`)."""
+    with _runs_lock(cache) as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise InputError(message) from None
+        yield
+
+
+def _runs_lock(cache: Path) -> IO[str]:
+    """The cache's ``runs`` lock file, open; never deleted, so it needs no name check."""
+    (cache / "locks").mkdir(parents=True, exist_ok=True)
+    return (cache / "locks" / "runs").open("a")
+
+
+def held(folder: Path, cache: Path) -> bool:
+    """Whether a run holds ``folder``'s lock in ``cache`` now (its file is not made)."""
+    try:
+        handle = _lock_file(folder, cache).open()
+    except FileNotFoundError:
+        return False
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        return False
+
+
+def _lock_file(folder: Path, cache: Path) -> Path:
+    return cache / "locks" / f"{hashlib.sha256(str(folder.resolve()).encode()).hexdigest()[:16]}.lock"
 
 
 @contextmanager
 def _held(folder: Path, cache: Path, busy: Callable[[], None]) -> Iterator[None]:
     """Hold ``folder``'s lock in ``cache``, calling ``busy`` first if another run holds
     it: ``busy`` raises to give up, or returns to wait for the lock."""
-    lock = cache / "locks" / f"{hashlib.sha256(str(folder.resolve()).encode()).hexdigest()[:16]}.lock"
+    lock = _lock_file(folder, cache)
     lock.parent.mkdir(parents=True, exist_ok=True)
-    with _held_at(lock, busy):
-        yield
-
-
-@contextmanager
-def _held_at(lock: Path, busy: Callable[[], None]) -> Iterator[None]:
-    """Hold the lock file ``lock`` (see :func:`_held`)."""
     handle = _locked(lock, busy)
     try:
         yield
     finally:
-        lock.unlink(missing_ok=True)  # while still held: the next holder makes a new file
+        _release(lock, handle)
+
+
+def _release(lock: Path, handle: IO[str]) -> None:
+    """Delete ``lock`` while still holding it (the next holder makes a new file), then let go."""
+    try:
+        lock.unlink(missing_ok=True)
+    except OSError as exc:  # a folder that can no longer be changed: the file stays, unlocked, harmless
+        log.info("cannot remove the lock file %s: %s", lock, exc.strerror)
+    finally:
         handle.close()
 
 

@@ -42,7 +42,7 @@ from .errors import InputError, ResourceError, whole_number
 from .export import QUANTIZATIONS, ExportedModel, export_model
 from .human import HumanPairs, read_human_pairs
 from .kernels import average_precision_many
-from .locks import refusing, writing_into
+from .locks import refusing, using_cache, writing_into
 from .measures import Measure, baseline_measures, expert_measures, score_all
 from .models.sources import resolve_model
 from .paths import (
@@ -266,7 +266,7 @@ def run(config: RunConfig, progress: Progress | None = None) -> RunResult:
     if progress is not None and not callable(progress):  # found before the slow stages, not at the first call
         raise InputError(f"progress must be a function (stage, done, total) or None; got {type(progress).__name__}")
     cache = cache_dir()
-    with _only_run_into(config.out, cache):
+    with using_cache(cache), _only_run_into(config.out, cache):
         return _run(config, cache, progress)
 
 
@@ -292,16 +292,16 @@ def _writing_into(out: Path, overwrite: bool) -> Iterator[None]:
     moment, one left its ``summary.json`` beside the other's results). Temporary files
     that a run killed while writing here left are removed.
     """
-    with reported_write_failures(f"--out {out}"):
+    with reported_write_failures(f"--out {out}"):  # the lock file too: a read-only or full disk is one line
         out.mkdir(parents=True, exist_ok=True)
-    with writing_into(out):
-        if (out / SUMMARY).exists() and not overwrite:
-            raise InputError(
-                f"--out {out} got the results of another elens-lite run while this one ran; pass --overwrite to "
-                "replace them, or choose another --out (this run's cached work makes a rerun quick)"
-            )
-        remove_leftovers(out, *(pattern for name in RESULT_FILES for pattern in file_leftovers(name)))
-        yield
+        with writing_into(out):
+            if (out / SUMMARY).exists() and not overwrite:
+                raise InputError(
+                    f"--out {out} got the results of another elens-lite run while this one ran; pass --overwrite to "
+                    "replace them, or choose another --out (this run's cached work makes a rerun quick)"
+                )
+            remove_leftovers(out, *(pattern for name in RESULT_FILES for pattern in file_leftovers(name)))
+            yield
 
 
 def _run(config: RunConfig, cache: Path, progress: Progress | None) -> RunResult:

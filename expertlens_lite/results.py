@@ -8,7 +8,8 @@
   ``summary.json`` order, neurons in layer order);
 - ``report.html``: the human-facing view, viewable offline.
 
-Each file is written atomically, so an interrupted run never leaves a torn file.
+Each file is written atomically, so an interrupted run never leaves a torn file, and
+all of them at the end together (:func:`write_results`).
 """
 
 from __future__ import annotations
@@ -16,11 +17,12 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Sequence
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
 
-from .atomic import atomic_path, reported_write_failures, write_json, write_text
+from .atomic import atomic_path, reported_write_failures, write_json
 from .concepts import ConceptSet
 from .export import Manifest
 from .human import HumanPairs
@@ -70,15 +72,26 @@ def write_results(
 ) -> None:
     """Write every result file except ``summary.json`` (written last, with final timings).
 
-    An earlier run's ``summary.json`` goes first, so that a run interrupted while it
-    replaces that run's files never leaves a folder that looks finished. A full disk is
-    one line naming ``--out``: it is found only here, after the run's slow stages.
+    All of them are written to temporary files first; only then does an earlier run's
+    ``summary.json`` go and the new files take their places, one rename each. A run
+    stopped or failing (a full disk) while it writes leaves an earlier run's results
+    as they were, summary and all (they used to be replaced file by file, so an
+    ``--overwrite`` run cut short had lost them, found by an audit); only a stop within
+    those renames (milliseconds) leaves a mix, and then no ``summary.json`` says it is
+    finished. A full disk is one line naming ``--out``: it is found only here, after the
+    run's slow stages.
     """
-    with reported_write_failures(f"--out {out}"):
+    with reported_write_failures(f"--out {out}"), ExitStack() as files:
         out.mkdir(parents=True, exist_ok=True)
-        (out / SUMMARY).unlink(missing_ok=True)
+        staged = {name: files.enter_context(atomic_path(out / name, Path(name).suffix)) for name in (EXPERTS, SIMILARITY, AP, REPORT)}
+
+        def drop_earlier_summary(failed: type[BaseException] | None, *_) -> None:
+            if failed is None:
+                (out / SUMMARY).unlink(missing_ok=True)
+
+        files.push(drop_earlier_summary)  # exits run last-in first: this one, then the renames
         concepts = concept_set.concepts
-        write_text(out / EXPERTS, _csv_text(("concept", "layer", "unit", "ap"), experts_rows(ap, concepts, manifest, min_tau)))
+        staged[EXPERTS].write_text(_csv_text(("concept", "layer", "unit", "ap"), experts_rows(ap, concepts, manifest, min_tau)), encoding="utf-8")
         paper, others = measures[0], measures[1:]
         header = ["concept_a", "concept_b", "human", "jaccard", *(m.name for m in others)]
         rows = (
@@ -86,7 +99,6 @@ def write_results(
             [a, b, np.format_float_positional(score, trim="-"), *(f"{m.pair_values[i]:.9g}" for m in measures)]
             for i, ((a, b), score) in enumerate(zip(rated.pairs, rated.scores))
         )
-        write_text(out / SIMILARITY, _csv_text(header, rows))
-        with atomic_path(out / AP, suffix=".npy") as tmp:
-            np.save(tmp, ap.astype(np.float32))
-        write_text(out / REPORT, render_report(summary, measures, rated, paper, ap, manifest))
+        staged[SIMILARITY].write_text(_csv_text(header, rows), encoding="utf-8")
+        np.save(staged[AP], ap.astype(np.float32))
+        staged[REPORT].write_text(render_report(summary, measures, rated, paper, ap, manifest), encoding="utf-8")

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from expertlens_lite.cache import cache_entries, remove_cache_entries
 from expertlens_lite.cli import main
 from expertlens_lite.errors import InputError
-from expertlens_lite.locks import _held, refusing, waiting_for
+from expertlens_lite.locks import _held, refusing, using_cache, waiting_for
 from expertlens_lite.runtime import compute_responses
 
 from .test_runtime import SENTENCES, interrupt_after
@@ -27,17 +27,20 @@ def test_entries_say_what_they_are_and_whether_they_are_finished(minilm, tmp_pat
     interrupt_after(minilm, SENTENCES, "cut", tmp_path, 2)
     entries = cache_entries(tmp_path)
     assert [e.name.split("/")[0] for e in entries] == ["responses", "responses"]
-    finished = {e.complete: e for e in entries}
-    assert finished[True].about == "minilm; 8 sentences, model.onnx, max pooling"
-    assert finished[False].about == f"minilm; {len(SENTENCES)} sentences, model.onnx, max pooling"
-    assert finished[True].size >= 8 * 4 * minilm.manifest.n_neurons
+    by_state = {e.state: e for e in entries}
+    assert by_state["complete"].about == "minilm; 8 sentences, model.onnx, max pooling"
+    assert by_state["interrupted"].about == f"minilm; {len(SENTENCES)} sentences, model.onnx, max pooling"
+    assert by_state["complete"].size >= 8 * 4 * minilm.manifest.n_neurons
+    with waiting_for(tmp_path / by_state["interrupted"].name, tmp_path, "it"):  # as a run making it holds it
+        states = {e.name: e.state for e in cache_entries(tmp_path)}
+    assert states == {by_state["complete"].name: "complete", by_state["interrupted"].name: "being made"}
     assert cache_entries(tmp_path / "never-made") == []
 
 
 def test_removing_entries_frees_their_bytes_and_a_run_makes_them_again(minilm, tmp_path):
     first = compute_responses(minilm, SENTENCES[:8], "again", tmp_path, batch_size=4, device="cpu")
     (entry,) = cache_entries(tmp_path)
-    assert remove_cache_entries(tmp_path, [entry.name]) == entry.size
+    assert remove_cache_entries(tmp_path, [entry.name, entry.name + "/"]) == (entry.size, 1)
     assert names(tmp_path) == []
     again = compute_responses(minilm, SENTENCES[:8], "again", tmp_path, batch_size=4, device="cpu")
     assert (again.neurons == first.neurons).all()
@@ -52,15 +55,28 @@ def test_names_that_are_not_entries_remove_nothing(minilm, tmp_path, name):
     assert names(tmp_path) == before
 
 
-def test_an_entry_being_made_is_refused(minilm, tmp_path):
-    compute_responses(minilm, SENTENCES[:4], "busy", tmp_path, batch_size=4, device="cpu")
-    (entry,) = cache_entries(tmp_path)
+def test_an_entry_being_made_is_refused_and_nothing_is_removed(minilm, tmp_path):
+    """Entries were removed one by one: those before a refused one were gone (an audit)."""
+    compute_responses(minilm, SENTENCES[:4], "first", tmp_path, batch_size=4, device="cpu")
+    compute_responses(minilm, SENTENCES[:8], "busy", tmp_path, batch_size=4, device="cpu")
+    both = names(tmp_path)
     with (
-        waiting_for(tmp_path / entry.name, tmp_path, "it"),
-        pytest.raises(InputError, match=f"{entry.name} is in use by a running elens-lite"),
+        waiting_for(tmp_path / both[1], tmp_path, "it"),
+        pytest.raises(InputError, match=f"{both[1]} is being made; try again later"),
     ):
-        remove_cache_entries(tmp_path, [entry.name])
-    assert names(tmp_path) == [entry.name]
+        remove_cache_entries(tmp_path, both)
+    assert names(tmp_path) == both
+
+
+def test_nothing_is_removed_while_a_run_uses_the_cache(minilm, tmp_path):
+    """A run reads its export and responses until it ends, without their locks: a run
+    whose export was removed under it failed with a traceback (an audit)."""
+    compute_responses(minilm, SENTENCES[:4], "read", tmp_path, batch_size=4, device="cpu")
+    with using_cache(tmp_path), pytest.raises(InputError, match="a run is using this cache"):
+        remove_cache_entries(tmp_path, names(tmp_path))
+    assert len(names(tmp_path)) == 1
+    remove_cache_entries(tmp_path, names(tmp_path))
+    assert names(tmp_path) == []
 
 
 def test_a_scratch_folder_left_beside_an_entry_is_listed_unfinished_and_guarded_by_the_entry(tmp_path):
@@ -68,8 +84,8 @@ def test_a_scratch_folder_left_beside_an_entry_is_listed_unfinished_and_guarded_
     scratch.mkdir(parents=True)
     (scratch / "model.onnx").write_bytes(b"x" * 5000)
     (entry,) = cache_entries(tmp_path)
-    assert (entry.name, entry.complete) == ("models/.tiny-0123.k3j_x9a2.tmp", False)
-    with waiting_for(tmp_path / "models" / "tiny-0123", tmp_path, "it"), pytest.raises(InputError, match="in use"):
+    assert (entry.name, entry.state) == ("models/.tiny-0123.k3j_x9a2.tmp", "interrupted")
+    with waiting_for(tmp_path / "models" / "tiny-0123", tmp_path, "it"), pytest.raises(InputError, match="is being made"):
         remove_cache_entries(tmp_path, [entry.name])
     remove_cache_entries(tmp_path, [entry.name])
     assert names(tmp_path) == []
@@ -130,14 +146,14 @@ def test_cli_lists_and_removes(minilm, tmp_path, monkeypatch):
     interrupt_after(minilm, SENTENCES, "cli-cut", tmp_path, 1)
     listed = invoke("cache", "ls")
     assert listed.exit_code == 0
-    done, cut = sorted(cache_entries(tmp_path), key=lambda e: not e.complete)
+    done, cut = sorted(cache_entries(tmp_path), key=lambda e: e.state != "complete")
     assert done.name in listed.output and cut.name in listed.output
     assert "unfinished: left by an interrupted run; minilm" in listed.output
 
     for bad in [(), ("--all", "--unfinished"), ("responses/none",)]:
         result = invoke("cache", "rm", *bad)
         assert result.exit_code == 2 and result.output.startswith("error: ") and result.output.count("\n") == 1, result.output
-    assert invoke("cache", "rm", "--unfinished").output.startswith("removed 1 entries")
+    assert invoke("cache", "rm", "--unfinished").output.startswith("removed 1 entry, ")
     assert names(tmp_path) == [done.name]
-    assert invoke("cache", "rm", "--all").output.startswith("removed 1 entries")
+    assert invoke("cache", "rm", "--all").output.startswith("removed 1 entry, ")
     assert names(tmp_path) == []

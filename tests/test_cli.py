@@ -249,7 +249,7 @@ def test_a_finished_run_is_replaced_only_with_overwrite(minilm_run, slice_files,
     monkeypatch.setattr("expertlens_lite.results.render_report", crash)
     with pytest.raises(RuntimeError, match="killed while writing"):
         run_slice(out, slice_files / "concepts.txt", "minilm", "--seed", "1", "--overwrite")
-    assert not (out / "summary.json").exists()  # half replaced: no longer looks finished
+    assert {path.name: path.read_bytes() for path in out.iterdir()} == before  # not half replaced: kept whole
     monkeypatch.undo()
     result = run_slice(out, slice_files / "concepts.txt", "minilm", "--seed", "1", "--overwrite")
     assert result.exit_code == 0, result.output
@@ -566,13 +566,14 @@ def test_sigterm_stops_a_run_as_ctrl_c_does(slice_files, tmp_path):
     process.send_signal(signal.SIGTERM)
     _, err = process.communicate(timeout=120)
     assert process.returncode == 143 and "Traceback" not in err, err
-    assert err.strip().splitlines()[-1].startswith("terminated; a rerun reuses what was finished"), err
+    assert err.strip().splitlines()[-1].startswith("terminated; a rerun resumes from what was finished"), err
     assert list(home.glob("locks/*.lock")) == []  # released and removed: the run's clean-ups ran
 
 
 @pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="watches the exec in Linux's /proc")
 @pytest.mark.parametrize("after", [0.2, 0.6])
-def test_ctrl_c_while_the_command_starts_is_one_line(after, tmp_path):
+@pytest.mark.parametrize("number, status, said", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")])
+def test_ctrl_c_while_the_command_starts_is_one_line(after, number, status, said, tmp_path):
     """The commands import NumPy, Numba and ONNX for over a second; a Ctrl-C then used
     to print a traceback of whichever import it interrupted (seen in an audit)."""
     script = str(Path(sys.executable).parent / "elens-lite")  # the console script pip wrote
@@ -587,7 +588,7 @@ def test_ctrl_c_while_the_command_starts_is_one_line(after, tmp_path):
     while script.encode() not in cmdline.read_bytes() and time.monotonic() < deadline:  # until the exec
         time.sleep(0.01)
     time.sleep(after)
-    process.send_signal(signal.SIGINT)
+    process.send_signal(number)
     _, err = process.communicate(timeout=120)
-    assert process.returncode == 130 and "Traceback" not in err, err
-    assert err.startswith("interrupted"), err
+    assert process.returncode == status and "Traceback" not in err, err
+    assert err.startswith(said), err

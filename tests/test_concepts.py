@@ -176,7 +176,7 @@ def test_concepts_are_lower_case_composed_words_each_once():
         (None, "cat", 10, 0, "concepts must be a list of words; got str 'cat'"),
         (None, ["cat", "ice cream"], 10, 0, "a concept must be a single word, got 'ice cream'"),
         (None, ["cat", 3], 10, 0, "a concept must be a single word, got 3"),
-        (None, ["cat", "İstanbul"], 10, 0, "a concept must be a single word, got 'İstanbul'"),  # lower-cases to i and a combining dot
+        (None, ["cat", "İstanbul"], 10, 0, "the concept 'İstanbul' lower-cases to 'i̇stanbul' (9 characters), no single word as the corpus is matched"),  # lower-cases to i and a combining dot
         (None, ["cat", "dog"], 5.5, 0, "--n-pos, --n-neg and --min-pos must be positive integers; got 5.5, 100, 5"),
         (None, ["cat", "dog"], 10, -1, "--seed must be a non-negative integer; got -1"),
         ("The cat.", ["cat", "dog"], 10, 0, "corpus must be a list of sentences; got str 'The cat.'"),

@@ -113,23 +113,39 @@ def test_export_keeps_the_old_folder_when_the_new_one_cannot_be_moved_in(minilm,
     assert sorted(p.name for p in tmp_path.iterdir()) == ["onnx"]
 
 
-@pytest.mark.parametrize("failure, reason", [(FULL_DISK, "no space left on device"), (SHORT_WRITE, "the write was cut short (36864 requested and 20448 written)")])
-def test_run_results_to_a_full_disk_is_one_line_and_leaves_no_torn_file(failure, reason, minilm, tmp_path, monkeypatch):
-    out = folder_with_a_file(tmp_path / "results")
-    (tmp_path / "concepts.txt").write_text("\n".join(SLICE_WORDS) + "\n")
+def failing_at_ap(out: Path, failure: OSError, monkeypatch) -> None:
+    """Writing ``ap.npy`` into ``out`` raises ``failure``, as a full disk would."""
     real_save = np.save
 
-    def full_at_ap(file, *args, **kwargs):
+    def save(file, *args, **kwargs):
         if Path(file).parent == out:
             raise failure
         return real_save(file, *args, **kwargs)
 
-    monkeypatch.setattr(np, "save", full_at_ap)
+    monkeypatch.setattr(np, "save", save)
+
+
+@pytest.mark.parametrize("failure, reason", [(FULL_DISK, "no space left on device"), (SHORT_WRITE, "the write was cut short (36864 requested and 20448 written)")])
+def test_run_results_to_a_full_disk_is_one_line_and_leaves_no_torn_file(failure, reason, minilm, tmp_path, monkeypatch):
+    out = folder_with_a_file(tmp_path / "results")
+    (tmp_path / "concepts.txt").write_text("\n".join(SLICE_WORDS) + "\n")
+    failing_at_ap(out, failure, monkeypatch)
     assert_user_error(run_slice(out, tmp_path / "concepts.txt"), f"--out {out}: {reason}")
     assert_untouched(out)
-    # The files written before ap.npy are whole (each is renamed in complete); no temporary
-    # file, no ap.npy, and no summary.json that would make the folder look finished.
-    assert sorted(p.name for p in out.iterdir()) == ["experts.csv", "similarity.csv", "thesis.tex"]
+    # Nothing of the run: its files go in together once all are written; no temporary file.
+    assert sorted(p.name for p in out.iterdir()) == ["thesis.tex"]
+
+
+def test_an_overwrite_run_that_fails_while_writing_keeps_the_earlier_results(minilm, tmp_path, monkeypatch):
+    """The files were replaced one by one after the earlier summary.json was deleted: an
+    --overwrite run cut short (or a full disk) had lost the earlier results (an audit)."""
+    out = folder_with_a_file(tmp_path / "results")
+    (tmp_path / "concepts.txt").write_text("\n".join(SLICE_WORDS) + "\n")
+    assert run_slice(out, tmp_path / "concepts.txt").exit_code == 0
+    earlier = {p.name: p.read_bytes() for p in out.iterdir()}
+    failing_at_ap(out, FULL_DISK, monkeypatch)
+    assert_user_error(run_slice(out, tmp_path / "concepts.txt", "minilm", "--seed", "1", "--overwrite"), f"--out {out}: no space left")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == earlier
 
 
 def test_results_that_another_run_finished_meanwhile_are_not_replaced(minilm, tmp_path, monkeypatch):
@@ -164,3 +180,52 @@ def test_temporary_files_of_a_run_killed_while_writing_are_removed_by_the_next(m
         (out / name).write_text("half written")
     assert run_slice(out, tmp_path / "concepts.txt").exit_code == 0
     assert sorted(p.name for p in out.iterdir()) == sorted(["ap.npy", "experts.csv", "report.html", "similarity.csv", "summary.json", "thesis.tex"])
+
+
+def test_a_run_with_another_cache_waits_while_one_writes_into_its_out(minilm, tmp_path, monkeypatch):
+    """The results folder's own lock: one run writing, the other waits for it, then
+    finds its results and is refused (without the lock both wrote at once)."""
+    import threading
+
+    from expertlens_lite import locks
+
+    out = folder_with_a_file(tmp_path / "results")
+    (tmp_path / "concepts.txt").write_text("\n".join(SLICE_WORDS) + "\n")
+    waiting = threading.Event()
+    warning = locks.log.warning
+    monkeypatch.setattr(locks.log, "warning", lambda message, *args: waiting.set() or warning(message, *args))
+
+    def first_run_writing() -> None:
+        with locks.writing_into(out):
+            waiting.wait(120)
+            (out / "summary.json").write_text('{"model": "first"}')
+
+    first = threading.Thread(target=first_run_writing)
+    first.start()
+    try:
+        result = run_slice(out, tmp_path / "concepts.txt", "minilm", "--seed", "3")
+    finally:
+        waiting.set()
+        first.join()
+    assert_user_error(result, f"--out {out} got the results of another elens-lite run while this one ran")
+    assert (out / "summary.json").read_text() == '{"model": "first"}'
+
+
+def test_an_out_whose_file_system_cannot_lock_is_written_with_a_warning(minilm, tmp_path, monkeypatch, caplog):
+    """Lustre without -o flock, NFS without its lock daemon: the run ended, after its
+    slow stages, with an OSError traceback (found in a review)."""
+    from expertlens_lite import locks
+
+    out = tmp_path / "results"
+    (tmp_path / "concepts.txt").write_text("\n".join(SLICE_WORDS) + "\n")
+    flock = locks.fcntl.flock
+
+    def no_locks_in_out(handle, operation):
+        if Path(handle.name).parent == out:
+            raise OSError(errno.ENOLCK, "No locks available")
+        return flock(handle, operation)
+
+    monkeypatch.setattr(locks.fcntl, "flock", no_locks_in_out)
+    assert run_slice(out, tmp_path / "concepts.txt").exit_code == 0
+    assert f"{out} cannot be locked (No locks available)" in caplog.text
+    assert sorted(p.name for p in out.iterdir()) == ["ap.npy", "experts.csv", "report.html", "similarity.csv", "summary.json"]

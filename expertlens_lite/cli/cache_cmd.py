@@ -37,11 +37,14 @@ def ls_command() -> None:
     table.add_column("written", no_wrap=True)
     for entry in entries:
         about = entry.about or "–"
-        if not entry.complete:
-            about = f"unfinished: left by an interrupted run; {about}"
+        if entry.state != "complete":
+            about = f"{_STATES[entry.state]}; {about}"
         table.add_row(entry.name, about, _size(entry.size), time.strftime("%Y-%m-%d %H:%M", time.localtime(entry.modified)))
     console.print(table)
-    console.print(f"{len(entries)} entries, {_size(sum(e.size for e in entries))}; remove with `elens-lite cache rm ENTRY...`")
+    console.print(f"{_count(len(entries))}, {_size(sum(e.size for e in entries))}; remove with `elens-lite cache rm ENTRY...`")
+
+
+_STATES = {"being made": "being made by a running elens-lite", "interrupted": "unfinished: left by an interrupted run"}
 
 
 @cache_group.command("rm")
@@ -51,15 +54,18 @@ def ls_command() -> None:
 @click.option("--unfinished", is_flag=True, help="Remove what interrupted runs left (responses to resume, scratch folders).")
 def rm_command(names: tuple[str, ...], everything: bool, unfinished: bool) -> None:
     """Remove cache entries, named as `elens-lite cache ls` prints them; a later run
-    makes again what it needs. Entries a run is making are refused; remove none that a
-    running run has already made and still reads (its export or responses)."""
+    makes again what it needs. Refused, and nothing removed, while a run uses the cache."""
     if bool(names) + everything + unfinished != 1:
         raise InputError("give entry names, --all or --unfinished (one of them)")
     cache = cache_dir()
-    chosen = list(names) or [e.name for e in cache_entries(cache) if everything or not e.complete]
+    chosen = list(names) or [e.name for e in cache_entries(cache) if everything or e.state == "interrupted"]
     with reported_write_failures(f"removing from the cache {cache}"):
-        freed = remove_cache_entries(cache, chosen)
-    click.echo(f"removed {len(chosen)} entries, {_size(freed)} freed")
+        freed, removed = remove_cache_entries(cache, chosen)
+    click.echo(f"removed {_count(removed)}, {_size(freed)} freed")
+
+
+def _count(n: int) -> str:
+    return f"{n} {'entry' if n == 1 else 'entries'}"
 
 
 def _size(size: int) -> str:

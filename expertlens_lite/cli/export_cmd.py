@@ -12,6 +12,7 @@ from ..atomic import atomic_dir, reported_write_failures
 from ..errors import InputError
 from ..export import QUANTIZATIONS, export_model
 from ..export.manifest import MANIFEST
+from ..locks import using_cache
 from ..models.sources import BUNDLED_MODELS, resolve_model
 from ..paths import cache_dir, check_writable, expanded
 from .main import main, verbose_option
@@ -32,8 +33,9 @@ def export_command(model: str, revision: str | None, quantize: str, out: Path, f
     if out.exists() and not force:
         raise InputError(f"--out {out} exists; pass --force (or --overwrite) to replace it")
     check_writable(out, f"--out {out}")
-    exported = export_model(resolve_model(model, revision, cache), cache, quantize)
-    _copy_export(exported.directory, out)
+    with using_cache(cache):  # until the copy is made: cache rm waits for it
+        exported = export_model(resolve_model(model, revision, cache), cache, quantize)
+        _copy_export(exported.directory, out)
     manifest = exported.manifest
     click.echo(
         f"exported {model}: {manifest.n_layers} layers, {manifest.n_neurons:,} neurons, "

@@ -47,7 +47,7 @@ class _Group(click.Group):
             sys.exit(2)
         except click.Abort as exc:
             stopped, status = ("terminated", 143) if isinstance(exc.__cause__, Terminated) else ("interrupted", 130)
-            click.echo(f"{stopped}; a rerun reuses what was finished (the export, batches of responses)", err=True)
+            click.echo(f"{stopped}; a rerun resumes from what was finished", err=True)
             sys.exit(status)
         sys.exit(status if isinstance(status, int) else 0)
 

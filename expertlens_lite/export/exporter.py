@@ -30,7 +30,7 @@ import onnx
 from ..atomic import atomic_dir, dir_leftovers, remove_leftovers
 from ..batching import Encoded, PoolingOptions, encode, iter_batches, make_batch, pad_id
 from ..concepts import read_corpus
-from ..errors import ModelError, first_line, whole_number
+from ..errors import ModelError, ResourceError, first_line, whole_number
 from ..locks import waiting_for
 from ..models import Architecture, get_architecture
 from ..models.sources import ModelSource, cannot_load, quiet_transformers, resolve_model
@@ -271,9 +271,11 @@ def load_pretrained(source: ModelSource):
     except (OSError, ValueError, SafetensorError) as exc:
         raise cannot_load(source.name, source.revision, exc) from None
     except RuntimeError as exc:
-        if "size mismatch" not in str(exc):  # a model its config cannot build ("max_position_embeddings": -1)
-            raise cannot_load(source.name, source.revision, exc) from None
-        raise ModelError(f"the weights of model {source.name!r} do not fit its config: {_mismatch(exc)}") from None
+        if "size mismatch" in str(exc):
+            raise ModelError(f"the weights of model {source.name!r} do not fit its config: {_mismatch(exc)}") from None
+        if "memory" in str(exc).lower():  # PyTorch's "DefaultCPUAllocator: not enough memory": the machine, not the model
+            raise ResourceError(f"not enough memory to load model {source.name!r}: {first_line(exc)}") from None
+        raise cannot_load(source.name, source.revision, exc) from None  # a config it cannot build ("max_position_embeddings": -1)
     except (TypeError, KeyError, AttributeError) as exc:  # a config value of another type ("num_hidden_layers": "six")
         raise cannot_load(source.name, source.revision, exc, "config") from None
     _check_weights_fit(source.name, loading, config.num_hidden_layers)
