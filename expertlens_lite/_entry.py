@@ -31,10 +31,19 @@ def main() -> None:
     try:
         from .cli import main as group
         from .cli.main import Terminated
-    except KeyboardInterrupt:
-        interrupts.append(signal.SIGINT)
-    except ImportError:
-        if not interrupts:  # else it is the interrupt, which an extension's init turned into an ImportError
+
+        def terminate(signum: int, frame: object) -> None:
+            raise Terminated
+
+        # Swapped inside the try: a signal between the imports and the swap is one line too.
+        if signal.SIGINT in watched:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+        if signal.SIGTERM in watched:
+            signal.signal(signal.SIGTERM, terminate)
+    except BaseException:
+        # Whatever an interrupted import raised: the interrupt, an ImportError that an
+        # extension's init made of it, or a later failure of a half-imported module.
+        if not interrupts:
             raise
     if interrupts:
         terminated = interrupts[0] == signal.SIGTERM
@@ -42,14 +51,6 @@ def main() -> None:
         # Not sys.exit: an extension module whose import was cut short can crash the
         # interpreter's shutdown (a segmentation fault was seen), and nothing needs it.
         os._exit(143 if terminated else 130)
-
-    def terminate(signum: int, frame: object) -> None:
-        raise Terminated
-
-    if signal.SIGINT in watched:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-    if signal.SIGTERM in watched:
-        signal.signal(signal.SIGTERM, terminate)
     try:
         group()
     except SystemExit:

@@ -89,10 +89,10 @@ def remove_cache_entries(cache: Path, names: Sequence[str]) -> tuple[int, int]:
     """
     cache = Path(cache)
     paths = list(dict.fromkeys(_entry_path(cache, name) for name in names))
-    busy = "a run is using this cache (runs read their export and responses until they end); try again when none is"
+    busy = "a run (or a cache rm) is using this cache: runs read their export and responses until they end; try again when none is"
     with cache_unused(cache, busy), ExitStack() as locks:
-        for path in paths:  # held by a library caller making it outside a run
-            locks.enter_context(refusing(_guarded_by(path), cache, f"{path.relative_to(cache)} is being made; try again later"))
+        for target in dict.fromkeys(map(_guarded_by, paths)):  # once each: an entry guards its scratch folders too
+            locks.enter_context(refusing(target, cache, f"{target.relative_to(cache)} is being made; try again later"))
         freed = 0
         for path in paths:
             freed += _size_and_time(path)[0]

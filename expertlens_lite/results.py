@@ -22,7 +22,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import atomic_path, reported_write_failures, write_json
+from .atomic import (
+    as_if_created,
+    atomic_path,
+    flushed,
+    reported_write_failures,
+    write_json,
+)
 from .concepts import ConceptSet
 from .export import Manifest
 from .human import HumanPairs
@@ -102,3 +108,6 @@ def write_results(
         staged[SIMILARITY].write_text(_csv_text(header, rows), encoding="utf-8")
         np.save(staged[AP], ap.astype(np.float32))
         staged[REPORT].write_text(render_report(summary, measures, rated, paper, ap, manifest), encoding="utf-8")
+        for tmp in staged.values():  # on the disk before the earlier summary goes: some disks report a full one only here
+            as_if_created(tmp)
+            flushed(tmp)

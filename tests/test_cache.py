@@ -72,7 +72,7 @@ def test_nothing_is_removed_while_a_run_uses_the_cache(minilm, tmp_path):
     """A run reads its export and responses until it ends, without their locks: a run
     whose export was removed under it failed with a traceback (an audit)."""
     compute_responses(minilm, SENTENCES[:4], "read", tmp_path, batch_size=4, device="cpu")
-    with using_cache(tmp_path), pytest.raises(InputError, match="a run is using this cache"):
+    with using_cache(tmp_path), pytest.raises(InputError, match=r"a run \(or a cache rm\) is using this cache"):
         remove_cache_entries(tmp_path, names(tmp_path))
     assert len(names(tmp_path)) == 1
     remove_cache_entries(tmp_path, names(tmp_path))
@@ -88,6 +88,14 @@ def test_a_scratch_folder_left_beside_an_entry_is_listed_unfinished_and_guarded_
     with waiting_for(tmp_path / "models" / "tiny-0123", tmp_path, "it"), pytest.raises(InputError, match="is being made"):
         remove_cache_entries(tmp_path, [entry.name])
     remove_cache_entries(tmp_path, [entry.name])
+    assert names(tmp_path) == []
+
+
+def test_an_entry_and_its_scratch_folders_are_removed_together(tmp_path):
+    """Each took the entry's lock, the second one refused by the first (a review)."""
+    for name in ["tiny-0123", ".tiny-0123.k3j_x9a2.tmp", ".tiny-0123.zzzzzzzz.tmp"]:
+        (tmp_path / "models" / name).mkdir(parents=True)
+    assert remove_cache_entries(tmp_path, names(tmp_path))[1] == 3
     assert names(tmp_path) == []
 
 

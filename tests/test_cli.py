@@ -333,7 +333,7 @@ PATHS = ["--corpus", "--concepts", "--human", "--out", "--model"]
 
 
 @pytest.mark.parametrize("option", PATHS)
-@pytest.mark.parametrize("path, message", [("y" * 300, "a file name is too long: yyyy"), ("~nouser-x/f", "~nouser-x is no user's home folder")])
+@pytest.mark.parametrize("path, message", [("y" * 300, "a file name is too long (300 bytes): yyyy"), ("~nouser-x/f", "~nouser-x is no user's home folder")])
 def test_paths_that_cannot_be_one_line(option, path, message):
     """Both were tracebacks (an OSError, a RuntimeError), found by an audit."""
     args = ["--model", "minilm", option, path] if option != "--model" else ["--model", path]
@@ -591,4 +591,4 @@ def test_ctrl_c_while_the_command_starts_is_one_line(after, number, status, said
     process.send_signal(number)
     _, err = process.communicate(timeout=120)
     assert process.returncode == status and "Traceback" not in err, err
-    assert err.startswith(said), err
+    assert err == f"{said}\n" if after < 0.5 else err.startswith(said), err  # at 0.2 s it is still importing

@@ -136,15 +136,33 @@ def test_run_results_to_a_full_disk_is_one_line_and_leaves_no_torn_file(failure,
     assert sorted(p.name for p in out.iterdir()) == ["thesis.tex"]
 
 
-def test_an_overwrite_run_that_fails_while_writing_keeps_the_earlier_results(minilm, tmp_path, monkeypatch):
+def failing_at_ap_flush(out: Path, failure: OSError, monkeypatch) -> None:
+    """Flushing ``ap.npy`` in ``out`` raises ``failure``: NFS and quotas may report a full
+    disk only there."""
+    from expertlens_lite import atomic, results
+
+    real_flushed = atomic.flushed
+
+    def flushed(tree: Path) -> None:
+        if tree.parent == out and tree.name.startswith(".ap.npy."):
+            raise failure
+        real_flushed(tree)
+
+    monkeypatch.setattr(atomic, "flushed", flushed)
+    monkeypatch.setattr(results, "flushed", flushed, raising=False)
+
+
+@pytest.mark.parametrize("failing, reason", [(failing_at_ap, "no space left"), (failing_at_ap_flush, "disk quota exceeded")])
+def test_an_overwrite_run_that_fails_while_writing_keeps_the_earlier_results(failing, reason, minilm, tmp_path, monkeypatch):
     """The files were replaced one by one after the earlier summary.json was deleted: an
-    --overwrite run cut short (or a full disk) had lost the earlier results (an audit)."""
+    --overwrite run cut short (or a full disk) had lost the earlier results (an audit);
+    then a disk full only when flushed still did (a review)."""
     out = folder_with_a_file(tmp_path / "results")
     (tmp_path / "concepts.txt").write_text("\n".join(SLICE_WORDS) + "\n")
     assert run_slice(out, tmp_path / "concepts.txt").exit_code == 0
     earlier = {p.name: p.read_bytes() for p in out.iterdir()}
-    failing_at_ap(out, FULL_DISK, monkeypatch)
-    assert_user_error(run_slice(out, tmp_path / "concepts.txt", "minilm", "--seed", "1", "--overwrite"), f"--out {out}: no space left")
+    failing(out, OSError(errno.EDQUOT if failing is failing_at_ap_flush else errno.ENOSPC, "full"), monkeypatch)
+    assert_user_error(run_slice(out, tmp_path / "concepts.txt", "minilm", "--seed", "1", "--overwrite"), f"--out {out}: {reason}")
     assert {p.name: p.read_bytes() for p in out.iterdir()} == earlier
 
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import sys
+from pathlib import Path
 
 import click
 
@@ -42,8 +44,9 @@ class _Group(click.Group):
                 raise
             # Found wherever a path is first looked at (pathlib's exists() raises it), for
             # any option or ELENS_HOME: one line here rather than a check at every use.
-            name = str(exc.filename)
-            click.echo(f"error: a file name is too long: {name[:60]}{'…' if len(name) > 60 else ''}", err=True)
+            longest = max(Path(str(exc.filename)).parts, key=lambda part: len(os.fsencode(part)), default="")
+            shown = longest[:40] + ("…" if len(longest) > 40 else "")
+            click.echo(f"error: a file name is too long ({len(os.fsencode(longest))} bytes): {shown}", err=True)
             sys.exit(2)
         except click.Abort as exc:
             stopped, status = ("terminated", 143) if isinstance(exc.__cause__, Terminated) else ("interrupted", 130)
