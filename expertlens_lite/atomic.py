@@ -8,6 +8,7 @@ which POSIX guarantees to be atomic on one file system.
 from __future__ import annotations
 
 import errno
+import functools
 import json
 import logging
 import math
@@ -20,33 +21,33 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from .errors import ResourceError, first_line
+from .errors import InputError, ResourceError, first_line
+from .paths import nearest_existing
 
 log = logging.getLogger(__name__)
 
 
+@functools.cache
 def _umask_by_setting() -> int:
     """The umask as ``os.umask`` reads it: by setting it, and back at once (a file that
-    another thread makes meanwhile gets the 022 mask)."""
+    another thread makes meanwhile gets the 022 mask). Read once, at the first write,
+    so as not to race other threads on every write; not at import, where it raced the
+    importing program's threads even on Linux, which never needs it."""
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
 
 
-_UMASK_AT_IMPORT = _umask_by_setting()
-
-
 def _umask() -> int:
     """The process's umask now, where Linux shows it (``/proc/self/status``); elsewhere
-    the one at import, which is read only once, so as not to race other threads on
-    every write."""
+    the one at the first write (:func:`_umask_by_setting`)."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith("Umask:"):
                 return int(line.split()[1], 8)
     except (OSError, ValueError, IndexError):
         pass
-    return _UMASK_AT_IMPORT
+    return _umask_by_setting()
 
 
 def as_if_created(tree: Path) -> None:
@@ -67,12 +68,14 @@ def as_if_created(tree: Path) -> None:
 
 
 @contextmanager
-def atomic_path(target: Path, suffix: str = "") -> Iterator[Path]:
+def atomic_path(target: Path, suffix: str = "", *, made_ready: bool = False) -> Iterator[Path]:
     """Yield a temporary path next to ``target``; rename it onto ``target`` on success.
 
     The temporary file is removed if the block raises. ``suffix`` ends the temporary
     name, for writers that insist on an extension (``np.save`` appends ``.npy`` to
-    any other name).
+    any other name). ``made_ready``: the block ends with :func:`make_ready` of the file
+    itself (to have it on the disk before something else happens), so only the rename
+    is left.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -81,12 +84,19 @@ def atomic_path(target: Path, suffix: str = "") -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
-        as_if_created(tmp_path)
-        flushed(tmp_path)
+        if not made_ready:
+            make_ready(tmp_path)
         os.replace(tmp_path, target)
         flushed_names(target.parent)
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+def make_ready(tree: Path) -> None:
+    """Give the new file or folder ``tree`` its modes (:func:`as_if_created`) and flush
+    it (:func:`flushed`), as before its rename into place."""
+    as_if_created(tree)
+    flushed(tree)
 
 
 def flushed(tree: Path) -> None:
@@ -145,8 +155,7 @@ def atomic_dir(target: Path) -> Iterator[Path]:
     tmp = _folder_beside(target, _NEW)
     try:
         yield tmp
-        as_if_created(tmp)
-        flushed(tmp)
+        make_ready(tmp)
         _replace_dir(tmp, target)
         flushed_names(target.parent)
     finally:
@@ -178,6 +187,28 @@ _NEW, _OLD = ".tmp", ".old"
 def _folder_beside(target: Path, suffix: str) -> Path:
     """A new empty folder ``.<target name>.<random><suffix>`` beside ``target``."""
     return Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=suffix))
+
+
+# How many bytes longer than its target's name the name of a folder that
+# :func:`_folder_beside` makes is: two dots, mkdtemp's 8 random characters, the suffix.
+_BESIDE_EXTRA = 2 + 8 + max(len(_NEW), len(_OLD))
+
+
+def check_dir_name(target: Path, what: str) -> None:
+    """Refuse, with an :class:`InputError` naming ``what``, a ``target`` for
+    :func:`atomic_dir` whose own name fits its file system but whose scratch folder's
+    would not: that was found only after the work (an export takes minutes), when the
+    scratch folder was made."""
+    size = len(os.fsencode(target.name))
+    try:
+        limit = os.pathconf(nearest_existing(target), "PC_NAME_MAX")
+    except (OSError, ValueError):  # a system that does not say: the usual limit
+        limit = 255
+    if size + _BESIDE_EXTRA > limit:
+        raise InputError(
+            f"{what}: the name {target.name[:40]}… is too long ({size} bytes; at most {limit - _BESIDE_EXTRA} here, as a "
+            f"temporary folder beside it takes its name and {_BESIDE_EXTRA} bytes more)"
+        )
 
 
 def dir_leftovers(target: Path) -> tuple[str, ...]:

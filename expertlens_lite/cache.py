@@ -89,6 +89,8 @@ def remove_cache_entries(cache: Path, names: Sequence[str]) -> tuple[int, int]:
     """
     cache = Path(cache)
     paths = list(dict.fromkeys(_entry_path(cache, name) for name in names))
+    if not cache.is_dir():  # nothing to remove; taking the locks would make the cache's folder
+        return 0, 0
     busy = "a run (or a cache rm) is using this cache: runs read their export and responses until they end; try again when none is"
     with cache_unused(cache, busy), ExitStack() as locks:
         for target in dict.fromkeys(map(_guarded_by, paths)):  # once each: an entry guards its scratch folders too

@@ -99,7 +99,7 @@ def read_concepts(path: Path | str) -> list[str]:
         word = line.strip()
         if not word or word.startswith("#"):
             continue
-        if not _WORD.fullmatch(nfc(word).lower()):
+        if not is_concept_word(word):
             raise InputError(f"{path}:{number}: {_not_a_concept(word)}")
         words.append(word)
     if not words:
@@ -113,9 +113,15 @@ def concept_words(words: Sequence[str]) -> list[str]:
     if isinstance(words, str) or not isinstance(words, Sequence):
         raise InputError(f"concepts must be a list of words; got {type(words).__name__} {str(words)[:40]!r}")
     for word in words:  # checked as it is matched: "İ" lower-cases to "i" and a combining dot
-        if not isinstance(word, str) or not _WORD.fullmatch(nfc(word).lower()):
+        if not isinstance(word, str) or not is_concept_word(word):
             raise InputError(_not_a_concept(word))
     return list(dict.fromkeys(nfc(word).lower() for word in words))
+
+
+def is_concept_word(word: str) -> bool:
+    """Whether ``word`` can be a concept: a single word once lower-cased and composed,
+    as the corpus is matched (:func:`word_index`)."""
+    return _WORD.fullmatch(nfc(word).lower()) is not None
 
 
 def _not_a_concept(word: object) -> str:

@@ -23,6 +23,9 @@ Two more: a results folder's own lock file, held while a run writes into it
 (:func:`writing_into`), and the cache's ``locks/runs``, which every run holds shared
 and ``elens-lite cache rm`` exclusively (:func:`using_cache`, :func:`cache_unused`):
 runs read their export and responses long after making them, without their locks.
+
+On a file system that cannot lock (:data:`_NO_FLOCK`), every one of them is a warning
+and no lock (:func:`_lock`).
 """
 
 from __future__ import annotations
@@ -70,31 +73,45 @@ def writing_into(folder: Path) -> Iterator[None]:
     """Hold the lock file inside ``folder`` (which must exist); while another run holds
     it, say so and wait. For a results folder: runs with different caches do not share
     the cache's lock of it (:func:`refusing`), and wrote into one folder at once (an
-    audit found one run's summary beside the other's results). Where the folder's file
-    system has no ``flock`` (Lustre without ``-o flock``, NFS without its lock daemon),
-    a warning, and the run goes on unlocked: this comes after the run's slow stages."""
+    audit found one run's summary beside the other's results)."""
     lock = folder / ".elens-lite.lock"
 
     def wait() -> None:
         log.warning("waiting for another elens-lite run that is writing into %s", folder)
 
-    try:
-        handle = _locked(lock, wait)
-    except OSError as exc:
-        if exc.errno not in _NO_FLOCK:
-            raise
-        lock.unlink(missing_ok=True)
-        log.warning("%s cannot be locked (%s): runs writing into it at once are not kept apart", folder, exc.strerror)
-        yield
-        return
+    handle = _locked(lock, wait, folder)
     try:
         yield
     finally:
         _release(lock, handle)
 
 
-# What flock says on file systems that do not lock.
+# What flock says on file systems that do not lock (Lustre without ``-o flock``, NFS
+# without its lock daemon).
 _NO_FLOCK = frozenset({errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL})
+_told_unlocked: set[Path] = set()
+
+
+def _lock(handle: IO[str], operation: int, busy: Callable[[], None], where: Path) -> None:
+    """``flock`` ``handle`` (``LOCK_EX`` or ``LOCK_SH``), calling ``busy`` first if another
+    run holds it: ``busy`` raises to give up, or returns to wait for the lock.
+
+    Where ``where``'s file system cannot lock, a warning (once per folder and process)
+    and no lock: runs there are not kept apart, but they run. They used to end with an
+    OSError traceback, for ``--out`` after the run's slow stages (found in a review).
+    """
+    try:
+        try:
+            fcntl.flock(handle, operation | fcntl.LOCK_NB)
+        except BlockingIOError:
+            busy()
+            fcntl.flock(handle, operation)
+    except OSError as exc:
+        if exc.errno not in _NO_FLOCK:
+            raise
+        if where not in _told_unlocked:
+            _told_unlocked.add(where)
+            log.warning("%s cannot be locked (%s): elens-lite runs using it at once are not kept apart", where, exc.strerror)
 
 
 @contextmanager
@@ -103,12 +120,12 @@ def using_cache(cache: Path) -> Iterator[None]:
     waits for no run and refuses while any holds it (a run whose export it had removed
     failed later, reading the export's embeddings, found by an audit). While a
     ``cache rm`` holds it, say so and wait."""
+
+    def wait() -> None:
+        log.warning("waiting for elens-lite cache rm in %s", cache)
+
     with _runs_lock(cache) as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log.warning("waiting for elens-lite cache rm in %s", cache)
-            fcntl.flock(handle, fcntl.LOCK_SH)
+        _lock(handle, fcntl.LOCK_SH, wait, cache)
         yield
 
 
@@ -116,11 +133,12 @@ def using_cache(cache: Path) -> Iterator[None]:
 def cache_unused(cache: Path, message: str) -> Iterator[None]:
     """Hold the cache's ``runs`` lock alone, or raise ``InputError(message)`` if a run
     holds it (:func:`using_cache`)."""
+
+    def refuse() -> None:
+        raise InputError(message)
+
     with _runs_lock(cache) as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise InputError(message) from None
+        _lock(handle, fcntl.LOCK_EX, refuse, cache)
         yield
 
 
@@ -137,11 +155,20 @@ def held(folder: Path, cache: Path) -> bool:
     except FileNotFoundError:
         return False
     with handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
+        return not _free(handle, fcntl.LOCK_SH)
+
+
+def _free(handle: IO[str], operation: int) -> bool:
+    """Whether no other run holds ``handle``'s lock: it is taken (``operation``) if so.
+    True where the file system cannot lock, as then no run holds one."""
+    try:
+        fcntl.flock(handle, operation | fcntl.LOCK_NB)
+    except BlockingIOError:
         return False
+    except OSError as exc:
+        if exc.errno not in _NO_FLOCK:
+            raise
+    return True
 
 
 def _lock_file(folder: Path, cache: Path) -> Path:
@@ -154,7 +181,7 @@ def _held(folder: Path, cache: Path, busy: Callable[[], None]) -> Iterator[None]
     it: ``busy`` raises to give up, or returns to wait for the lock."""
     lock = _lock_file(folder, cache)
     lock.parent.mkdir(parents=True, exist_ok=True)
-    handle = _locked(lock, busy)
+    handle = _locked(lock, busy, cache)
     try:
         yield
     finally:
@@ -171,20 +198,21 @@ def _release(lock: Path, handle: IO[str]) -> None:
         handle.close()
 
 
-def _locked(lock: Path, busy: Callable[[], None]) -> IO[str]:
-    """The open ``lock`` file, locked: opened and locked again while the name leads to
-    another file than the one locked (its holder deleted it on release)."""
+def _locked(lock: Path, busy: Callable[[], None], where: Path) -> IO[str]:
+    """The open ``lock`` file, locked (see :func:`_lock`): opened and locked again while
+    the name leads to another file than the one locked (its holder deleted it on release)."""
     told = False
+
+    def busy_once() -> None:
+        nonlocal told
+        if not told:
+            busy()
+            told = True
+
     while True:
         handle = lock.open("a")
         try:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                if not told:
-                    busy()
-                    told = True
-                fcntl.flock(handle, fcntl.LOCK_EX)
+            _lock(handle, fcntl.LOCK_EX, busy_once, where)
             if _names(lock, handle):
                 return handle
         except BaseException:
@@ -208,9 +236,5 @@ def remove_unheld_locks(cache: Path) -> None:
     each is taken first, as a run would take it, so none that is held goes."""
     for lock in sorted((cache / "locks").glob("*.lock")):
         with lock.open("a") as handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                continue  # a run holds it
-            if _names(lock, handle):
+            if _free(handle, fcntl.LOCK_EX) and _names(lock, handle):
                 lock.unlink()

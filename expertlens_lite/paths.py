@@ -42,13 +42,18 @@ def check_writable(path: Path, what: str) -> None:
     ``/proc`` refuses new folders whatever they say), so a temporary folder is made and
     removed in the nearest folder that exists.
     """
-    existing = next(p for p in [path.absolute(), *path.absolute().parents] if p.exists())
+    existing = nearest_existing(path)
     if not existing.is_dir():
         raise InputError(f"{what} cannot be created: {existing} is not a folder")
     try:
         tempfile.TemporaryDirectory(dir=existing, prefix=".elens-probe-").cleanup()
     except OSError as exc:
         raise InputError(f"{what} cannot be written: {exc.strerror} ({existing})") from None
+
+
+def nearest_existing(path: Path) -> Path:
+    """``path`` made absolute, or its nearest parent folder that exists."""
+    return next(p for p in [path.absolute(), *path.absolute().parents] if p.exists())
 
 
 def bundled(name: str) -> Path:

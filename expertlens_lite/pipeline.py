@@ -33,6 +33,7 @@ from .batching import PoolingOptions
 from .concepts import (
     ConceptSet,
     build_concept_set,
+    is_concept_word,
     read_concepts,
     read_corpus,
     word_index,
@@ -223,6 +224,11 @@ def load_inputs(config: RunConfig) -> tuple[ConceptSet, HumanPairs]:
     if config.concepts is not None:
         words = read_concepts(config.concepts)
     else:  # words of the human set that occur in the corpus at all
+        if unusable := sorted(w for w in human.words if not is_concept_word(w)):  # were left out without a word
+            log.warning(
+                "%d rated word(s) of %s are not single words as the corpus is matched, so never concepts; their pairs "
+                "are left out: %s%s", len(unusable), human.source, ", ".join(unusable[:8]), " …" if len(unusable) > 8 else "",
+            )
         index = word_index(corpus)
         words = sorted(w for w in human.words if w in index or w + "s" in index or w + "es" in index)
     concept_set = build_concept_set(
@@ -265,6 +271,7 @@ def run(config: RunConfig, progress: Progress | None = None) -> RunResult:
         raise InputError(f"run takes a RunConfig, e.g. run(RunConfig(model='minilm')); got {type(config).__name__} {str(config)[:40]!r}")
     if progress is not None and not callable(progress):  # found before the slow stages, not at the first call
         raise InputError(f"progress must be a function (stage, done, total) or None; got {type(progress).__name__}")
+    config.validate()  # before the locks: a refused run leaves nothing in the cache
     cache = cache_dir()
     with using_cache(cache), _only_run_into(config.out, cache):
         return _run(config, cache, progress)
@@ -305,7 +312,6 @@ def _writing_into(out: Path, overwrite: bool) -> Iterator[None]:
 
 
 def _run(config: RunConfig, cache: Path, progress: Progress | None) -> RunResult:
-    config.validate()
     timer = _Timer()
     with timer.stage("concepts"):
         concept_set, rated = load_inputs(config)

@@ -22,13 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import (
-    as_if_created,
-    atomic_path,
-    flushed,
-    reported_write_failures,
-    write_json,
-)
+from .atomic import atomic_path, make_ready, reported_write_failures, write_json
 from .concepts import ConceptSet
 from .export import Manifest
 from .human import HumanPairs
@@ -89,7 +83,7 @@ def write_results(
     """
     with reported_write_failures(f"--out {out}"), ExitStack() as files:
         out.mkdir(parents=True, exist_ok=True)
-        staged = {name: files.enter_context(atomic_path(out / name, Path(name).suffix)) for name in (EXPERTS, SIMILARITY, AP, REPORT)}
+        staged = {name: files.enter_context(atomic_path(out / name, Path(name).suffix, made_ready=True)) for name in (EXPERTS, SIMILARITY, AP, REPORT)}
 
         def drop_earlier_summary(failed: type[BaseException] | None, *_) -> None:
             if failed is None:
@@ -109,5 +103,4 @@ def write_results(
         np.save(staged[AP], ap.astype(np.float32))
         staged[REPORT].write_text(render_report(summary, measures, rated, paper, ap, manifest), encoding="utf-8")
         for tmp in staged.values():  # on the disk before the earlier summary goes: some disks report a full one only here
-            as_if_created(tmp)
-            flushed(tmp)
+            make_ready(tmp)

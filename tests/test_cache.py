@@ -3,12 +3,14 @@ seen and removed, never from under a run that is making it, and locks do not pil
 
 from __future__ import annotations
 
+import errno
 import threading
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
+from expertlens_lite import locks
 from expertlens_lite.cache import cache_entries, remove_cache_entries
 from expertlens_lite.cli import main
 from expertlens_lite.errors import InputError
@@ -165,3 +167,31 @@ def test_cli_lists_and_removes(minilm, tmp_path, monkeypatch):
     assert names(tmp_path) == [done.name]
     assert invoke("cache", "rm", "--all").output.startswith("removed 1 entry, ")
     assert names(tmp_path) == []
+
+
+def test_nothing_is_made_by_rm_in_a_cache_that_does_not_exist_or_by_a_refused_run(tmp_path, monkeypatch):
+    """Both made ELENS_HOME and its ``locks/runs`` (noted in a review)."""
+    monkeypatch.setenv("ELENS_HOME", str(tmp_path / "home"))
+    assert invoke("cache", "rm", "--all").output == "removed 0 entries, 0 B freed\n"
+    assert invoke("run", "--model", "minilm", "--n-bootstrap", "5", "--out", str(tmp_path / "out")).exit_code == 2
+    assert not (tmp_path / "home").exists()
+
+
+def test_a_cache_on_a_file_system_that_cannot_lock_is_used_with_one_warning(minilm, tmp_path, monkeypatch, caplog):
+    """NFS without its lock daemon, Lustre without -o flock: every run ended at its start
+    with an OSError traceback (noted in a review); ``--out`` alone had a fallback."""
+    flock = locks.fcntl.flock
+
+    def no_locks_in_the_cache(handle, operation):
+        if Path(handle.name).is_relative_to(tmp_path):
+            raise OSError(errno.ENOLCK, "No locks available")
+        return flock(handle, operation)
+
+    monkeypatch.setattr(locks.fcntl, "flock", no_locks_in_the_cache)
+    with using_cache(tmp_path):
+        compute_responses(minilm, SENTENCES[:4], "unlocked", tmp_path, batch_size=4, device="cpu")
+        (entry,) = cache_entries(tmp_path)
+    assert caplog.text.count(f"{tmp_path} cannot be locked (No locks available)") == 1
+    assert entry.state == "complete"
+    assert list((tmp_path / "locks").glob("*.lock")) == []
+    assert remove_cache_entries(tmp_path, [entry.name]) == (entry.size, 1)

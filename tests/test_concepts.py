@@ -242,3 +242,16 @@ def test_a_concept_in_every_pool_sentence_is_refused():
     corpus = [f"the cat number {i}." for i in range(30)] + [f"the dog number {i}." for i in range(30)]
     with pytest.raises(InputError, match="^the: in every one of the 60 negative-pool sentences"):
         build_concept_set(corpus, ["the", "cat", "dog"], n_pos=10, n_neg=100, min_pos=5, seed=0)
+
+
+def test_rated_words_that_can_never_be_concepts_are_named(tmp_path, caplog):
+    """Their pairs were left out without a word, unlike concepts with too few sentences."""
+    from expertlens_lite import RunConfig
+    from expertlens_lite.pipeline import load_inputs
+
+    rated = ["birds feathers 40", "kitchen breakfast 30", "soup salad 20", "red pink 10", "ice-cream dessert 35", "U.S. kitchen 5"]
+    (tmp_path / "h.txt").write_text("\n".join(rated) + "\n")
+    _, pairs = load_inputs(RunConfig(model="minilm", human=tmp_path / "h.txt", n_pos=16, n_neg=200, min_pos=10))
+    assert len(pairs.pairs) == 4
+    assert f"2 rated word(s) of {tmp_path / 'h.txt'} are not single words as the corpus is matched, so never concepts" in caplog.text
+    assert "so never concepts; their pairs are left out: ice-cream, u.s.\n" in caplog.text

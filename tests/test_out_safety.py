@@ -62,6 +62,22 @@ def test_export_refuses_the_root_folder(tmp_path, monkeypatch):
     assert_user_error(invoke("export", "--model", "minilm", "--out", "/"), "--out / holds the current folder")
 
 
+def test_an_export_name_too_long_for_its_scratch_folder_is_refused_before_the_export(tmp_path, monkeypatch):
+    """The folder's own name fitted, but the temporary one beside it (.NAME.random.tmp)
+    did not: the export failed only after its minutes of work (noted in a review)."""
+    from expertlens_lite.atomic import check_dir_name
+    from expertlens_lite.cli import export_cmd
+
+    def no_export(*args, **kwargs):
+        raise AssertionError("exported before the --out check")
+
+    monkeypatch.setattr(export_cmd, "export_model", no_export)
+    out = tmp_path / ("x" * 242)
+    assert_user_error(invoke("export", "--model", "minilm", "--out", str(out)), "--out: the name xxx", "(242 bytes; at most 241 here")
+    assert list(tmp_path.iterdir()) == []
+    check_dir_name(tmp_path / ("x" * 241), "--out")  # the longest that fits
+
+
 @pytest.mark.parametrize("out", ["home", "home/models/mine", "."], ids=["the cache", "inside it", "holding it"])
 def test_export_refuses_a_folder_overlapping_the_cache_even_with_force(out, tmp_path, monkeypatch):
     home = folder_with_a_file(tmp_path / "home")
@@ -139,7 +155,7 @@ def test_run_results_to_a_full_disk_is_one_line_and_leaves_no_torn_file(failure,
 def failing_at_ap_flush(out: Path, failure: OSError, monkeypatch) -> None:
     """Flushing ``ap.npy`` in ``out`` raises ``failure``: NFS and quotas may report a full
     disk only there."""
-    from expertlens_lite import atomic, results
+    from expertlens_lite import atomic
 
     real_flushed = atomic.flushed
 
@@ -149,7 +165,6 @@ def failing_at_ap_flush(out: Path, failure: OSError, monkeypatch) -> None:
         real_flushed(tree)
 
     monkeypatch.setattr(atomic, "flushed", flushed)
-    monkeypatch.setattr(results, "flushed", flushed, raising=False)
 
 
 @pytest.mark.parametrize("failing, reason", [(failing_at_ap, "no space left"), (failing_at_ap_flush, "disk quota exceeded")])

@@ -34,3 +34,18 @@ def test_an_export_leaves_the_global_random_generators_where_they_were(tmp_path)
     export_model(source, tmp_path / "home")
     assert random.getstate() == python_state
     assert torch.equal(torch.random.get_rng_state(), torch_state)
+
+
+def test_importing_the_package_leaves_the_umask_alone():
+    """It set the umask to 022 and back at import, so that a file another thread of the
+    importing program made meanwhile got the wrong mode (noted in a review)."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import os; calls = []; real = os.umask\n"
+        "os.umask = lambda mask: calls.append(mask) or real(mask)\n"
+        "import expertlens_lite, expertlens_lite.pipeline, expertlens_lite.cli\n"
+        "print(calls)"
+    )
+    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout == "[]\n"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from ..atomic import atomic_dir, reported_write_failures
+from ..atomic import atomic_dir, check_dir_name, reported_write_failures
 from ..errors import InputError
 from ..export import QUANTIZATIONS, export_model
 from ..export.manifest import MANIFEST
@@ -33,6 +33,7 @@ def export_command(model: str, revision: str | None, quantize: str, out: Path, f
     if out.exists() and not force:
         raise InputError(f"--out {out} exists; pass --force (or --overwrite) to replace it")
     check_writable(out, f"--out {out}")
+    check_dir_name(out, "--out")
     with using_cache(cache):  # until the copy is made: cache rm waits for it
         exported = export_model(resolve_model(model, revision, cache), cache, quantize)
         _copy_export(exported.directory, out)
