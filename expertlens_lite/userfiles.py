@@ -21,9 +21,12 @@ def read_text_file(path: Path | str, what: str) -> tuple[Path, str]:
     if path.is_dir():  # anything else is read: a pipe (``--corpus <(zcat big.txt.gz)``) too
         raise InputError(f"{what} file {path} is a folder")
     try:
-        return path, nfc(path.read_text(encoding="utf-8-sig"))
+        text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as exc:
         raise InputError(f"{what} file {path} is not UTF-8 text (undecodable byte at offset {exc.start})") from None
+    if (nul := text.find("\x00")) >= 0:  # valid UTF-8, but no text has it: UTF-16 without its mark read as UTF-8 does
+        raise InputError(f"{what} file {path} holds NUL characters (line {text.count(chr(10), 0, nul) + 1}): is it UTF-16 or binary? Save it as UTF-8 text")
+    return path, nfc(text)
 
 
 def nfc(text: str) -> str:

@@ -50,6 +50,9 @@ def test_read_corpus_txt_and_jsonl(tmp_path):
         ("latin1.txt", "caf\u00e9\n".encode("latin-1"), "not UTF-8"),
         ("bad.jsonl", b'{"text": "ok"}\nnot json\n', ":2: not valid JSON"),
         ("notext.jsonl", b'{"body": "x"}\n', ":1: expected an object"),
+        # Valid UTF-8, so it was read: every sentence a row of letters and NULs, matching no concept.
+        ("utf16.txt", "birds sing\nsoup is hot\n".encode("utf-16-le"), r"holds NUL characters \(line 1\): is it UTF-16 or binary\?"),
+        ("nul.jsonl", b'{"text": "ok"}\n{"text": "a\x00b"}\n', r"\(line 2\)"),
     ],
 )
 def test_read_corpus_errors(tmp_path, name, content, message):
