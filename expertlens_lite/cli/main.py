@@ -27,6 +27,16 @@ class _Group(click.Group):
     """Every user mistake — a bad option or a library :class:`ElensError` — becomes one
     ``error: …`` line on stderr and exit status 2, never a traceback or a usage dump."""
 
+    def invoke(self, ctx: click.Context):
+        """The group's and the command's work; a Ctrl-C or SIGTERM in it becomes the
+        :class:`click.Abort` that :meth:`main` reports. Caught here, before click's own
+        handler, which first prints an empty line (for the ``^C`` a terminal echoes): in a
+        log, or after a SIGTERM, that was a stray line before the one that says why."""
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt as exc:
+            raise click.Abort() from exc
+
     def main(self, *args, **kwargs):
         try:
             status = super().main(*args, standalone_mode=False, **kwargs)
@@ -50,6 +60,8 @@ class _Group(click.Group):
             sys.exit(2)
         except click.Abort as exc:
             stopped, status = ("terminated", 143) if isinstance(exc.__cause__, Terminated) else ("interrupted", 130)
+            if status == 130 and sys.stderr.isatty():  # after the ^C the terminal echoed, on a line of its own
+                click.echo(err=True)
             click.echo(f"{stopped}; a rerun resumes from what was finished", err=True)
             sys.exit(status)
         sys.exit(status if isinstance(status, int) else 0)
