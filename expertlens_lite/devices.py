@@ -102,4 +102,19 @@ def batches_at_once(device: str) -> int:
     CPU one per core this process may run on, on CUDA one."""
     if device == "cuda":
         return 1
+    return usable_cpus()
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask: ``taskset``, a container's
+    cpuset), which can be fewer than the machine's."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def confined_threads() -> int | None:
+    """An ONNX Runtime session's intra-op thread count when this process may not run
+    on every CPU, else None (ONNX Runtime's default). The default is one thread per
+    physical core of the machine, each pinned to its core: under ``taskset`` or in a
+    cpuset it starts threads on CPUs the process was kept off (found by an audit)."""
+    cpus = usable_cpus()
+    return cpus if cpus < (os.cpu_count() or cpus) else None

@@ -27,6 +27,11 @@ class ResourceError(ElensError):
     """A request too large for the machine (memory, disk)."""
 
 
+class ProcessError(ElensError):
+    """Work the process cannot do as it was started (a child forked after the kernels
+    ran on threads that do not survive a fork)."""
+
+
 def first_line(exc: BaseException) -> str:
     """The first line of ``exc``'s message, at most 300 characters ("" if it has none):
     a third-party error can run to pages (Optimum's lists every model type it knows),

@@ -34,7 +34,12 @@ from .batching import (
     make_batch,
     pad_id,
 )
-from .devices import batches_at_once, onnxruntime_module, resolve_device
+from .devices import (
+    batches_at_once,
+    confined_threads,
+    onnxruntime_module,
+    resolve_device,
+)
 from .errors import InputError, ResourceError, whole_number
 from .export import ExportedModel
 from .export.prefix import Prefix
@@ -59,7 +64,8 @@ HEADS_MEMORY = 1 << 30  # most bytes the heads' states may take (:func:`shared_h
 
 def create_session(path: Path, device: str = "cpu", threads: int | None = None, keep: Callable[[str], bool] | None = None):
     """An ONNX Runtime session on ``device`` (``cpu`` or ``cuda``), all graph optimizations on;
-    ``threads`` sets its intra-op threads (ONNX Runtime's default: one per core).
+    ``threads`` sets its intra-op threads (default: one per CPU the process may use,
+    :func:`.devices.confined_threads`).
 
     With ``keep``, the session's graph computes only the outputs whose names it accepts
     (:func:`.export.surgery.keep_outputs`); the weights are read from the file as usual,
@@ -70,6 +76,8 @@ def create_session(path: Path, device: str = "cpu", threads: int | None = None, 
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
+    if threads is None:
+        threads = confined_threads()
     if threads is not None:
         options.intra_op_num_threads = threads
     providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]

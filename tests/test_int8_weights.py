@@ -95,3 +95,34 @@ def test_an_unknown_int8_weight_type_is_refused_before_any_work(tmp_path):
     with pytest.raises(ModelError, match="int8_weights must be one of s8, u8"):
         export_model(tiny_source("bert", tmp_path / "bert"), tmp_path / "home", "int8", int8_weights="int4")
     assert not (tmp_path / "home").exists()
+
+
+_QUANTIZE_TINY = """
+import sys
+from onnx import TensorProto, helper, numpy_helper
+import numpy as np
+from expertlens_lite.export.quantize import quantize_model
+w = numpy_helper.from_array(np.ones((8, 8), np.float32), "w")
+x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 8])
+y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 8])
+graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g", [x], [y], [w])
+path = sys.argv[1] + "/model.onnx"
+with open(path, "wb") as f:
+    f.write(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString())
+before = list(sys.path)
+for quantize in ("int8", "fp16"):
+    quantize_model(__import__("pathlib").Path(path), quantize, [])
+print(sys.path == before)
+"""
+
+
+def test_quantizing_leaves_sys_path_as_it_was(tmp_path):
+    """onnxruntime.transformers appends its folder to sys.path on import, which made its
+    modules (benchmark, optimizer, ...) importable by bare name in the caller's program."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", _QUANTIZE_TINY, str(tmp_path)], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert done.stdout.strip() == "True", done.stdout + done.stderr

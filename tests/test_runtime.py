@@ -234,3 +234,41 @@ def test_files_of_an_unfinished_run_with_another_batch_size_are_removed(minilm, 
     ]
     compute_responses(minilm, SENTENCES, "sizes", tmp_path, batch_size=8, device="cpu")
     assert sorted(p.name for p in directory.iterdir()) == ["about.json", "neurons.npy", "sentence_embeddings.npy"]
+
+
+# Run on one CPU (as with taskset): starts a session, prints the CPUs its threads may run on.
+_CONFINED_SESSION = """
+import os, sys
+import numpy as np
+from onnx import TensorProto, helper
+from expertlens_lite.runtime import create_session
+x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [64, 64])
+y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [64, 64])
+graph = helper.make_graph([helper.make_node("MatMul", ["x", "x"], ["y"])], "g", [x], [y])
+path = sys.argv[1]
+with open(path, "wb") as f:
+    f.write(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString())
+session = create_session(path, "cpu")
+session.run(["y"], {"x": np.ones((64, 64), np.float32)})
+cpus = set()
+for tid in os.listdir("/proc/self/task"):
+    cpus |= os.sched_getaffinity(int(tid))
+print(sorted(cpus))
+"""
+
+
+@pytest.mark.skipif(
+    not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs to confine to one"
+)
+def test_a_session_keeps_to_the_cpus_the_process_may_use(tmp_path):
+    """ONNX Runtime's default starts a thread per physical core, pinned to it, even on
+    CPUs that taskset or a cpuset kept the process off."""
+    import subprocess
+    import sys
+
+    cpu = min(os.sched_getaffinity(0))
+    done = subprocess.run(
+        [sys.executable, "-c", _CONFINED_SESSION, str(tmp_path / "matmul.onnx")],
+        preexec_fn=lambda: os.sched_setaffinity(0, {cpu}), capture_output=True, text=True, timeout=120, check=True,
+    )
+    assert done.stdout.strip() == f"[{cpu}]", done.stdout

@@ -158,8 +158,14 @@ def export_model(
     if (Path(source.path) / MANIFEST).exists():
         return _given_export(Path(source.path), quantize)
     directory = export_dir(source, cache_dir)
-    with waiting_for(directory, cache_dir, f"the export of {source.name}"):
-        return _cached_export(source, directory, quantize, int8_weights)
+    # Python's global generator as it was: Optimum's dummy inputs draw from it, and so
+    # does a library imported on the way (an audit found it moved by a first export).
+    python_random = random.getstate()
+    try:
+        with waiting_for(directory, cache_dir, f"the export of {source.name}"):
+            return _cached_export(source, directory, quantize, int8_weights)
+    finally:
+        random.setstate(python_random)
 
 
 def _cached_export(source: ModelSource, directory: Path, quantize: str, int8_weights: str | None) -> ExportedModel:
@@ -376,15 +382,14 @@ def _optimum_export(model, folder: Path, with_past: bool) -> None:
     # whatever revision was asked. Pointed at the output folder, which has none yet, it
     # copies nothing; the export saves the tokenizer it loaded itself.
     loaded_from, model.config._name_or_path = model.config._name_or_path, str(folder)
-    # Optimum draws its dummy inputs from Python's and PyTorch's global generators: a
-    # caller that seeded them would find them moved by an export that a warm cache skips.
-    python_random = random.getstate()
+    # Optimum draws its dummy inputs from PyTorch's global generator (and Python's,
+    # kept by export_model): a caller that seeded it would find it moved by an export
+    # that a warm cache skips.
     try:
         with warnings.catch_warnings(), torch.random.fork_rng(devices=[]):
             warnings.simplefilter("ignore")  # the tracer's notes on constants are expected, not actionable
             onnx_export_from_model(model, folder, task="feature-extraction", custom_onnx_configs=custom, do_validation=False)
     finally:
-        random.setstate(python_random)
         model.config._name_or_path = loaded_from
 
 

@@ -37,6 +37,7 @@ import logging
 import math
 import os
 import platform
+import sys
 import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -145,7 +146,8 @@ def quantize_model(
     target = fp32_path.with_name(onnx_filename(quantize, weights))
     external = uses_external_data(fp32_path)
     if quantize == "int8":
-        from onnxruntime.quantization import QuantType, quantize_dynamic
+        with _sys_path_kept():
+            from onnxruntime.quantization import QuantType, quantize_dynamic
 
         # Work in a scratch folder beside the target: the quantizer names an external
         # data file after its output (``<output>.data``), so the output gets the
@@ -172,7 +174,8 @@ def quantize_model(
             as_if_created(quantized)
             os.replace(quantized, target)
     elif quantize == "fp16":
-        from onnxruntime.transformers.float16 import convert_float_to_float16
+        with _sys_path_kept():
+            from onnxruntime.transformers.float16 import convert_float_to_float16
 
         model = convert_float_to_float16(onnx.load(fp32_path), keep_io_types=True)
         with atomic_path(target, suffix=".onnx") as tmp:
@@ -213,6 +216,19 @@ def _prepare_int8(
     path = scratch / "prepared.onnx"
     onnx.save(model, path, save_as_external_data=external, all_tensors_to_one_file=True, location="prepared.onnx.data")
     return path, fp32_downs + outlier_matmuls
+
+
+@contextmanager
+def _sys_path_kept() -> Iterator[None]:
+    """``sys.path`` as it was before ``onnxruntime.transformers`` is imported (the int8
+    quantizer imports it too): that package appends its own folder, which would make its
+    modules (``benchmark``, ``optimizer``, ``metrics``, ...) importable by those bare
+    names in the caller's program. They are imported by then, so ORT still finds them."""
+    saved = list(sys.path)
+    try:
+        yield
+    finally:
+        sys.path[:] = saved
 
 
 @contextmanager

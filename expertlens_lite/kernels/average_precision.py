@@ -63,6 +63,7 @@ import numpy as np
 from numba import njit, prange
 
 from expertlens_lite.errors import InputError, whole_number
+from expertlens_lite.kernels.threads import ready_threads
 
 __all__ = ["average_precision", "average_precision_many"]
 
@@ -542,6 +543,7 @@ def average_precision_many(
     key_shift = np.uint64(32 if itemsize <= 4 else 0)
     digit_bits = 16 if itemsize <= 4 and n_rows >= _WIDE_DIGIT_ROWS else _DIGIT_BITS[itemsize]
     n_passes = -(-8 * itemsize // digit_bits)
+    ready_threads()  # before get_num_threads, which starts numba's threads
     threads = numba.get_num_threads()
 
     out = np.empty((plan.n_concepts, n_neurons), np.float64)

@@ -15,6 +15,7 @@ from numba import njit, prange, types
 from numba.extending import intrinsic
 
 from expertlens_lite.errors import InputError, whole_number
+from expertlens_lite.kernels.threads import ready_threads
 
 __all__ = [
     "jaccard_matrix",
@@ -171,6 +172,7 @@ def popcount(bits: np.ndarray) -> np.ndarray:
     """Set sizes: number of 1 bits along the last axis, uint64 [..., W] -> int64 [...]."""
     b = _check_bits(bits)
     flat = np.ascontiguousarray(b.reshape(int(np.prod(b.shape[:-1])), b.shape[-1]))
+    ready_threads()
     return _row_popcounts(flat).reshape(b.shape[:-1])
 
 
@@ -191,6 +193,7 @@ def jaccard_matrix(bits: np.ndarray) -> np.ndarray:
     if b.ndim != 2:
         raise InputError(f"bits must be 2-D [n_sets, n_words]; got shape {b.shape}")
     b = np.ascontiguousarray(b)
+    ready_threads()
     inter = _intersections(b)
     sizes = _row_popcounts(b)
     union = sizes[:, None] + sizes[None, :] - inter
