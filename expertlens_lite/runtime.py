@@ -64,7 +64,8 @@ HEADS_MEMORY = 1 << 30  # most bytes the heads' states may take (:func:`shared_h
 
 def create_session(path: Path, device: str = "cpu", threads: int | None = None, keep: Callable[[str], bool] | None = None):
     """An ONNX Runtime session on ``device`` (``cpu`` or ``cuda``), all graph optimizations on;
-    ``threads`` sets its intra-op threads (default: one per CPU the process may use,
+    ``threads`` sets its intra-op threads (default: ONNX Runtime's, one per physical
+    core, or one per CPU the process may use where it may not use them all,
     :func:`.devices.confined_threads`).
 
     With ``keep``, the session's graph computes only the outputs whose names it accepts
