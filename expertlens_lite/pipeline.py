@@ -72,7 +72,17 @@ Progress = Callable[[str, int, int], None]
 
 @dataclass(frozen=True)
 class RunConfig:
-    """Every input of a run. Paths left as None mean the bundled default."""
+    """Every input of a run. Paths left as None mean the bundled default.
+
+    Each field is the ``elens-lite run`` option of the same name (``n_pos`` is
+    ``--n-pos``; the rule lists ``taus``, ``lifts``, ``topks``, ``top_fracs`` are the
+    repeatable ``--tau``, ``--lift``, ``--topk``, ``--top-frac``; ``pooling``'s fields
+    are ``--pooling``, ``--keep-special-tokens``, ``--skip-first-token``). A value of
+    the wrong type is refused by its field's name when the config is made; the checks
+    of values (:meth:`validate`, then the stages) name the option, as the command's
+    users see it. The cache folder is not a
+    field: it is ``ELENS_HOME`` (default ``~/.cache/expertlens-lite``), read when a
+    run starts."""
 
     model: str = DEFAULT_MODEL
     revision: str | None = None
@@ -198,8 +208,11 @@ class RunResult:
 
     summary: dict
     out: Path
+    """The results folder, absolute."""
     concept_set: ConceptSet
     ap: np.ndarray
+    """float64 [concepts, neurons]: each neuron's average precision for each concept of
+    ``concept_set.concepts``, in that order; neurons in the manifest's layer order."""
     measures: list[Measure]
 
 

@@ -4,6 +4,7 @@ rules; values of the wrong type are one-line InputErrors, not tracebacks."""
 from __future__ import annotations
 
 import re
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ import pytest
 
 from expertlens_lite import RunConfig
 from expertlens_lite.batching import PoolingOptions
+from expertlens_lite.cli.run_cmd import run_command
 from expertlens_lite.errors import InputError
 
 
@@ -98,3 +100,13 @@ def test_run_refuses_what_is_no_config_or_progress_before_any_work(args, message
     with pytest.raises(InputError, match=re.escape(message)):
         run(*args)
     assert list(Path.cwd().iterdir()) == []
+
+
+def test_each_field_is_the_run_option_the_docstring_says():
+    """RunConfig's docstring maps its fields to ``elens-lite run``'s options, whose
+    names the errors use: an option added, renamed or left without a field fails here."""
+    options = {param.name: param.opts[0] for param in run_command.params if param.name != "verbose"}
+    pooling = {field.name: options.pop(field.name) for field in fields(PoolingOptions)}
+    assert pooling == {"pooling": "--pooling", "keep_special_tokens": "--keep-special-tokens", "skip_first_token": "--skip-first-token"}
+    rules = {"taus": "--tau", "lifts": "--lift", "topks": "--topk", "top_fracs": "--top-frac"}
+    assert options == {field.name: rules.get(field.name, "--" + field.name.replace("_", "-")) for field in fields(RunConfig) if field.name != "pooling"}
