@@ -16,7 +16,10 @@ def _stop_while_starting(signum: int, frame: object) -> None:
     (SIGABRT once in 300 random interrupts, SIGSEGV once in about 60 runs of a test).
     Written with ``os.write``: a ``print`` could re-enter a write to stderr under way."""
     terminated = signum == signal.SIGTERM
-    os.write(2, b"terminated\n" if terminated else b"interrupted\n")
+    try:
+        os.write(2, b"terminated\n" if terminated else b"interrupted\n")
+    except OSError:  # stderr closed: the status says it
+        pass
     os._exit(143 if terminated else 130)
 
 
