@@ -4,7 +4,9 @@ seen and removed, never from under a run that is making it, and locks do not pil
 from __future__ import annotations
 
 import errno
+import fcntl
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -132,6 +134,25 @@ def test_a_waiter_whose_lock_file_was_deleted_locks_the_new_one(tmp_path):
     finally:
         done.set()
         thread.join()
+
+
+def test_a_listing_looking_at_an_entry_does_not_make_rm_refuse_it(tmp_path, monkeypatch):
+    """``cache ls`` takes each entry's lock shared for a moment, to tell "being made" from
+    "interrupted": a ``cache rm`` at that moment refused the entry as being made."""
+    entry = tmp_path / "responses" / "0123"
+    entry.mkdir(parents=True)
+    (tmp_path / "locks").mkdir()
+    look = locks._lock_file(entry, tmp_path).open("a")
+    fcntl.flock(look, fcntl.LOCK_SH)  # the listing, looking
+    sleep = time.sleep
+
+    def the_listing_moves_on(seconds: float) -> None:
+        look.close()
+        sleep(seconds)
+
+    monkeypatch.setattr(time, "sleep", the_listing_moves_on)
+    assert remove_cache_entries(tmp_path, ["responses/0123"])[1] == 1
+    assert not entry.exists()
 
 
 def test_unheld_lock_files_of_killed_runs_are_removed_by_rm(tmp_path):
