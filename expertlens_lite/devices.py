@@ -13,9 +13,9 @@ import contextlib
 import functools
 import io
 import os
-import warnings
 
 from .errors import InputError
+from .quiet import warnings_silenced
 
 DEVICES = ("auto", "cpu", "cuda")
 CUDA = "CUDAExecutionProvider"
@@ -57,8 +57,7 @@ def cuda_available() -> bool:
             ort.preload_dlls()
     ort.set_default_logger_severity(4)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with warnings_silenced():
             session = ort.InferenceSession(_identity_model(), providers=[CUDA])
         return session.get_providers()[0] == CUDA
     except Exception:  # noqa: BLE001 - whatever stops the provider from starting means "no"

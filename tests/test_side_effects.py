@@ -63,3 +63,43 @@ def test_importing_the_package_leaves_the_umask_alone():
         "print(calls)"
     )
     assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout == "[]\n"
+
+
+def test_exports_in_two_threads_leave_the_warning_filters_as_they_were(tmp_path, monkeypatch):
+    """Each export ignores warnings while it traces, in a ``catch_warnings`` block; two
+    threads' blocks that overlapped without nesting left "ignore everything" behind,
+    silencing the program's warnings for good (noted in a review). The stub export lets
+    the second thread in while the first one is inside, if it can get in."""
+    import threading
+    import types
+    import warnings
+
+    import optimum.exporters.onnx
+    import optimum.exporters.tasks  # the export's imports, done before the filters are noted
+    import torch  # noqa: F401
+
+    from expertlens_lite.export.exporter import _optimum_export
+
+    first_inside, second_inside, first_out = threading.Event(), threading.Event(), threading.Event()
+
+    def export(model, folder, **kwargs) -> None:
+        if model.name == "first":
+            first_inside.set()
+            second_inside.wait(1)  # it comes in now, or after this export's block is over
+        else:
+            second_inside.set()
+            first_out.wait(30)
+
+    def run(name: str) -> None:
+        _optimum_export(types.SimpleNamespace(name=name, config=types.SimpleNamespace(_name_or_path="m")), tmp_path, False)
+        if name == "first":
+            first_out.set()
+
+    monkeypatch.setattr(optimum.exporters.onnx, "onnx_export_from_model", export)
+    before = list(warnings.filters)
+    first = threading.Thread(target=run, args=("first",))
+    first.start()
+    assert first_inside.wait(30)
+    run("second")
+    first.join()
+    assert warnings.filters == before

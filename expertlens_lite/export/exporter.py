@@ -20,7 +20,6 @@ import os
 import random
 import re
 import shutil
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +34,7 @@ from ..locks import waiting_for
 from ..models import Architecture, get_architecture
 from ..models.sources import ModelSource, cannot_load, quiet_transformers, resolve_model
 from ..paths import DEFAULT_CORPUS, bundled
+from ..quiet import warnings_silenced
 from .manifest import FORMAT_VERSION, MANIFEST, Manifest, damage
 from .prefix import Prefix, compute_prefix, constant_prefix, load_prefix, save_prefix
 from .quantize import (
@@ -386,8 +386,8 @@ def _optimum_export(model, folder: Path, with_past: bool) -> None:
     # kept by export_model): a caller that seeded it would find it moved by an export
     # that a warm cache skips.
     try:
-        with warnings.catch_warnings(), torch.random.fork_rng(devices=[]):
-            warnings.simplefilter("ignore")  # the tracer's notes on constants are expected, not actionable
+        # The tracer's notes on constants are expected, not actionable.
+        with warnings_silenced(), torch.random.fork_rng(devices=[]):
             onnx_export_from_model(model, folder, task="feature-extraction", custom_onnx_configs=custom, do_validation=False)
     finally:
         model.config._name_or_path = loaded_from
