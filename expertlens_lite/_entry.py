@@ -14,8 +14,8 @@ def _stop_while_starting(signum: int, frame: object) -> None:
     nothing needs cleaning up; and an exception raised into an import instead could
     leave an extension module half made, whose unwinding crashed the interpreter
     (SIGSEGV or SIGABRT in 4 of 250 SIGTERMs sent 0.15-0.35 s into the start; none
-    of 250 since).
-    Written with ``os.write``: a ``print`` could re-enter a write to stderr under way."""
+    of 250 since). Written with ``os.write``: a ``print`` could re-enter a write to
+    stderr under way."""
     terminated = signum == signal.SIGTERM
     try:
         os.write(2, b"terminated\n" if terminated else b"interrupted\n")

@@ -80,9 +80,8 @@ class RunConfig:
     are ``--pooling``, ``--keep-special-tokens``, ``--skip-first-token``). A value of
     the wrong type is refused by its field's name when the config is made; the checks
     of values (:meth:`validate`, then the stages) name the option, as the command's
-    users see it. The cache folder is not a
-    field: it is ``ELENS_HOME`` (default ``~/.cache/expertlens-lite``), read when a
-    run starts."""
+    users see it. The cache folder is not a field: it is ``ELENS_HOME`` (default
+    ``~/.cache/expertlens-lite``), read when a run starts."""
 
     model: str = DEFAULT_MODEL
     revision: str | None = None
