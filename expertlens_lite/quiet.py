@@ -1,15 +1,17 @@
-"""Warnings of third-party code silenced in a block, without losing the caller's filters.
+"""Third-party chatter silenced in a block, and the process's settings put back after.
 
-``warnings.catch_warnings`` saves the process's warning filters on entry and puts them
-back on exit. Two threads of one program in such blocks at once (two exports, runs
-from threads) exit in the wrong order: the first to leave restores the filters from
-before both, the second then restores the first one's "ignore everything", and every
-warning of the program stays silenced from then on. Until Python 3.14's context-local
-filters, the blocks here take turns (a lock) so that they always nest.
+Warning filters, transformers' logging and its progress bars are settings of the
+whole process. Two threads in such blocks at once (two exports, runs from threads)
+could exit in the wrong order and restore each other's silence for good (with
+``warnings.catch_warnings``: the first to leave restores the filters from before
+both, the second then the first one's "ignore everything"). So the blocks here take
+turns, one lock for all of them, and always nest; until Python 3.14's context-local
+warning filters there is no other way.
 """
 
 from __future__ import annotations
 
+import functools
 import threading
 import warnings
 from collections.abc import Iterator
@@ -24,3 +26,32 @@ def warnings_silenced() -> Iterator[None]:
     with _TURNS, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         yield
+
+
+@contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """transformers' warnings and progress bars off in the block. What they say there is
+    noise to a user of this tool: Llama's tokenizer class warns, in a paragraph, about
+    its "legacy" default (which the warning itself says to ignore for a tokenizer read
+    from a GGUF file, and which matters only when adding tokens); a sharded checkpoint
+    draws a bar per load, and the GGUF loader one of its own (through ``tqdm`` itself,
+    which transformers' switch does not reach); weights left out of the checkpoint are
+    checked by :func:`~expertlens_lite.export.exporter.load_pretrained` itself, in one
+    line."""
+    import transformers.modeling_gguf_pytorch_utils as gguf_loader
+    from transformers.utils import logging as transformers_logging
+
+    with _TURNS:
+        verbosity = transformers_logging.get_verbosity()
+        bars = transformers_logging.is_progress_bar_enabled()
+        gguf_tqdm = gguf_loader.tqdm
+        transformers_logging.set_verbosity_error()
+        transformers_logging.disable_progress_bar()
+        gguf_loader.tqdm = functools.partial(gguf_tqdm, disable=True)
+        try:
+            yield
+        finally:
+            gguf_loader.tqdm = gguf_tqdm
+            transformers_logging.set_verbosity(verbosity)
+            if bars:
+                transformers_logging.enable_progress_bar()

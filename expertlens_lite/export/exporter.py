@@ -32,9 +32,9 @@ from ..concepts import read_corpus
 from ..errors import ModelError, ResourceError, first_line, whole_number
 from ..locks import waiting_for
 from ..models import Architecture, get_architecture
-from ..models.sources import ModelSource, cannot_load, quiet_transformers, resolve_model
+from ..models.sources import ModelSource, cannot_load, resolve_model
 from ..paths import DEFAULT_CORPUS, bundled
-from ..quiet import warnings_silenced
+from ..quiet import quiet_transformers, warnings_silenced
 from .manifest import FORMAT_VERSION, MANIFEST, Manifest, damage
 from .prefix import Prefix, compute_prefix, constant_prefix, load_prefix, save_prefix
 from .quantize import (

@@ -13,15 +13,11 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
-import functools
 import hashlib
 import importlib.util
 import json
 import logging
 import os
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +32,7 @@ from ..atomic import (
 from ..errors import ModelError, first_line
 from ..locks import waiting_for
 from ..paths import ABOUT, expanded
+from ..quiet import quiet_transformers
 
 log = logging.getLogger(__name__)
 
@@ -194,39 +191,6 @@ def hub_reachable(timeout: float = 5.0) -> bool:
     except OSError:  # requests' connection errors and timeouts are OSErrors
         return False
     return True
-
-
-_QUIET = threading.RLock()
-
-
-@contextmanager
-def quiet_transformers() -> Iterator[None]:
-    """transformers' warnings and progress bars off in the block. What they say there is
-    noise to a user of this tool: Llama's tokenizer class warns, in a paragraph, about
-    its "legacy" default (which the warning itself says to ignore for a tokenizer read
-    from a GGUF file, and which matters only when adding tokens); a sharded checkpoint
-    draws a bar per load, and the GGUF loader one of its own (through ``tqdm`` itself,
-    which transformers' switch does not reach); weights left out of the checkpoint are
-    checked by :func:`~expertlens_lite.export.exporter.load_pretrained` itself, in one
-    line. The settings are global: threads take turns (a lock), so that one's exit does
-    not leave them off, or on, for another."""
-    import transformers.modeling_gguf_pytorch_utils as gguf_loader
-    from transformers.utils import logging as transformers_logging
-
-    with _QUIET:
-        verbosity = transformers_logging.get_verbosity()
-        bars = transformers_logging.is_progress_bar_enabled()
-        gguf_tqdm = gguf_loader.tqdm
-        transformers_logging.set_verbosity_error()
-        transformers_logging.disable_progress_bar()
-        gguf_loader.tqdm = functools.partial(gguf_tqdm, disable=True)
-        try:
-            yield
-        finally:
-            gguf_loader.tqdm = gguf_tqdm
-            transformers_logging.set_verbosity(verbosity)
-            if bars:
-                transformers_logging.enable_progress_bar()
 
 
 def cannot_load(name: str, revision: str | None, exc: Exception, part: str = "") -> ModelError:
