@@ -12,7 +12,12 @@ from expertlens_lite.batching import PoolingOptions, encode, make_batch, pad_id
 from expertlens_lite.errors import ModelError
 from expertlens_lite.export import load_pretrained
 from expertlens_lite.export.reference import torch_responses
-from expertlens_lite.models.sources import BUNDLED_MODELS, gguf_to_folder, resolve_model
+from expertlens_lite.models.sources import (
+    BUNDLED_MODELS,
+    gguf_scalars,
+    gguf_to_folder,
+    resolve_model,
+)
 
 from .test_parity import ATOL, onnx_responses, sample_batch
 
@@ -117,6 +122,38 @@ def test_non_gguf_file_named_gguf(tmp_path, elens_home):
     fake.write_bytes(b"PK\x03\x04 this is a zip, not a model")
     with pytest.raises(ModelError, match="is not a GGUF file"):
         resolve_model(str(fake), None, elens_home)
+
+
+@pytest.mark.parametrize("endian", ["LITTLE", "BIG"])
+def test_gguf_scalars_are_those_ggufs_own_reader_reads(endian, tmp_path):
+    """Every kind of field, arrays among them (of strings too, as a vocabulary is), which
+    are stepped over; and a file cut inside its metadata is one clear error."""
+    import gguf
+
+    path = tmp_path / "all.gguf"
+    writer = gguf.GGUFWriter(path, "llama", endianess=gguf.GGUFEndian[endian])
+    numbers = [("uint8", 7), ("int8", -7), ("uint16", 700), ("int16", -700), ("uint32", 70_000), ("int32", -70_000),
+               ("float32", 0.1), ("uint64", 2**40), ("int64", -(2**40)), ("float64", 0.1), ("bool", True)]  # fmt: skip
+    for kind, value in numbers:
+        getattr(writer, f"add_{kind}")(f"x.{kind}", value)
+    for kind, values in (("ints", [1, -2, 3]), ("floats", [0.5, 1.5]), ("bools", [True, False]), ("nested", [[1, 2], [3]])):
+        writer.add_array(f"x.{kind}", values)
+    writer.add_array("tokenizer.ggml.tokens", ["a", "ü", "", "<|im_end|>"])
+    writer.add_string("x.after_the_arrays", "still read")
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.close()
+    fields = {key: field for key, field in gguf.GGUFReader(path).fields.items() if not key.startswith("GGUF.")}  # not metadata
+    expected = {key: field.contents() for key, field in fields.items() if field.types[0] != gguf.GGUFValueType.ARRAY}
+    assert gguf_scalars(path) == expected and expected["x.after_the_arrays"] == "still read" and len(expected) == len(numbers) + 2
+    path.write_bytes(path.read_bytes()[:-20])
+    with pytest.raises(ModelError, match=r"all.gguf is not a readable GGUF model file: it ends inside its metadata$"):
+        gguf_scalars(path)
+
+
+def test_the_bundled_gguf_is_described_from_its_metadata():
+    described = BUNDLED_MODELS["smollm2"].describe()
+    assert (described["size_mb"], described["layers"], described["neurons"]) == (98, 30, 30 * 1536)
 
 
 def test_gguf_of_unsupported_architecture(tmp_path, elens_home):
