@@ -20,9 +20,8 @@ from pathlib import Path
 
 from .atomic import dir_leftovers, remove_dir
 from .errors import InputError
-from .export.manifest import MANIFEST
 from .locks import cache_unused, held, refusing, remove_unheld_locks
-from .paths import ABOUT
+from .paths import ABOUT, MANIFEST
 
 __all__ = ["CacheEntry", "cache_entries", "remove_cache_entries"]
 

@@ -66,3 +66,6 @@ DEFAULT_HUMAN = "men.txt"
 # A cache entry's description for people (``elens-lite cache ls``), in entries whose
 # other files do not say what they were made from (responses, GGUF copies).
 ABOUT = "about.json"
+# An export folder's description (:class:`.export.manifest.Manifest`), named here for
+# the cache's listing, which should not import the exporter's ONNX and PyTorch.
+MANIFEST = "manifest.json"

@@ -12,12 +12,12 @@ from ..atomic import reported_write_failures
 from ..cache import cache_entries, remove_cache_entries
 from ..errors import InputError
 from ..paths import cache_dir, cache_path
-from .main import main, verbose_option
+from .main import command_help, main, verbose_option
 
 
-@main.group("cache")
+@main.group("cache", help=command_help("cache"))
 def cache_group() -> None:
-    """List (ls) or remove (rm) what runs left in the cache (ELENS_HOME)."""
+    pass  # the group itself does nothing: ls and rm do
 
 
 @cache_group.command("ls")

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import errno
+import importlib
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -16,6 +18,21 @@ from ..errors import ElensError
 # What click (8.2 on) raises, to print the help, for a group called without a command.
 _NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
 
+# Each command: its module, imported only when the command is called, and its help, here
+# for the list that ``elens-lite --help`` prints. ``run`` and ``export`` import NumPy,
+# Numba, SciPy and ONNX (2-3 s), which ``--help``, ``models`` and ``cache`` do not need.
+_COMMANDS = {
+    "cache": ("cache_cmd", "List (ls) or remove (rm) what runs left in the cache (ELENS_HOME)."),
+    "export": ("export_cmd", "Export --model to ONNX (pooled MLP neurons as outputs), validated against PyTorch."),
+    "models": ("models_cmd", "List the bundled models (usable offline as --model NAME) and supported architectures."),
+    "run": ("run_cmd", "Find expert neurons and measure their alignment with human similarity."),
+}
+
+
+def command_help(name: str) -> str:
+    """The help of the command ``name`` (its module's decorator takes it from here)."""
+    return _COMMANDS[name][1]
+
 
 class Terminated(KeyboardInterrupt):
     """Raised by the console script's SIGTERM handler (``timeout``, ``kill``, a batch
@@ -25,7 +42,32 @@ class Terminated(KeyboardInterrupt):
 
 class _Group(click.Group):
     """Every user mistake — a bad option or a library :class:`ElensError` — becomes one
-    ``error: …`` line on stderr and exit status 2, never a traceback or a usage dump."""
+    ``error: …`` line on stderr and exit status 2, never a traceback or a usage dump.
+    Commands are imported when called (see ``_COMMANDS``)."""
+
+    _when_loaded: Callable[[], None] | None = None
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(_COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in _COMMANDS and cmd_name not in self.commands:
+            importlib.import_module(f"{__package__}.{_COMMANDS[cmd_name][0]}")  # its decorator adds it
+        return super().get_command(ctx, cmd_name)
+
+    def resolve_command(self, ctx: click.Context, args: list[str]):
+        found = super().resolve_command(ctx, args)
+        if self._when_loaded is not None:
+            self._when_loaded()
+        return found
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """click's list of commands, from ``_COMMANDS`` rather than from the commands
+        themselves, which would import them all."""
+        limit = formatter.width - 6 - max(map(len, _COMMANDS))  # click's own limit
+        shown = [(name, click.Command(name, help=command_help(name)).get_short_help_str(limit)) for name in sorted(_COMMANDS)]
+        with formatter.section("Commands"):
+            formatter.write_dl(shown)
 
     def invoke(self, ctx: click.Context):
         """The group's and the command's work; a Ctrl-C or SIGTERM in it becomes the
@@ -37,7 +79,11 @@ class _Group(click.Group):
         except KeyboardInterrupt as exc:
             raise click.Abort() from exc
 
-    def main(self, *args, **kwargs):
+    def main(self, *args, when_loaded: Callable[[], None] | None = None, **kwargs):
+        """click's ``main``, with the errors reported as the class says. ``when_loaded``
+        is called once the command named is imported, before it starts: the console
+        script's cue to hand the signals over to the command (see :mod:`.._entry`)."""
+        self._when_loaded = when_loaded
         try:
             status = super().main(*args, standalone_mode=False, **kwargs)
         except _NO_ARGS_IS_HELP as exc:  # a bare ``elens-lite`` asks for the help, no mistake
@@ -100,5 +146,3 @@ def main(family_files: tuple[str, ...]) -> None:
         for path in family_files:
             register_from_file(path)
 
-
-from . import cache_cmd, export_cmd, models_cmd, run_cmd  # noqa: E402,F401  (register subcommands)

@@ -8,13 +8,12 @@ from rich.table import Table
 from ..errors import ModelError
 from ..models import supported_model_types
 from ..models.sources import BUNDLED_MODELS
-from .main import main, verbose_option
+from .main import command_help, main, verbose_option
 
 
-@main.command("models")
+@main.command("models", help=command_help("models"))
 @verbose_option
 def models_command() -> None:
-    """List the bundled models (usable offline as --model NAME) and supported architectures."""
     table = Table(title="Bundled models")
     for column in ("name", "model", "size (MB)", "layers", "MLP neurons"):
         table.add_column(column)

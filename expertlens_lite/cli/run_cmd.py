@@ -17,7 +17,7 @@ from ..models.sources import BUNDLED_MODELS
 from ..pipeline import DEFAULT_MODEL, RunConfig, run
 from ..results import RESULT_FILES
 from ..devices import DEVICES
-from .main import main, verbose_option
+from .main import command_help, main, verbose_option
 from .progress import stage_progress
 from .table import print_alignment_table
 
@@ -25,7 +25,7 @@ _DEFAULTS = RunConfig()
 _FILE = click.Path(dir_okay=False, path_type=Path)
 
 
-@main.command("run")
+@main.command("run", help=command_help("run"))
 @verbose_option
 @click.option("--model", default=DEFAULT_MODEL, help=f"Bundled name ({', '.join(BUNDLED_MODELS)}), Hugging Face id, local folder or .gguf file.")
 @click.option("--revision", default=None, help="Hub revision (branch, tag or commit), e.g. step1000 for Pythia.")
@@ -54,7 +54,6 @@ _FILE = click.Path(dir_okay=False, path_type=Path)
 @click.option("--out", type=click.Path(file_okay=False), default=str(_DEFAULTS.out), help="Results folder.")
 @click.option("--overwrite", is_flag=True, help="Replace the results of an earlier run in --out.")
 def run_command(pooling: str, keep_special_tokens: bool, skip_first_token: bool, **options) -> None:
-    """Find expert neurons and measure their alignment with human similarity."""
     config = RunConfig(pooling=PoolingOptions(pooling, keep_special_tokens, skip_first_token), **options)
     with stage_progress() as progress:
         result = run(config, progress=progress)

@@ -7,9 +7,9 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from ..atomic import file_sizes, size_damage, write_json
+from ..paths import MANIFEST
 
 FORMAT_VERSION = 7  # bump whenever the exported files change (graph, quantization)
-MANIFEST = "manifest.json"
 
 
 @dataclass
