@@ -626,8 +626,8 @@ def test_a_signal_while_the_command_starts_raises_nothing_into_the_import(module
 
 @pytest.mark.parametrize("command", [["--help"], ["--version"], ["models"], ["cache", "ls"], ["cache", "--help"]])
 def test_commands_that_need_no_model_start_without_importing_one(command):
-    """They imported NumPy, Numba, SciPy and ONNX first, as ``run`` does: 3 s for the
-    help, 6.5 s for ``models`` (measured)."""
+    """They imported NumPy, Numba, SciPy and ONNX first, as ``run`` does: 2.3-2.9 s for
+    the help, 5.3-6.5 s for ``models`` (measured; BENCHMARKS.md)."""
     probe = (
         "import sys\n"
         "from expertlens_lite.cli import main\n"

@@ -265,8 +265,8 @@ def gguf_scalars(path: Path) -> dict[str, str | int | float | bool]:
 
     Read by hand rather than with gguf's ``GGUFReader``, which makes a NumPy view of every
     element of every field up front: 3.2 s for SmolLM2's 49,152-token vocabulary and its
-    merges, where this takes a tenth of a second (both measured). The layout it reads is gguf's
-    (github.com/ggml-org/ggml, docs/gguf.md): a header, then key, type, value triples.
+    merges, where this takes a tenth of a second (both measured). The layout it reads is
+    gguf's (github.com/ggml-org/ggml, docs/gguf.md): a header, then key, type, value.
     """
     _check_gguf_magic(path)
     with path.open("rb") as handle:
