@@ -22,7 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from _machine import machine
 
-COMMANDS = [["--help"], ["--version"], ["models"], ["cache", "ls"], ["run", "--help"]]
+COMMANDS = [["--help"], ["--version"], ["models"], ["cache", "ls"], ["run", "--help"], ["export", "--help"]]
 
 
 def seconds(command: list[str], pythonpath: str | None) -> float:

@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from .pipeline import RunConfig, RunResult, run
+    from .config import RunConfig
+    from .pipeline import RunResult, run
 
 __all__ = ["RunConfig", "RunResult", "__version__", "run"]
 
@@ -21,7 +22,11 @@ def __getattr__(name: str):
     """The pipeline's names, imported when first asked for (PEP 562): importing the
     package, as ``elens-lite`` does first, then costs no NumPy, Numba or ONNX import,
     so a Ctrl-C in the command's first second meets its handler, not a traceback."""
-    if name in ("RunConfig", "RunResult", "run"):
+    if name == "RunConfig":  # without the pipeline's ONNX and SciPy, as ``run --help``
+        from .config import RunConfig
+
+        return RunConfig
+    if name in ("RunResult", "run"):
         from . import pipeline
 
         return getattr(pipeline, name)

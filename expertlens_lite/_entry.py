@@ -40,15 +40,15 @@ def main() -> None:
         raise Terminated
 
     def hand_over() -> None:
-        """Once the command named is imported (the group imports it then): from here on
-        it may hold locks and write files, and its own handlers clean up."""
+        """As the command starts, once its imports are made (the group calls this then):
+        from here on it may hold locks and write files, and its own handlers clean up."""
         if signal.SIGINT in watched:
             signal.signal(signal.SIGINT, signal.default_int_handler)
         if signal.SIGTERM in watched:
             signal.signal(signal.SIGTERM, terminate)
 
     try:
-        group(when_loaded=hand_over)
+        group(when_started=hand_over)
     except SystemExit:
         # The command is over, its status set: a Ctrl-C or SIGTERM during the
         # interpreter's shutdown (a third of a second) would turn a finished run's 0

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy import stats
 
+from .config import BOOTSTRAP_UNITS
 from .errors import InputError, whole_number
 from .human import HumanPairs
 
@@ -84,8 +85,6 @@ def _weighted_spearman(rx: np.ndarray, ry: np.ndarray, weights: np.ndarray) -> n
 # resample weights, the rankings of both sides and the weighted products; 7 for margin.
 _BOOTSTRAP_ARRAYS = 7
 
-UNITS = ("pairs", "concepts")
-
 
 def bootstrap_bytes(n_resamples: int, n_pairs: int) -> int:
     """About the memory a :class:`Bootstrap` needs at its peak, in bytes."""
@@ -121,8 +120,8 @@ class Bootstrap:
     def __init__(self, human: HumanPairs, n_resamples: int, rng: np.random.Generator | int, unit: str = "pairs") -> None:
         if whole_number(n_resamples) is None or n_resamples < 1:
             raise InputError(f"n_resamples must be a positive whole number; got {n_resamples!r}")
-        if unit not in UNITS:
-            raise InputError(f"unit must be one of {', '.join(UNITS)}; got {unit!r}")
+        if unit not in BOOTSTRAP_UNITS:
+            raise InputError(f"unit must be one of {', '.join(BOOTSTRAP_UNITS)}; got {unit!r}")
         self.human = np.asarray(human.scores, dtype=np.float64)
         n = len(self.human)
         if len(human.pairs) < 2:

@@ -69,3 +69,8 @@ ABOUT = "about.json"
 # An export folder's description (:class:`.export.manifest.Manifest`), named here for
 # the cache's listing, which should not import the exporter's ONNX and PyTorch.
 MANIFEST = "manifest.json"
+# The files of a results folder (see :mod:`.results`), named here for the run's option
+# checks, which should not import the results writer's ONNX and SciPy.
+SUMMARY = "summary.json"  # written last: a folder that has it holds a finished run's results
+EXPERTS, SIMILARITY, AP, REPORT = "experts.csv", "similarity.csv", "ap.npy", "report.html"
+RESULT_FILES = (EXPERTS, SIMILARITY, AP, REPORT, SUMMARY)

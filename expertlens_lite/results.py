@@ -27,6 +27,7 @@ from .concepts import ConceptSet
 from .export import Manifest
 from .human import HumanPairs
 from .measures import Measure
+from .paths import AP, EXPERTS, REPORT, SIMILARITY, SUMMARY
 from .report import render_report
 from .selection import AP_ROUNDING
 
@@ -47,11 +48,6 @@ def experts_rows(ap: np.ndarray, concepts: Sequence[str], manifest: Manifest, mi
         columns = np.flatnonzero(ap[c] + AP_ROUNDING >= min_tau)
         for m in columns[np.argsort(-ap[c, columns], kind="stable")]:
             yield concept, int(layers[m]), int(units[m]), f"{ap[c, m]:.9g}"
-
-
-SUMMARY = "summary.json"  # written last: a folder that has it holds a finished run's results
-EXPERTS, SIMILARITY, AP, REPORT = "experts.csv", "similarity.csv", "ap.npy", "report.html"
-RESULT_FILES = (EXPERTS, SIMILARITY, AP, REPORT, SUMMARY)
 
 
 def write_summary(out: Path, summary: dict) -> None:

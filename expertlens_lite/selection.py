@@ -24,7 +24,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import InputError
-from .kernels import threshold_bitsets, topk_bitsets
 
 RULES = ("tau", "lift", "topk", "topfrac")
 OPTIONS = {"tau": "--tau", "lift": "--lift", "topk": "--topk", "topfrac": "--top-frac"}  # what errors call each rule
@@ -83,6 +82,10 @@ def select(ap: np.ndarray, selection: Selection, base_rate: np.ndarray | None) -
 
     ``base_rate`` ``[C]`` is needed by the ``lift`` rule only.
     """
+    # Imported here, not with the module: the rules themselves are read by the run's
+    # option checks (:mod:`.config`), which should not wait the 0.5 s Numba takes to load.
+    from .kernels import threshold_bitsets, topk_bitsets
+
     ap = np.asarray(ap, dtype=np.float64)
     if selection.rule == "lift" and base_rate is None:
         raise InputError("the lift rule needs the concepts' base rates (selection.base_rates)")

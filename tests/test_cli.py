@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import csv
 import itertools
 import json
@@ -26,8 +27,7 @@ from expertlens_lite.devices import cuda_available
 from expertlens_lite.export.manifest import FORMAT_VERSION
 from expertlens_lite.export.quantize import onnx_filename
 from expertlens_lite.measures import median_text
-from expertlens_lite.paths import bundled
-from expertlens_lite.results import RESULT_FILES
+from expertlens_lite.paths import RESULT_FILES, bundled
 
 from .test_parity import tiny_source
 
@@ -596,8 +596,15 @@ def test_ctrl_c_while_the_command_starts_is_one_line(after, number, status, said
     assert err == f"{said}\n" if after < 0.5 else err.startswith(said), err  # at 0.2 s it is still importing
 
 
-@pytest.mark.parametrize("module", ["expertlens_lite.cli", "expertlens_lite.cli.run_cmd"])  # the second imported when called
-def test_a_signal_while_the_command_starts_raises_nothing_into_the_import(module):
+@pytest.mark.parametrize(
+    "module, argv",
+    [
+        ("expertlens_lite.cli", ["run", "--help"]),
+        ("expertlens_lite.cli.run_cmd", ["run", "--help"]),  # imported when called
+        ("expertlens_lite.pipeline", ["run", "--corpus", "missing.txt"]),  # as the command starts, not for --help
+    ],
+)
+def test_a_signal_while_the_command_starts_raises_nothing_into_the_import(module, argv):
     """An exception raised into an import can meet code that mishandles it: an extension
     module left half made crashed the interpreter as it unwound (SIGSEGV or SIGABRT in 4
     of 250 SIGTERMs 0.15-0.35 s into the start, as in the test above). Here the import
@@ -606,7 +613,7 @@ def test_a_signal_while_the_command_starts_raises_nothing_into_the_import(module
         import signal, sys
         from expertlens_lite._entry import main
 
-        sys.argv = ["elens-lite", "run", "--help"]
+        sys.argv = ["elens-lite", *{argv!r}]
 
         class SwallowingImport:
             def find_spec(self, name, path, target=None):
@@ -628,6 +635,19 @@ def test_a_signal_while_the_command_starts_raises_nothing_into_the_import(module
 def test_commands_that_need_no_model_start_without_importing_one(command):
     """They imported NumPy, Numba, SciPy and ONNX first, as ``run`` does: 2.3-2.9 s for
     the help, 5.3-6.5 s for ``models`` (measured; BENCHMARKS.md)."""
+    assert _libraries_loaded_by(command) == []
+
+
+@pytest.mark.parametrize("command", [["run", "--help"], ["export", "--help"], ["run", "--quantize", "int4"]])
+def test_the_help_and_option_errors_of_run_and_export_come_before_the_pipeline_loads(command):
+    """They waited 2.2-2.4 s for ONNX, SciPy and Numba (BENCHMARKS.md); the options and
+    their defaults need NumPy only (RunConfig)."""
+    assert _libraries_loaded_by(command) == ["numpy"]
+
+
+def _libraries_loaded_by(command: list[str]) -> list[str]:
+    """Which of the slow-to-load libraries ``elens-lite COMMAND`` imports, in a fresh
+    interpreter."""
     probe = (
         "import sys\n"
         "from expertlens_lite.cli import main\n"
@@ -635,7 +655,7 @@ def test_commands_that_need_no_model_start_without_importing_one(command):
         "print([name for name in ('numpy', 'numba', 'scipy', 'onnx', 'onnxruntime', 'torch', 'transformers') if name in sys.modules])"
     )
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True)
-    assert done.stdout.splitlines()[-1] == "[]", done.stdout
+    return ast.literal_eval(done.stdout.splitlines()[-1])
 
 
 def test_the_list_of_commands_is_the_one_click_makes_from_the_commands():

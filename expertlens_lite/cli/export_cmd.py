@@ -9,16 +9,15 @@ from pathlib import Path
 import click
 
 from ..atomic import atomic_dir, check_dir_name, reported_write_failures
+from ..config import QUANTIZATIONS
 from ..errors import InputError
-from ..export import QUANTIZATIONS, export_model
-from ..export.manifest import MANIFEST
 from ..locks import using_cache
 from ..models.sources import BUNDLED_MODELS, resolve_model
-from ..paths import cache_dir, check_writable, expanded
+from ..paths import MANIFEST, cache_dir, check_writable, expanded
 from .main import command_help, main, verbose_option
 
 
-@main.command("export", help=command_help("export"))
+@main.command("export", help=command_help("export"), loads=("expertlens_lite.export",))
 @verbose_option
 @click.option("--model", required=True, help=f"Bundled name ({', '.join(BUNDLED_MODELS)}), Hugging Face id, local folder or .gguf file.")
 @click.option("--revision", default=None, help="Hub revision (branch, tag or commit).")
@@ -26,6 +25,9 @@ from .main import command_help, main, verbose_option
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Folder to write the export to.")
 @click.option("--force", "--overwrite", "force", is_flag=True, help="Replace --out if it is an earlier export.")
 def export_command(model: str, revision: str | None, quantize: str, out: Path, force: bool) -> None:
+    # ONNX (1 s), loaded as the command starts (loads=): not for --help or an option error.
+    from ..export import export_model
+
     cache = cache_dir()
     out = expanded(out)  # as run's --out: ~ in --out=~/x reaches us unexpanded
     _refuse_unsafe_out(out, cache)

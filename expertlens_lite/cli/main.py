@@ -19,8 +19,9 @@ from ..errors import ElensError
 _NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
 
 # Each command: its module, imported only when the command is called, and its help, here
-# for the list that ``elens-lite --help`` prints. ``run`` and ``export`` import NumPy,
-# Numba, SciPy and ONNX (2-3 s), which ``--help``, ``models`` and ``cache`` do not need.
+# for the list that ``elens-lite --help`` prints. ``run`` and ``export`` load NumPy,
+# Numba, SciPy and ONNX (2-3 s) as they start (:class:`_Command`'s ``loads``), which
+# ``--help``, ``models``, ``cache`` and their own help and option errors do not need.
 _COMMANDS = {
     "cache": ("cache_cmd", "List (ls) or remove (rm) what runs left in the cache (ELENS_HOME)."),
     "export": ("export_cmd", "Export --model to ONNX (pooled MLP neurons as outputs), validated against PyTorch."),
@@ -40,12 +41,39 @@ class Terminated(KeyboardInterrupt):
     (SIGTERM's default action ends the process at once, as SIGKILL does); exit status 143."""
 
 
+class _Command(click.Command):
+    """A command of ``elens-lite``. Its slow imports, ``loads`` (module names), are made
+    when it is invoked, so that its ``--help`` and option errors come without them; and
+    only then are the signals handed over to it (see :mod:`.._entry`): a Ctrl-C or
+    SIGTERM raised into an import can leave an extension module half made."""
+
+    def __init__(self, *args, loads: tuple[str, ...] = (), **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.loads = loads
+
+    def invoke(self, ctx: click.Context):
+        for module in self.loads:
+            importlib.import_module(module)
+        root = ctx.find_root().command
+        if isinstance(root, _Group) and root.when_started is not None:
+            root.when_started()
+        return super().invoke(ctx)
+
+
+class _Subgroup(click.Group):
+    """A group of commands under ``elens-lite`` (``cache``)."""
+
+    command_class = _Command
+
+
 class _Group(click.Group):
     """Every user mistake — a bad option or a library :class:`ElensError` — becomes one
     ``error: …`` line on stderr and exit status 2, never a traceback or a usage dump.
     Commands are imported when called (see ``_COMMANDS``)."""
 
-    _when_loaded: Callable[[], None] | None = None
+    command_class = _Command
+    group_class = _Subgroup
+    when_started: Callable[[], None] | None = None
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(_COMMANDS)
@@ -54,12 +82,6 @@ class _Group(click.Group):
         if cmd_name in _COMMANDS and cmd_name not in self.commands:
             importlib.import_module(f"{__package__}.{_COMMANDS[cmd_name][0]}")  # its decorator adds it
         return super().get_command(ctx, cmd_name)
-
-    def resolve_command(self, ctx: click.Context, args: list[str]):
-        found = super().resolve_command(ctx, args)
-        if self._when_loaded is not None:
-            self._when_loaded()
-        return found
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         """click's list of commands, from ``_COMMANDS`` rather than from the commands
@@ -79,11 +101,11 @@ class _Group(click.Group):
         except KeyboardInterrupt as exc:
             raise click.Abort() from exc
 
-    def main(self, *args, when_loaded: Callable[[], None] | None = None, **kwargs):
-        """click's ``main``, with the errors reported as the class says. ``when_loaded``
-        is called once the command named is imported, before it starts: the console
+    def main(self, *args, when_started: Callable[[], None] | None = None, **kwargs):
+        """click's ``main``, with the errors reported as the class says. ``when_started``
+        is called as the command starts, once its imports are made: the console
         script's cue to hand the signals over to the command (see :mod:`.._entry`)."""
-        self._when_loaded = when_loaded
+        self.when_started = when_started
         try:
             status = super().main(*args, standalone_mode=False, **kwargs)
         except _NO_ARGS_IS_HELP as exc:  # a bare ``elens-lite`` asks for the help, no mistake

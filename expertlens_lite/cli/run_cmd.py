@@ -10,22 +10,18 @@ from pathlib import Path
 
 import click
 
-from ..alignment import UNITS as BOOTSTRAP_UNITS
 from ..batching import PoolingOptions
-from ..export import QUANTIZATIONS
-from ..models.sources import BUNDLED_MODELS
-from ..pipeline import DEFAULT_MODEL, RunConfig, run
-from ..results import RESULT_FILES
+from ..config import BOOTSTRAP_UNITS, DEFAULT_MODEL, QUANTIZATIONS, RunConfig
 from ..devices import DEVICES
+from ..models.sources import BUNDLED_MODELS
+from ..paths import RESULT_FILES
 from .main import command_help, main, verbose_option
-from .progress import stage_progress
-from .table import print_alignment_table
 
 _DEFAULTS = RunConfig()
 _FILE = click.Path(dir_okay=False, path_type=Path)
 
 
-@main.command("run", help=command_help("run"))
+@main.command("run", help=command_help("run"), loads=("expertlens_lite.pipeline",))
 @verbose_option
 @click.option("--model", default=DEFAULT_MODEL, help=f"Bundled name ({', '.join(BUNDLED_MODELS)}), Hugging Face id, local folder or .gguf file.")
 @click.option("--revision", default=None, help="Hub revision (branch, tag or commit), e.g. step1000 for Pythia.")
@@ -54,6 +50,12 @@ _FILE = click.Path(dir_okay=False, path_type=Path)
 @click.option("--out", type=click.Path(file_okay=False), default=str(_DEFAULTS.out), help="Results folder.")
 @click.option("--overwrite", is_flag=True, help="Replace the results of an earlier run in --out.")
 def run_command(pooling: str, keep_special_tokens: bool, skip_first_token: bool, **options) -> None:
+    # ONNX, SciPy and Numba (2 s), loaded as the command starts (loads=): not for --help
+    # or an option error.
+    from ..pipeline import run
+    from .progress import stage_progress
+    from .table import print_alignment_table
+
     config = RunConfig(pooling=PoolingOptions(pooling, keep_special_tokens, skip_first_token), **options)
     with stage_progress() as progress:
         result = run(config, progress=progress)

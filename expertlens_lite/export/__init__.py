@@ -2,6 +2,5 @@
 
 from .exporter import ExportedModel, ParityError, export_model, load_pretrained
 from .manifest import Manifest
-from .quantize import QUANTIZATIONS
 
-__all__ = ["ExportedModel", "Manifest", "ParityError", "QUANTIZATIONS", "export_model", "load_pretrained"]
+__all__ = ["ExportedModel", "Manifest", "ParityError", "export_model", "load_pretrained"]

@@ -29,6 +29,7 @@ import onnx
 from ..atomic import atomic_dir, dir_leftovers, remove_leftovers
 from ..batching import Encoded, PoolingOptions, encode, iter_batches, make_batch, pad_id
 from ..concepts import read_corpus
+from ..config import QUANTIZATIONS
 from ..errors import ModelError, ResourceError, first_line, whole_number
 from ..locks import waiting_for
 from ..models import Architecture, get_architecture
@@ -39,7 +40,6 @@ from .manifest import FORMAT_VERSION, MANIFEST, Manifest, damage
 from .prefix import Prefix, compute_prefix, constant_prefix, load_prefix, save_prefix
 from .quantize import (
     INT8_WEIGHTS,
-    QUANTIZATIONS,
     SCRATCH_PREFIX,
     onnx_filename,
     onnx_sha256,

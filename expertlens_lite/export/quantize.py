@@ -51,7 +51,6 @@ from ..models.sources import file_sha256
 from .per_token import quantize_per_token
 from .smoothing import channel_maxima, find_groups, smooth
 
-QUANTIZATIONS = ("none", "int8", "fp16")
 INT8_WEIGHTS = ("s8", "u8")  # the int8 variant's weight type: int8 or uint8 (see int8_weights)
 _VNNI_FLAGS = {"avx512_vnni", "avx_vnni"}  # /proc/cpuinfo names of AVX512-VNNI and AVX-VNNI
 SCRATCH_PREFIX = ".quantize-"  # the int8 quantizer's scratch folder, beside the model
