@@ -145,7 +145,7 @@ def quantize_model(
     target = fp32_path.with_name(onnx_filename(quantize, weights))
     external = uses_external_data(fp32_path)
     if quantize == "int8":
-        with _sys_path_kept():
+        with _ort_transformers_importable():
             from onnxruntime.quantization import QuantType, quantize_dynamic
 
         # Work in a scratch folder beside the target: the quantizer names an external
@@ -173,7 +173,7 @@ def quantize_model(
             as_if_created(quantized)
             os.replace(quantized, target)
     elif quantize == "fp16":
-        with _sys_path_kept():
+        with _ort_transformers_importable():
             from onnxruntime.transformers.float16 import convert_float_to_float16
 
         model = convert_float_to_float16(onnx.load(fp32_path), keep_io_types=True)
@@ -218,12 +218,23 @@ def _prepare_int8(
 
 
 @contextmanager
-def _sys_path_kept() -> Iterator[None]:
-    """``sys.path`` as it was before ``onnxruntime.transformers`` is imported (the int8
-    quantizer imports it too): that package appends its own folder, which would make its
-    modules (``benchmark``, ``optimizer``, ``metrics``, ...) importable by those bare
-    names in the caller's program. They are imported by then, so ORT still finds them."""
+def _ort_transformers_importable() -> Iterator[None]:
+    """ONNX Runtime's ``transformers`` folder on ``sys.path`` for the imports in the block,
+    and ``sys.path`` as it was after them.
+
+    The modules of ``onnxruntime.transformers`` (which the int8 quantizer imports too)
+    import one another by bare name (``from fusion_utils import ...``), and the package's
+    ``__init__`` appends its folder to ``sys.path`` for that, once. Left there, the folder
+    made its modules (``benchmark``, ``optimizer``, ``metrics``, ...) importable by those
+    names in the caller's program; taken away after the first import, it was missing for
+    a module of the package imported later: the int8 quantizer's after an fp16 conversion
+    failed with "No module named 'fusion_utils'" (found when the tests ran in another
+    order). So it is put there for every import, not only the first.
+    """
+    import onnxruntime
+
     saved = list(sys.path)
+    sys.path.append(os.path.join(os.path.dirname(onnxruntime.__file__), "transformers"))
     try:
         yield
     finally:
