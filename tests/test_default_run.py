@@ -3,6 +3,8 @@ and the finding that motivates the selection rules beyond a fixed τ."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from expertlens_lite import RunConfig, run
@@ -14,6 +16,18 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def default_run(smollm2, tmp_path_factory):
     return run(RunConfig(out=tmp_path_factory.mktemp("default")))
+
+
+def test_the_default_run_used_the_sessions_cache(default_run, elens_home):
+    """Its responses are in the session's cache, beside the session's SmolLM2 export. (Made
+    in a module-scoped fixture, it used the developer's own cache, ~/.cache/expertlens-lite,
+    and exported SmolLM2 there a second time.)"""
+    summary = default_run.summary
+    made = [json.loads(about.read_text()) for about in elens_home.glob("responses/*/about.json")]
+    assert any(
+        (about["model"], about["sentences"], about["onnx_file"]) == ("smollm2", summary["n_sentences"], summary["onnx_file"])
+        for about in made
+    ), made
 
 
 def test_comparison_table_has_every_measure(default_run):

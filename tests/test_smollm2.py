@@ -171,10 +171,8 @@ def test_gguf_of_unsupported_architecture(tmp_path, elens_home):
         resolve_model(str(path), None, elens_home)
 
 
-def test_dequantizing_prints_no_tokenizer_notice_and_no_bar(tmp_path, capfd):
+def test_dequantizing_prints_no_tokenizer_notice_and_no_bar(smollm2_dequantizing):
     """transformers' paragraph on Llama's "legacy" tokenizer default, which says itself
     that it does not apply to a tokenizer read from a GGUF file; and the GGUF loader's own
     tqdm bar, which drew inside the run's export bar, or in a log file."""
-    gguf_to_folder(BUNDLED_MODELS["smollm2"].path(), tmp_path)
-    err = capfd.readouterr().err
-    assert "legacy" not in err and "de-quantizing" not in err
+    assert "legacy" not in smollm2_dequantizing and "de-quantizing" not in smollm2_dequantizing
