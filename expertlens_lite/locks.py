@@ -194,7 +194,9 @@ def _free(handle: IO[str], operation: int) -> bool:
 
 
 def _lock_file(folder: Path, cache: Path) -> Path:
-    return cache / "locks" / f"{hashlib.sha256(str(folder.resolve()).encode()).hexdigest()[:16]}.lock"
+    """The lock of ``folder``, named by a hash of its resolved path's bytes (``os.fsencode``:
+    a Linux file name need not be UTF-8, and ``str.encode`` failed on one that is not)."""
+    return cache / "locks" / f"{hashlib.sha256(os.fsencode(folder.resolve())).hexdigest()[:16]}.lock"
 
 
 @contextmanager

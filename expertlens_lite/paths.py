@@ -14,8 +14,28 @@ def cache_dir() -> Path:
     """:func:`cache_path`, refused before any work if it cannot be written: exported
     models and responses go there."""
     path = cache_path()
+    check_openable_by_libraries(path, f"the cache folder {path} (ELENS_HOME)")
     check_writable(path, f"the cache folder {path} (ELENS_HOME)")
     return path
+
+
+def shown(path: str | os.PathLike) -> str:
+    """``path`` as text any output stream takes: a name that is not UTF-8 shows its odd
+    bytes as Python's error messages do (``caf\\udce9``), where printing it failed."""
+    return os.fsdecode(path).encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def check_openable_by_libraries(path: Path, what: str) -> None:
+    """Refuse, with an :class:`InputError` naming ``what``, a ``path`` that is not UTF-8:
+    a Linux file name may be any bytes, but ONNX Runtime, tokenizers and PyTorch's
+    exporter take paths as UTF-8 strings and fail on one with a traceback."""
+    try:
+        os.fsencode(path).decode("utf-8")
+    except UnicodeDecodeError:
+        raise InputError(
+            f"{what} has a name that is not UTF-8, and ONNX Runtime, tokenizers and PyTorch's exporter "
+            "cannot open files there; rename it or choose another folder"
+        ) from None
 
 
 def cache_path() -> Path:

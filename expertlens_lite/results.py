@@ -97,6 +97,9 @@ def write_results(
         )
         staged[SIMILARITY].write_text(_csv_text(header, rows), encoding="utf-8")
         np.save(staged[AP], ap.astype(np.float32))
-        staged[REPORT].write_text(render_report(summary, measures, rated, paper, ap, manifest), encoding="utf-8")
+        # The report names the run's paths; one that is not UTF-8 on the disk (legal on Linux)
+        # is shown as Python shows it, "\udce9", rather than failing the run here, at its end.
+        report = render_report(summary, measures, rated, paper, ap, manifest)
+        staged[REPORT].write_text(report, encoding="utf-8", errors="backslashreplace")
         for tmp in staged.values():  # on the disk before the earlier summary goes: some disks report a full one only here
             make_ready(tmp)

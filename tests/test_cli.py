@@ -546,6 +546,36 @@ def test_results_or_cache_where_nothing_can_be_written(tmp_path, monkeypatch):
     assert not (tmp_path / "r").exists()
 
 
+NOT_UTF8 = os.fsdecode(b"caf\xe9")  # a legal Linux file name: "caf\udce9" as a str
+
+
+def test_a_run_reads_and_writes_where_a_path_is_not_utf8(slice_files, tmp_path, minilm):
+    """The ratings and the results in a folder whose name is not UTF-8: the run failed
+    with a UnicodeEncodeError at its end, writing the report (which names the ratings
+    file), and before that at once, hashing the --out path for its lock (an audit)."""
+    folder = tmp_path / NOT_UTF8
+    folder.mkdir()
+    shutil.copyfile(bundled("men.txt"), folder / "men.txt")
+    result = run_slice(folder / "out", slice_files / "concepts.txt", "minilm", "--human", str(folder / "men.txt"))
+    assert result.exit_code == 0, result.output
+    assert json.loads((folder / "out" / "summary.json").read_text())["human"] == str(folder / "men.txt")
+    assert "caf\\udce9" in (folder / "out" / "report.html").read_text(encoding="utf-8")
+
+
+def test_model_files_where_a_path_is_not_utf8_are_one_line(tmp_path, minilm, elens_home, monkeypatch):
+    """ONNX Runtime, tokenizers and PyTorch's exporter cannot open such paths: an export
+    folder there was a UnicodeEncodeError traceback (tokenizers), the cache folder an
+    export failing with a TypeError from PyTorch."""
+    folder = tmp_path / NOT_UTF8
+    shutil.copytree(minilm.directory, folder / "minilm-onnx")
+    assert_user_error(invoke("run", "--model", str(folder / "minilm-onnx")), "caf\\udce9/minilm-onnx has a name that is not UTF-8")
+    monkeypatch.setenv("ELENS_HOME", str(folder / "home"))
+    assert_user_error(invoke("run", "--model", "minilm", "--out", str(tmp_path / "r")), "(ELENS_HOME) has a name that is not UTF-8")
+    assert not (tmp_path / "r").exists()
+    monkeypatch.setenv("ELENS_HOME", str(elens_home))  # for the export refused next: a run could not read it
+    assert_user_error(invoke("export", "--model", "minilm", "--out", str(folder / "e")), "caf\\udce9/e has a name that is not UTF-8")
+
+
 def test_export_refuses_to_overwrite(tmp_path):
     (tmp_path / "x").mkdir()
     assert_user_error(invoke("export", "--model", "minilm", "--out", str(tmp_path / "x")), "pass --force")

@@ -13,7 +13,7 @@ from ..config import QUANTIZATIONS
 from ..errors import InputError
 from ..locks import using_cache
 from ..models.sources import BUNDLED_MODELS, resolve_model
-from ..paths import MANIFEST, cache_dir, check_writable, expanded
+from ..paths import MANIFEST, cache_dir, check_openable_by_libraries, check_writable, expanded
 from .main import command_help, main, verbose_option
 
 
@@ -34,6 +34,7 @@ def export_command(model: str, revision: str | None, quantize: str, out: Path, f
     if out.exists() and not force:
         raise InputError(f"--out {out} exists; pass --force (or --overwrite) to replace it")
     check_writable(out, f"--out {out}")
+    check_openable_by_libraries(out, f"--out {out}")  # a run could not read the export there
     check_dir_name(out, "--out")
     with using_cache(cache):  # until the copy is made: cache rm waits for it
         exported = export_model(resolve_model(model, revision, cache), cache, quantize)

@@ -14,7 +14,7 @@ from ..batching import PoolingOptions
 from ..config import BOOTSTRAP_UNITS, DEFAULT_MODEL, QUANTIZATIONS, RunConfig
 from ..devices import DEVICES
 from ..models.sources import BUNDLED_MODELS
-from ..paths import RESULT_FILES
+from ..paths import RESULT_FILES, shown
 from .main import command_help, main, verbose_option
 
 _DEFAULTS = RunConfig()
@@ -63,7 +63,7 @@ def run_command(pooling: str, keep_special_tokens: bool, skip_first_token: bool,
     # 130, as if interrupted (and the console script ignores one during its shutdown).
     with _no_interrupt():
         print_alignment_table(result.summary)
-        click.echo(f"results: {result.out}/ ({', '.join(RESULT_FILES)})")
+        click.echo(f"results: {shown(result.out)}/ ({', '.join(RESULT_FILES)})")
 
 
 @contextmanager

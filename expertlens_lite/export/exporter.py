@@ -34,7 +34,7 @@ from ..errors import ModelError, ResourceError, first_line, whole_number
 from ..locks import waiting_for
 from ..models import Architecture, get_architecture
 from ..models.sources import ModelSource, cannot_load, resolve_model
-from ..paths import DEFAULT_CORPUS, bundled
+from ..paths import DEFAULT_CORPUS, bundled, check_openable_by_libraries
 from ..quiet import quiet_transformers, warnings_silenced
 from .manifest import FORMAT_VERSION, MANIFEST, Manifest, damage
 from .prefix import Prefix, compute_prefix, constant_prefix, load_prefix, save_prefix
@@ -215,6 +215,7 @@ def _given_export(directory: Path, quantize: str) -> ExportedModel:
     """A folder ``elens-lite export`` wrote, used as it is: a run needs no PyTorch then,
     so a model exported on one machine runs on another. The folder is the user's, so
     it is checked, never repaired or added to."""
+    check_openable_by_libraries(directory, f"the export folder {directory}")
     problem = damage(directory)
     if problem is not None:
         raise ModelError(f"the export in {directory} is damaged ({problem}); export the model again")
