@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from fractions import Fraction
 
 import numpy as np
 
@@ -87,13 +88,25 @@ def select(ap: np.ndarray, selection: Selection, base_rate: np.ndarray | None) -
     from .kernels import threshold_bitsets, topk_bitsets
 
     ap = np.asarray(ap, dtype=np.float64)
-    if selection.rule == "lift" and base_rate is None:
-        raise InputError("the lift rule needs the concepts' base rates (selection.base_rates)")
+    if ap.ndim != 2:
+        raise InputError(f"ap must be a matrix [n_concepts, n_neurons]; got shape {ap.shape}")
     if selection.rule == "tau":
         return threshold_bitsets(ap + AP_ROUNDING, [selection.parameter])[0]
     if selection.rule == "lift":
+        if base_rate is None:
+            raise InputError("the lift rule needs the concepts' base rates (selection.base_rates)")
+        base_rate = np.asarray(base_rate, dtype=np.float64)
+        if base_rate.shape != ap.shape[:1]:  # broadcast, [C] against [1, N] made C expert sets of one concept
+            raise InputError(f"base_rate must have one value per concept ({ap.shape[0]}); got shape {base_rate.shape}")
         return threshold_bitsets((ap + AP_ROUNDING) / base_rate[:, None], [selection.parameter])[0]
     n_neurons = ap.shape[1]
     selection.check_neurons(n_neurons)
-    k = int(selection.parameter) if selection.rule == "topk" else math.ceil(selection.parameter * n_neurons)
+    k = int(selection.parameter) if selection.rule == "topk" else top_count(selection.parameter, n_neurons)
     return topk_bitsets(ap, k)
+
+
+def top_count(fraction: float, n_neurons: int) -> int:
+    """k = ceil(f · n_neurons) of the ``topfrac`` rule, with f the decimal as written
+    (its shortest repr): in binary floats 0.07 · 100 is 7.000000000000001, which made k 8
+    (an audit)."""
+    return math.ceil(Fraction(str(float(fraction))) * n_neurons)

@@ -66,6 +66,25 @@ def test_topk_must_leave_some_neurons_out():
         select(AP, Selection("topk", AP.shape[1]), RATES)
 
 
+@pytest.mark.parametrize("fraction, n_neurons, k", [(0.07, 100, 7), (0.55, 100, 55), (0.55, 46080, 25344), (0.675, 46080, 31104), (0.071, 100, 8)])
+def test_a_top_fraction_keeps_the_decimal_share(fraction, n_neurons, k):
+    """In floats 0.07 x 100 is 7.000000000000001, and ceil made the set 8 neurons."""
+    masks = unpack_masks(select(RNG.random((2, n_neurons)), Selection("topfrac", fraction), None), n_neurons)
+    assert masks.sum(axis=1).tolist() == [k, k]
+
+
+@pytest.mark.parametrize(
+    "ap, base_rate, rules",
+    [(AP[:1], RATES[:3], ["lift"]), (AP, [0.1], ["lift"]), (AP, 0.1, ["lift"]), (AP[0], RATES[:1], ["lift", "topk", "topfrac", "tau"])],
+)
+def test_ap_and_base_rates_of_other_shapes_are_refused(ap, base_rate, rules):
+    """An AP row with three base rates made three expert sets (numpy broadcasts); an AP
+    vector failed with an IndexError in the top-k rules."""
+    for rule in rules:
+        with pytest.raises(InputError, match="must be a matrix|one value per concept"):
+            select(ap, Selection(rule, {"topfrac": 0.05, "tau": 0.5}.get(rule, 2)), base_rate)
+
+
 def test_profile_similarities_match_python():
     cos = profile_similarity(AP, "cosine")
     pearson = profile_similarity(AP, "pearson")
