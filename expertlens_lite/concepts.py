@@ -186,7 +186,9 @@ def build_concept_set(
     corpus; a concept's negatives are the pool minus the sentences containing it (a
     concept in every pool sentence is refused). Only sentences used somewhere are kept,
     in corpus order, so each enters the model once. ``concepts`` go through
-    :func:`concept_words` and the corpus through :func:`~.userfiles.nfc`.
+    :func:`concept_words` and the corpus through :func:`~.userfiles.nfc`, then each of
+    its sentences is kept once (its first occurrence), as :func:`read_corpus` does: a
+    repeated one was sampled as two positives of its concept, an audit found.
     """
     if any(whole_number(n) is None or n < 1 for n in (n_pos, n_neg, min_pos)):
         raise InputError(f"--n-pos, --n-neg and --min-pos must be positive integers; got {n_pos!r}, {n_neg!r}, {min_pos!r}")
@@ -197,7 +199,7 @@ def build_concept_set(
     if isinstance(corpus, str) or not isinstance(corpus, Sequence) or not all(isinstance(s, str) for s in corpus):
         raise InputError(f"corpus must be a list of sentences; got {type(corpus).__name__} {str(corpus)[:40]!r}")
     concepts = concept_words(concepts)
-    corpus = [nfc(sentence) for sentence in corpus]
+    corpus = list(dict.fromkeys(nfc(sentence) for sentence in corpus))
     index = word_index(corpus)
     kept: list[str] = []
     hits: list[np.ndarray] = []

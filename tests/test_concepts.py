@@ -111,6 +111,18 @@ def test_concept_set_invariants():
     assert len(cs.pool) == 300
 
 
+def test_a_sentence_given_twice_is_drawn_once():
+    """Repeated, or written in two Unicode forms that NFC makes one, a sentence was two
+    positives of its concept (the CLI's read_corpus removed repeats, a library caller's
+    list kept them; an audit)."""
+    birds = [f"The bird number {i} sings." for i in range(12)]
+    cafe = [f"The café {i} opens." for i in range(11)] + ["The cafe\u0301 0 opens."]
+    others = [f"Other sentence {i}." for i in range(50)]
+    cs = build_concept_set(birds + cafe + others + birds, ["bird", "café"], n_pos=20, n_neg=100, min_pos=5, seed=0)
+    assert len(set(cs.sentences)) == len(cs.sentences) == 12 + 11 + 50
+    assert [len(p) for p in cs.positives] == [12, 11]
+
+
 def test_concept_set_is_reproducible_and_seeded():
     corpus = _corpus()
     a = build_concept_set(corpus, ["birds", "soup"], n_pos=10, n_neg=100, min_pos=5, seed=1)
