@@ -188,6 +188,13 @@ def test_concept_without_negatives_scores_one_like_sklearn():
     assert np.all(got[1] < 1.0)
 
 
+def test_a_progress_that_is_not_a_function_is_refused_before_any_block():
+    """It was a TypeError after the first block's work (an audit)."""
+    x = np.random.default_rng(3).normal(size=(20, 8))
+    with pytest.raises(InputError, match=r"^progress must be a function \(n_done, n_neurons\) or None; got int$"):
+        average_precision_many(x, [np.arange(5)], np.arange(5, 20), progress=5)
+
+
 def test_memmap_blocks_match_in_memory(tmp_path):
     rng = np.random.default_rng(10)
     x = rng.normal(size=(700, 300)).astype(np.float16)

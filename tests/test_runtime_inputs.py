@@ -199,6 +199,25 @@ def test_library_inputs_of_the_wrong_kind_are_one_line_errors(minilm, tmp_path, 
         compute_responses(minilm, sentences, "kinds", str(tmp_path), options=options, quantize=quantize, batch_size=batch_size, device="cpu")
 
 
+@pytest.mark.parametrize(
+    ("sentences", "extra", "message"),
+    [
+        ([SENTENCES[0], 5], {}, "sentence 1 must be a string of Unicode text; got int '5'"),
+        ([SENTENCES[0], None], {}, "sentence 1 must be a string of Unicode text; got NoneType 'None'"),
+        ([os.fsdecode(b"caf\xe9")], {}, "sentence 0 must be a string of Unicode text; got str"),
+        (SENTENCES[:2], {"options": "mean"}, "options must be a PoolingOptions, e.g. PoolingOptions('mean'); got 'mean'"),
+        (SENTENCES[:2], {"progress": 3}, "progress must be a function (done, total) or None; got int"),
+    ],
+)
+def test_sentences_options_and_progress_of_the_wrong_kind_are_refused_before_any_work(minilm, tmp_path, sentences, extra, message):
+    """Tracebacks from tokenizers (a TypeError), from the cache key (an AttributeError of
+    a str pooling), and after the first batch (a progress that is not a function), found
+    by an audit."""
+    with pytest.raises(InputError, match=f"^{re.escape(message)}"):
+        compute_responses(minilm, sentences, "kinds", tmp_path, batch_size=4, device="cpu", **extra)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_unknown_pooling_is_refused_where_the_options_are_made():
     with pytest.raises(InputError, match=r"^pooling must be one of max, mean; got 'median'$"):
         PoolingOptions("median")

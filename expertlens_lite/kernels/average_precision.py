@@ -523,6 +523,8 @@ def average_precision_many(
             a concept without positives, or a NaN/inf response (the message
             names the neuron's column).
     """
+    if progress is not None and not callable(progress):  # found now, not after the first block
+        raise InputError(f"progress must be a function (n_done, n_neurons) or None; got {type(progress).__name__}")
     x = _as_responses(responses)
     n_sentences, n_neurons = x.shape
     plan = _Plan(positives, pool, excluded, n_sentences)
