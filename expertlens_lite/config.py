@@ -33,10 +33,11 @@ class RunConfig:
     Each field is the ``elens-lite run`` option of the same name (``n_pos`` is
     ``--n-pos``; the rule lists ``taus``, ``lifts``, ``topks``, ``top_fracs`` are the
     repeatable ``--tau``, ``--lift``, ``--topk``, ``--top-frac``; ``pooling``'s fields
-    are ``--pooling``, ``--keep-special-tokens``, ``--skip-first-token``). A value of
-    the wrong type is refused by its field's name when the config is made; the checks
-    of values (:meth:`validate`, then the stages) name the option, as the command's
-    users see it. The cache folder is not a field: it is ``ELENS_HOME`` (default
+    are ``--pooling``, ``--keep-special-tokens``, ``--skip-first-token``). A model,
+    revision, path, rule or ``overwrite`` of the wrong type is refused by its field's
+    name when the config is made; the other fields' types and every value are checked by
+    :meth:`validate` (as :func:`~.pipeline.run` starts, before anything slow) and the
+    stages, naming the option, as the command's users see it. The cache folder is not a field: it is ``ELENS_HOME`` (default
     ``~/.cache/expertlens-lite``), read when a run starts."""
 
     model: str = DEFAULT_MODEL
@@ -64,8 +65,9 @@ class RunConfig:
     def __post_init__(self) -> None:
         """Values as library users write them become what the CLI passes: a path as a
         string or any path-like, a rule as a list, an array, one number or None (no such
-        rule), NumPy numbers as Python ones. Values of the wrong kind are refused here,
-        when the config is made. (A NumPy count used to pass every check and then fail
+        rule), NumPy numbers as Python ones. A model, path, rule or ``overwrite`` of the
+        wrong kind is refused here, when the config is made (the other fields by
+        :meth:`validate`). (A NumPy count used to pass every check and then fail
         the JSON summary after the slow stages; a Path as ``model``, and a list of words
         as ``concepts``, failed with AttributeError and TypeError.)"""
         if isinstance(self.model, os.PathLike):
@@ -82,6 +84,8 @@ class RunConfig:
                 raise InputError(f"{name} must be a path (a str or os.PathLike); got {type(value).__name__} {str(value)[:40]!r}")
             if not os.fspath(value):  # Path("") is ".": --out "" wrote into the current folder
                 raise InputError(f"{name} is empty; give a path")
+            if "\0" in os.fsdecode(value):  # no file name has one; out's was a ValueError from the lock (an audit)
+                raise InputError(f"{name} {os.fsdecode(value)[:40]!r} has a NUL character, which no path can have")
             object.__setattr__(self, name, expanded(value))  # ~ too: --out=~/r reaches us unexpanded
         for name in ("taus", "lifts", "topks", "top_fracs"):
             object.__setattr__(self, name, _rule_values(name, getattr(self, name)))

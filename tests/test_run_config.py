@@ -46,6 +46,7 @@ def test_numpy_values_paths_and_repeats_become_plain_values():
         ("revision", 3, "revision must be a string; got 3"),
         ("concepts", ["cat", "dog"], "concepts must be a path (a str or os.PathLike); got list \"['cat', 'dog']\""),
         ("out", 5, "out must be a path (a str or os.PathLike); got int '5'"),
+        ("out", "/tmp/x\0y", "out '/tmp/x\\x00y' has a NUL character, which no path can have"),
         ("taus", "0.5", "taus must be numbers; got '0.5'"),
         ("topks", [[100]], "topks must be a number or a list of numbers; got [[100]]"),
         ("overwrite", "yes", "overwrite must be True or False; got 'yes'"),
