@@ -1,10 +1,17 @@
 """The architecture registry and the canonical names of the neuron outputs."""
 
+import re
+
 import pytest
 
 from expertlens_lite.errors import ModelError
 from expertlens_lite.export.surgery import neuron_output
-from expertlens_lite.models import Architecture, get_architecture, register, supported_model_types
+from expertlens_lite.models import (
+    Architecture,
+    get_architecture,
+    register,
+    supported_model_types,
+)
 
 
 def test_supported_families_are_pinned():
@@ -32,6 +39,29 @@ def test_canonical_neuron_output_names():
         "blocks.1.mlp.hook_post.max",
         "blocks.2.mlp.hook_post.max",
     ]
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"model_types": "cohere"}, "model_types of 'cohere' must be a tuple of strings, e.g. ('llama',); got 'cohere'"),
+        ({"model_types": ()}, "model_types of 'cohere' must be a tuple of strings"),
+        ({"model_types": ("cohere", None)}, "model_types of 'cohere' must be a tuple of strings"),
+        ({"mlp_down": None}, "mlp_down of 'cohere' must be a string containing '{layer}': None"),
+        ({"mlp_down": "layers.{layer}.{sub}"}, "mlp_down of 'cohere' may hold no placeholder but '{layer}'"),
+        ({"causal": "yes"}, "causal of 'cohere' must be True or False; got 'yes'"),
+    ],
+)
+def test_an_architecture_a_registration_would_misread_is_refused(fields, message):
+    """("cohere") is a string: its letters c, o, h, e, r were registered as model types."""
+    given = {"model_types": ("cohere",), "mlp_down": "layers.{layer}.mlp.down_proj", "causal": True} | fields
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}"):
+        Architecture("cohere", **given)
+    assert "c" not in supported_model_types()
+
+
+def test_model_types_given_as_a_list_are_a_tuple():
+    assert Architecture("cohere", ["cohere"], "layers.{layer}.mlp.down_proj", causal=True).model_types == ("cohere",)
 
 
 def test_register_rejects_a_claimed_type_and_a_template_without_layer():

@@ -37,8 +37,23 @@ class Architecture:
     causal: bool
 
     def __post_init__(self) -> None:
-        if "{layer}" not in self.mlp_down:
-            raise ValueError(f"mlp_down of {self.name!r} must contain '{{layer}}': {self.mlp_down!r}")
+        """Refuse fields a registration would misread: ``model_types=("cohere")`` is a
+        string, whose letters were registered one by one; an ``mlp_down`` with another
+        placeholder failed only in the export (found by an audit)."""
+        if not isinstance(self.name, str) or not self.name:
+            raise ValueError(f"an architecture's name must be a non-empty string; got {self.name!r}")
+        types = self.model_types
+        if isinstance(types, str) or not isinstance(types, (tuple, list)) or not types or not all(isinstance(t, str) and t for t in types):
+            raise ValueError(f"model_types of {self.name!r} must be a tuple of strings, e.g. ('llama',); got {types!r}")
+        object.__setattr__(self, "model_types", tuple(types))
+        if not isinstance(self.mlp_down, str) or "{layer}" not in self.mlp_down:
+            raise ValueError(f"mlp_down of {self.name!r} must be a string containing '{{layer}}': {self.mlp_down!r}")
+        try:
+            self.mlp_down_module(0)
+        except (KeyError, IndexError, ValueError):
+            raise ValueError(f"mlp_down of {self.name!r} may hold no placeholder but '{{layer}}': {self.mlp_down!r}") from None
+        if not isinstance(self.causal, bool):
+            raise ValueError(f"causal of {self.name!r} must be True or False; got {self.causal!r}")
 
     def mlp_down_module(self, layer: int) -> str:
         """PyTorch module path of layer ``layer``'s down-projection."""
