@@ -89,10 +89,11 @@ def write_results(
         concepts = concept_set.concepts
         staged[EXPERTS].write_text(_csv_text(("concept", "layer", "unit", "ap"), experts_rows(ap, concepts, manifest, min_tau)), encoding="utf-8")
         paper, others = measures[0], measures[1:]
-        header = ["concept_a", "concept_b", "human", "jaccard", *(m.name for m in others)]
+        # DESIGN.md's columns first, in its order: concept_a, concept_b, jaccard, human.
+        header = ["concept_a", "concept_b", "jaccard", "human", *(m.name for m in others)]
         rows = (
             # Human scores as read (shortest round trip), measures to 9 digits: 6 made ties that moved ρ.
-            [a, b, np.format_float_positional(score, trim="-"), *(f"{m.pair_values[i]:.9g}" for m in measures)]
+            [a, b, f"{paper.pair_values[i]:.9g}", np.format_float_positional(score, trim="-"), *(f"{m.pair_values[i]:.9g}" for m in others)]
             for i, ((a, b), score) in enumerate(zip(rated.pairs, rated.scores))
         )
         staged[SIMILARITY].write_text(_csv_text(header, rows), encoding="utf-8")

@@ -151,12 +151,25 @@ def test_experts_and_similarity_files_agree_with_the_ap_matrix(minilm_run):
         assert abs(float(row["ap"]) - ap[concepts.index(row["concept"]), column]) < 1e-6
         sets[row["concept"]].add(column)
     with (out / "similarity.csv").open() as handle:
-        pairs = list(csv.DictReader(handle))
+        reader = csv.DictReader(handle)
+        pairs = list(reader)
+    assert reader.fieldnames[:4] == ["concept_a", "concept_b", "jaccard", "human"]  # DESIGN.md's columns, in its order
     assert len(pairs) == summary["n_pairs"] > 0
     for pair in pairs:  # 'jaccard' is τ = 0.3 (the first τ), recomputed from experts.csv
         a, b = sets[pair["concept_a"]], sets[pair["concept_b"]]
         expected = len(a & b) / len(a | b) if a | b else 0.0
         assert abs(float(pair["jaccard"]) - expected) < 1e-9  # 9 digits: 6 decimals made ties that moved ρ
+
+
+def test_the_readme_names_every_field_of_the_summary(minilm_run):
+    """Six top-level fields (default_measure among them) and the alignment rows' last two
+    were missing from the README's table of results (an audit)."""
+    _, out = minilm_run
+    summary = json.loads((out / "summary.json").read_text())
+    readme = Path(__file__).parents[1] / "README.md"
+    row = next(line for line in readme.read_text().splitlines() if line.startswith("| `summary.json` |"))
+    fields = [*summary, *summary["alignment"][0], *summary["comparison"][0]]
+    assert [name for name in fields if f"`{name}`" not in row and f"{name}," not in row and f" {name}`" not in row] == []
 
 
 def test_run_ap_matches_sklearn_on_cached_responses(minilm_run, elens_home):
