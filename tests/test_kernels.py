@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import mmap
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -104,6 +105,21 @@ def test_integer_and_bool_inputs_match_sklearn():
     x = rng.integers(-5, 5, size=(60, 8))
     y = random_labels(rng, 60).astype(bool)
     np.testing.assert_allclose(average_precision(x, y), sklearn_columns(x, y), rtol=0, atol=ATOL)
+
+
+@pytest.mark.parametrize("dtype", [np.int64, np.uint64, np.longdouble])
+def test_values_float64_cannot_hold_are_refused_and_others_of_their_dtype_match_sklearn(dtype, tmp_path):
+    """2**53 + 1 was rounded to 2**53, tying a positive with a negative it outranks
+    (AP 0.583 against sklearn's 0.833), found by an audit; a long double likewise."""
+    y = np.array([0, 1, 0, 1])
+    big = np.longdouble(2**53) + 1 if dtype is np.longdouble else dtype(2**53) + dtype(1)
+    x = np.array([[1, big - 1], [2, big], [0, 3], [1, 4]], dtype=dtype)
+    np.testing.assert_allclose(average_precision(x[:, :1], y), sklearn_columns(x[:, :1], y), rtol=0, atol=ATOL)
+    with pytest.raises(InputError, match=rf"^responses of neuron 1 hold {re.escape(str(big))} \({np.dtype(dtype)}\), which float64"):
+        average_precision(x, y)
+    np.save(tmp_path / "x.npy", x)
+    with pytest.raises(InputError, match="^responses of neuron 1 hold"):
+        average_precision_many(np.load(tmp_path / "x.npy", mmap_mode="r"), [np.array([1, 3])], np.array([0, 2]))
 
 
 def test_invariant_to_positive_scaling_and_shifting():

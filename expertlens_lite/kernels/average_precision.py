@@ -437,7 +437,8 @@ def average_precision(responses: np.ndarray, labels: np.ndarray) -> np.ndarray:
     Args:
         responses: [n_sentences, n_neurons] real scores (float16/32/64 are read
             in place, without rounding; other real dtypes are converted to
-            float64). May be a ``np.memmap``.
+            float64, and refused where a value has no float64 equal). May be a
+            ``np.memmap``.
         labels: [n_sentences] 0/1 (or bool); 1 marks a positive sentence. Both
             classes must be present.
 
@@ -505,7 +506,8 @@ def average_precision_many(
 
     Args:
         responses: [n_sentences, n_neurons] real scores, any real dtype (float16/
-            32/64 read exactly in place; others converted to float64 per block).
+            32/64 read exactly in place; others converted to float64 per block, and
+            refused where a value has no float64 equal).
         positives: C integer arrays of row indices; each non-empty, no repeats.
         pool: integer array of the shared negative rows; no repeats (may be empty).
         excluded: None, or C integer arrays: rows dropped from concept c's
@@ -713,7 +715,8 @@ class _Source:
       dropped after each block (they stay in the page cache).
     - converted: other dtypes and byte orders are copied one block at a time,
       rows in use only, to the float of the same size or, for integers and
-      bools, to float64.
+      bools, to float64; a value that float64 cannot hold exactly (a 64-bit
+      integer past 2**53, a long double) is refused, naming its neuron.
     """
 
     def __init__(self, x: np.ndarray, rows: np.ndarray) -> None:
@@ -726,6 +729,9 @@ class _Source:
             self._work = np.dtype(np.float64)
         self.itemsize = self._work.itemsize
         self._in_place = x.dtype == self._work
+        # 64-bit integers past 2**53 and long doubles may have no float64 equal: rounded,
+        # two scores could tie, or swap places with a third, and AP would not be sklearn's.
+        self._may_round = x.dtype.itemsize > 8 or x.dtype.kind in "iu" and x.dtype.itemsize == 8
         mapping, root = _mapping_of(x)
         self._file = _open_rows(x, mapping, root) if mapping is not None else None
         self._mapping = mapping if self._file is None and _droppable(root) else None
@@ -742,10 +748,16 @@ class _Source:
         if self._file is None and self._in_place:
             return self._x.view(_BITS_DTYPE[self.itemsize]), col0, self._rows
         if self._file is not None:
-            block = self._file.read(self._rows, col0, n_cols)
+            given = self._file.read(self._rows, col0, n_cols)
         else:
-            block = self._x[self._rows, col0 : col0 + n_cols]
-        block = np.ascontiguousarray(block, dtype=self._work)
+            given = self._x[self._rows, col0 : col0 + n_cols]
+        block = np.ascontiguousarray(given, dtype=self._work)
+        if self._may_round and (rounded := np.argwhere(block.astype(given.dtype) != given)).size:
+            row, col = rounded[0]
+            raise InputError(
+                f"responses of neuron {col0 + col} hold {given[row, col]!s} ({given.dtype}), which float64, "
+                "what the kernels compare in, cannot hold exactly; give float16/32/64 responses"
+            )
         return block.view(_BITS_DTYPE[self.itemsize]), 0, self._compact_rows
 
     def prefetch(self, col0: int, n_cols: int) -> None:
