@@ -19,6 +19,14 @@ def cache_dir() -> Path:
     return path
 
 
+def cache_folder_given(cache_dir: str | os.PathLike) -> Path:
+    """A library caller's cache folder as the CLI's is: a path, ``~`` expanded (it made a
+    folder named "~" in the current one, an audit found)."""
+    if not isinstance(cache_dir, (str, os.PathLike)) or not os.fspath(cache_dir):
+        raise InputError(f"cache_dir must be a folder's path (a str or os.PathLike); got {cache_dir!r}")
+    return expanded(cache_dir)
+
+
 def shown(path: str | os.PathLike) -> str:
     """``path`` as text any output stream takes: a name that is not UTF-8 shows its odd
     bytes as Python's error messages do (``caf\\udce9``), where printing it failed."""

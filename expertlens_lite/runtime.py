@@ -55,7 +55,7 @@ from .heads import (
 )
 from .lengths import check_lengths, export_max_tokens
 from .locks import waiting_for
-from .paths import ABOUT
+from .paths import ABOUT, cache_folder_given
 
 log = logging.getLogger(__name__)
 
@@ -464,7 +464,7 @@ def compute_responses(
         raise InputError(f"progress must be a function (done, total) or None; got {type(progress).__name__}")
     if whole_number(batch_size) is None or batch_size < 1:
         raise InputError(f"batch_size must be a positive integer; got {batch_size!r}")
-    cache_dir = Path(cache_dir)
+    cache_dir = cache_folder_given(cache_dir)
     device = resolve_device(device)  # checked even when the responses are cached
     directory = cache_dir / "responses" / responses_key(exported, sentences_hash, options, quantize)
     with waiting_for(directory, cache_dir, "the same responses"):

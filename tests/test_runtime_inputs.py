@@ -218,6 +218,19 @@ def test_sentences_options_and_progress_of_the_wrong_kind_are_refused_before_any
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_library_cache_folder_expands_the_home_folder_and_must_be_a_path(minilm, tmp_path, monkeypatch):
+    """``~/cache`` made a folder named "~" in the current one; None was a TypeError (an audit)."""
+    from expertlens_lite.export import export_model
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    exported = export_model(minilm.directory, "~/cache")  # an export folder: used as it is
+    compute_responses(exported, SENTENCES[:2], "home", "~/cache", batch_size=4, device="cpu")
+    assert (tmp_path / "cache" / "responses").is_dir() and not Path("~").exists()
+    for call in (lambda: export_model("minilm", None), lambda: compute_responses(exported, SENTENCES[:2], "x", None)):
+        with pytest.raises(InputError, match=r"^cache_dir must be a folder's path \(a str or os.PathLike\); got None$"):
+            call()
+
+
 def test_unknown_pooling_is_refused_where_the_options_are_made():
     with pytest.raises(InputError, match=r"^pooling must be one of max, mean; got 'median'$"):
         PoolingOptions("median")

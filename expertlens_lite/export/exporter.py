@@ -34,7 +34,7 @@ from ..errors import ModelError, ResourceError, first_line, whole_number
 from ..locks import waiting_for
 from ..models import Architecture, get_architecture
 from ..models.sources import ModelSource, cannot_load, resolve_model
-from ..paths import DEFAULT_CORPUS, bundled, check_openable_by_libraries
+from ..paths import DEFAULT_CORPUS, bundled, cache_folder_given, check_openable_by_libraries
 from ..quiet import quiet_transformers, warnings_silenced
 from .manifest import FORMAT_VERSION, MANIFEST, Manifest, damage
 from .prefix import Prefix, compute_prefix, constant_prefix, load_prefix, save_prefix
@@ -150,7 +150,7 @@ def export_model(
     _check_quantize(quantize)
     if int8_weights not in (None, *INT8_WEIGHTS):
         raise ModelError(f"int8_weights must be one of {', '.join(INT8_WEIGHTS)} (or None: this CPU's); got {int8_weights!r}")
-    cache_dir = Path(cache_dir)
+    cache_dir = cache_folder_given(cache_dir)
     if isinstance(source, (str, os.PathLike)):
         source = resolve_model(source, None, cache_dir)
     if not isinstance(source, ModelSource):
