@@ -87,6 +87,8 @@ def select(ap: np.ndarray, selection: Selection, base_rate: np.ndarray | None) -
     # option checks (:mod:`.config`), which should not wait the 0.5 s Numba takes to load.
     from .kernels import threshold_bitsets, topk_bitsets
 
+    if not isinstance(selection, Selection):  # a bare "tau" was an AttributeError
+        raise InputError(f"selection must be a Selection, e.g. Selection('tau', 0.5); got {selection!r}")
     ap = np.asarray(ap, dtype=np.float64)
     if ap.ndim != 2:
         raise InputError(f"ap must be a matrix [n_concepts, n_neurons]; got shape {ap.shape}")

@@ -60,6 +60,11 @@ def test_bad_selection_parameters(rule, value):
         Selection(rule, value)
 
 
+def test_a_selection_that_is_no_selection_is_refused():
+    with pytest.raises(InputError, match=r"^selection must be a Selection, e.g. Selection\('tau', 0.5\); got 'tau'$"):
+        select(AP, "tau", RATES)
+
+
 def test_topk_must_leave_some_neurons_out():
     select(AP, Selection("topk", AP.shape[1] - 1), RATES)
     with pytest.raises(InputError, match="must be below"):
