@@ -35,10 +35,11 @@ class RunConfig:
     repeatable ``--tau``, ``--lift``, ``--topk``, ``--top-frac``; ``pooling``'s fields
     are ``--pooling``, ``--keep-special-tokens``, ``--skip-first-token``). A model,
     revision, path, rule or ``overwrite`` of the wrong type is refused by its field's
-    name when the config is made; the other fields' types and every value are checked by
-    :meth:`validate` (as :func:`~.pipeline.run` starts, before anything slow) and the
-    stages, naming the option, as the command's users see it. The cache folder is not a field: it is ``ELENS_HOME`` (default
-    ``~/.cache/expertlens-lite``), read when a run starts."""
+    name when the config is made; the other fields' types and every value are checked
+    by :meth:`validate` (as :func:`~.pipeline.run` starts, before anything slow) and
+    the stages, naming the option, as the command's users see it. The cache folder is
+    not a field: it is ``ELENS_HOME`` (default ``~/.cache/expertlens-lite``), read
+    when a run starts."""
 
     model: str = DEFAULT_MODEL
     revision: str | None = None

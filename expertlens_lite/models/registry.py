@@ -52,7 +52,7 @@ class Architecture:
             self.mlp_down_module(0)
         except (KeyError, IndexError, ValueError):
             raise ValueError(f"mlp_down of {self.name!r} may hold no placeholder but '{{layer}}': {self.mlp_down!r}") from None
-        if not isinstance(self.causal, bool):
+        if self.causal is not True and self.causal is not False:
             raise ValueError(f"causal of {self.name!r} must be True or False; got {self.causal!r}")
 
     def mlp_down_module(self, layer: int) -> str:
