@@ -37,13 +37,21 @@ def check_openable_by_libraries(path: Path, what: str) -> None:
     """Refuse, with an :class:`InputError` naming ``what``, a ``path`` that is not UTF-8:
     a Linux file name may be any bytes, but ONNX Runtime, tokenizers and PyTorch's
     exporter take paths as UTF-8 strings and fail on one with a traceback."""
-    try:
-        os.fsencode(path).decode("utf-8")
-    except UnicodeDecodeError:
+    if not is_unicode(os.fsdecode(path)):
         raise InputError(
             f"{what} has a name that is not UTF-8, and ONNX Runtime, tokenizers and PyTorch's exporter "
             "cannot open files there; rename it or choose another folder"
-        ) from None
+        )
+
+
+def is_unicode(text: str) -> bool:
+    """Whether ``text`` is valid Unicode, which libraries written in Rust and C++ can
+    take: no lone surrogate, as ``os.fsdecode`` makes of bytes that are not UTF-8."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def cache_path() -> Path:

@@ -55,7 +55,7 @@ from .heads import (
 )
 from .lengths import check_lengths, export_max_tokens
 from .locks import waiting_for
-from .paths import ABOUT, cache_folder_given
+from .paths import ABOUT, cache_folder_given, is_unicode
 
 log = logging.getLogger(__name__)
 
@@ -456,7 +456,7 @@ def compute_responses(
     if isinstance(sentences, str) or not isinstance(sentences, Sequence) or not sentences:
         raise InputError(f"sentences must be a non-empty list of strings; got {type(sentences).__name__} {str(sentences)[:40]!r}")
     for number, sentence in enumerate(sentences):  # tokenizers' own errors name neither the sentence nor the rule
-        if not isinstance(sentence, str) or not sentence.isascii() and not _encodable(sentence):
+        if not isinstance(sentence, str) or not sentence.isascii() and not is_unicode(sentence):
             raise InputError(f"sentence {number} must be a string of Unicode text; got {type(sentence).__name__} {str(sentence)[:40]!r}")
     if not isinstance(options, PoolingOptions):
         raise InputError(f"options must be a PoolingOptions, e.g. PoolingOptions('mean'); got {options!r}")
@@ -469,16 +469,6 @@ def compute_responses(
     directory = cache_dir / "responses" / responses_key(exported, sentences_hash, options, quantize)
     with waiting_for(directory, cache_dir, "the same responses"):
         return _cached_or_computed(exported, sentences, directory, options, quantize, device, batch_size, progress)
-
-
-def _encodable(text: str) -> bool:
-    """Whether ``text`` is valid Unicode (no lone surrogate, as ``os.fsdecode`` makes of
-    bytes that are not UTF-8), which tokenizers can take."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def _cached_or_computed(
