@@ -118,8 +118,12 @@ class Bootstrap:
     """
 
     def __init__(self, human: HumanPairs, n_resamples: int, rng: np.random.Generator | int, unit: str = "pairs") -> None:
+        if not isinstance(human, HumanPairs):  # a list of pairs was an AttributeError (an audit)
+            raise InputError(f"human must be HumanPairs (human.read_human_pairs); got {type(human).__name__}")
         if whole_number(n_resamples) is None or n_resamples < 1:
             raise InputError(f"n_resamples must be a positive whole number; got {n_resamples!r}")
+        if not isinstance(rng, np.random.Generator) and (whole_number(rng) is None or rng < 0):
+            raise InputError(f"rng must be a numpy Generator or a non-negative whole number (a seed); got {rng!r}")
         if unit not in BOOTSTRAP_UNITS:
             raise InputError(f"unit must be one of {', '.join(BOOTSTRAP_UNITS)}; got {unit!r}")
         self.human = np.asarray(human.scores, dtype=np.float64)

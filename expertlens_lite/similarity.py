@@ -33,13 +33,19 @@ def weighted_jaccard_matrix(profiles: np.ndarray) -> np.ndarray:
 
 
 def profile_similarity(ap: np.ndarray, name: str) -> np.ndarray:
-    """Concept-by-concept similarity ``[C, C]`` of AP profiles ``[C, N]``."""
+    """Concept-by-concept similarity ``[C, C]`` of AP profiles ``[C, N]``: finite, and for
+    ``weighted_jaccard`` non-negative (a NaN came back as NaN similarities, a negative
+    row as -1, an audit found)."""
     if np.ndim(ap) != 2:
         raise InputError(f"AP profiles must be a [concepts, neurons] matrix; got {np.ndim(ap)} dimension(s)")
+    ap = np.asarray(ap, dtype=np.float64)
+    if not np.isfinite(ap).all():
+        raise InputError(f"AP profiles must be finite; concept {np.flatnonzero(~np.isfinite(ap).all(axis=1))[0]} is not")
+    if name == "weighted_jaccard" and (ap < 0).any():
+        raise InputError(f"weighted_jaccard needs non-negative profiles (APs); concept {np.flatnonzero((ap < 0).any(axis=1))[0]} has a negative value")
     if name == "cosine":
         return cosine_matrix(ap)
     if name == "pearson":
-        ap = np.asarray(ap, dtype=np.float64)
         return cosine_matrix(ap - ap.mean(axis=1, keepdims=True))
     if name == "weighted_jaccard":
         return weighted_jaccard_matrix(ap)

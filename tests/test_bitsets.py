@@ -64,6 +64,15 @@ def test_threshold_bitsets_match_sets(n_neurons):
             assert members(bits[t, c], n_neurons) == expected
 
 
+def test_thresholds_and_counts_that_are_no_numbers_are_named():
+    """numpy's ValueError (could not convert string to float) named neither; 130.0 neurons
+    was said to be outside [0, 192]."""
+    with pytest.raises(InputError, match=r"^taus must be a 1-D sequence of finite numbers; got \['x'\]$"):
+        threshold_bitsets(np.zeros((2, 10)), ["x"])
+    with pytest.raises(InputError, match=r"^n_neurons must be a whole number in \[0, 192\] for 3 words; got 130.0$"):
+        unpack_masks(np.zeros((2, 3), np.uint64), 130.0)
+
+
 @pytest.mark.parametrize(
     "n_neurons, k", [(1, 0), (1, 1), (70, 5), (130, 64), (1000, 999), (100, 100)]
 )

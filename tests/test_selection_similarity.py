@@ -176,6 +176,27 @@ def test_resampled_rho_of_values_that_cannot_be_ranked_is_nan_or_refused():
         Bootstrap(HumanPairs("t", human.pairs[:1], human.scores[:1]), 50, 0)
 
 
+def test_a_bootstrap_of_what_is_no_rating_or_seed_is_refused():
+    """A list of pairs was an AttributeError, a string seed numpy's TypeError (an audit)."""
+    human = HumanPairs("t", (("a", "b"), ("b", "c"), ("a", "c")), (1.0, 2.0, 3.0))
+    with pytest.raises(InputError, match=r"^human must be HumanPairs \(human.read_human_pairs\); got list$"):
+        Bootstrap(list(human.pairs), 50, 0)
+    for rng in ("abc", -1, 1.5):
+        with pytest.raises(InputError, match=r"^rng must be a numpy Generator or a non-negative whole number \(a seed\)"):
+            Bootstrap(human, 50, rng)
+
+
+@pytest.mark.parametrize(
+    "name, row, message",
+    [("cosine", [np.nan, 0.1], "AP profiles must be finite; concept 1 is not"),
+     ("weighted_jaccard", [-0.5, 0.1], "weighted_jaccard needs non-negative profiles (APs); concept 1 has a negative value")],
+)
+def test_profiles_that_are_no_aps_are_refused(name, row, message):
+    """A NaN came back as NaN similarities, a negative row as a weighted Jaccard of -1."""
+    with pytest.raises(InputError, match=f"^{re.escape(message)}$"):
+        profile_similarity(np.array([[0.2, 0.3], row]), name)
+
+
 def test_a_concept_bootstrap_is_wider_than_a_pair_bootstrap_where_pairs_share_concepts():
     rng = np.random.default_rng(2)
     words = [f"w{i}" for i in range(25)]

@@ -105,7 +105,7 @@ def unpack_masks(bits: np.ndarray, n_neurons: int) -> np.ndarray:
     b = _check_bits(bits)
     if not isinstance(n_neurons, (int, np.integer)) or not 0 <= n_neurons <= 64 * b.shape[-1]:
         raise InputError(
-            f"n_neurons must be in [0, {64 * b.shape[-1]}] for {b.shape[-1]} words; "
+            f"n_neurons must be a whole number in [0, {64 * b.shape[-1]}] for {b.shape[-1]} words; "
             f"got {n_neurons}"
         )
     as_bytes = np.ascontiguousarray(b).astype("<u8", copy=False).view(np.uint8)
@@ -124,7 +124,10 @@ def threshold_bitsets(scores: np.ndarray, taus: Sequence[float]) -> np.ndarray:
         uint64 [T, n_concepts, ceil(n_neurons / 64)].
     """
     s = _check_scores(scores)
-    t = np.asarray(taus, dtype=np.float64)
+    try:
+        t = np.asarray(taus, dtype=np.float64)
+    except (TypeError, ValueError):  # not numbers: numpy's own error named neither
+        t = np.array([np.nan])
     if t.ndim != 1 or not np.all(np.isfinite(t)):
         raise InputError(f"taus must be a 1-D sequence of finite numbers; got {taus!r}")
     out = np.empty((t.size, s.shape[0], -(-s.shape[1] // 64)), np.uint64)
