@@ -124,12 +124,13 @@ def threshold_bitsets(scores: np.ndarray, taus: Sequence[float]) -> np.ndarray:
         uint64 [T, n_concepts, ceil(n_neurons / 64)].
     """
     s = _check_scores(scores)
+    wrong = InputError(f"taus must be a 1-D sequence of finite numbers; got {taus!r}")
     try:
         t = np.asarray(taus, dtype=np.float64)
     except (TypeError, ValueError):  # not numbers: numpy's own error named neither
-        t = np.array([np.nan])
+        raise wrong from None
     if t.ndim != 1 or not np.all(np.isfinite(t)):
-        raise InputError(f"taus must be a 1-D sequence of finite numbers; got {taus!r}")
+        raise wrong
     out = np.empty((t.size, s.shape[0], -(-s.shape[1] // 64)), np.uint64)
     for i, tau in enumerate(t):
         out[i] = pack_masks(s >= tau)
