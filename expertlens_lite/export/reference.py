@@ -68,6 +68,12 @@ def torch_responses(model, architecture: Architecture, batch: dict[str, np.ndarr
     :func:`expertlens_lite.batching.make_batch`.
     """
     neurons, hidden, _ = torch_activations(model, architecture, batch)
-    mask = batch["pool_mask"]
-    pooled = np.concatenate([pool_tokens(x, mask, pooling) for x in neurons], axis=1)
-    return pooled.astype(np.float32), pool_tokens(hidden, mask, "mean").astype(np.float32)
+    return pool_activations(neurons, hidden, batch["pool_mask"], pooling)
+
+
+def pool_activations(neurons: list[np.ndarray], hidden: np.ndarray, pool_mask: np.ndarray, pooling: str) -> tuple[np.ndarray, np.ndarray]:
+    """What :func:`torch_responses` returns, from :func:`torch_activations`' output: one
+    forward pass can then be pooled under several masks (the masks of the pooling options
+    differ only in which tokens take part, not in the model's inputs)."""
+    pooled = np.concatenate([pool_tokens(x, pool_mask, pooling) for x in neurons], axis=1)
+    return pooled.astype(np.float32), pool_tokens(hidden, pool_mask, "mean").astype(np.float32)
