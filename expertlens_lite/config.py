@@ -18,7 +18,7 @@ import numpy as np
 from .batching import PoolingOptions
 from .devices import resolve_device
 from .errors import InputError, whole_number
-from .paths import RESULT_FILES, SUMMARY, check_writable, expanded
+from .paths import RESULT_FILES, SUMMARY, check_writable, expanded, model_path_spec
 from .selection import Selection
 
 DEFAULT_MODEL = "smollm2"
@@ -72,7 +72,7 @@ class RunConfig:
         the JSON summary after the slow stages; a Path as ``model``, and a list of words
         as ``concepts``, failed with AttributeError and TypeError.)"""
         if isinstance(self.model, os.PathLike):
-            object.__setattr__(self, "model", os.fspath(self.model))
+            object.__setattr__(self, "model", model_path_spec(self.model))
         if not isinstance(self.model, str):
             raise InputError(f"model must be a bundled name, a model folder, a .gguf file or a hub id; got {self.model!r}")
         if self.revision is not None and not isinstance(self.revision, str):

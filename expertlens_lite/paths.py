@@ -59,6 +59,17 @@ def cache_path() -> Path:
     return expanded(os.environ.get("ELENS_HOME") or "~/.cache/expertlens-lite")
 
 
+def model_path_spec(path: os.PathLike) -> str:
+    """A path object given as a model, as a ``--model`` string that can only name that
+    path: ``Path("smollm2")`` becomes ``./smollm2``, which is never the bundled model of
+    that name nor a hub id (as a bare string it picked the bundled model even where
+    ./smollm2 was an export folder, found by an audit)."""
+    spec = os.fspath(path)
+    if isinstance(spec, bytes) or os.path.isabs(spec) or spec.startswith(("./", "../", "~")):
+        return spec
+    return os.path.join(".", spec)
+
+
 def expanded(path: str | os.PathLike) -> Path:
     """``path`` with a leading ``~`` or ``~user`` made the home folder, which the shell
     does not do in ``--corpus=~/c.txt``; an unknown user is an :class:`InputError`

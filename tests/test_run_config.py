@@ -32,11 +32,24 @@ def test_numpy_values_paths_and_repeats_become_plain_values():
         topks=[100, np.int64(100), 100.0], lifts=np.float32(10), top_fracs=(f for f in [0.01]), overwrite=np.True_,
         pooling=PoolingOptions(keep_special_tokens=np.True_),
     )
-    assert config.model == "my-export"
+    assert config.model == "./my-export"
     assert (config.n_pos, config.seed, config.taus, config.topks, config.lifts, config.top_fracs) == (12, 3, (0.5, 0.3), (100,), (10.0,), (0.01,))
     for value in (config.n_pos, config.seed, *config.taus, *config.topks, *config.lifts, config.overwrite, config.pooling.keep_special_tokens):
         assert type(value) in (int, float, bool)
     assert len({s.label for s in config.selections()}) == len(config.selections())
+
+
+def test_a_path_object_as_model_is_that_path_never_a_bundled_name(tmp_path, monkeypatch):
+    """``Path("minilm")`` ran the bundled MiniLM even with no such folder (an audit)."""
+    from expertlens_lite.errors import ModelError
+    from expertlens_lite.models.sources import resolve_model
+
+    monkeypatch.chdir(tmp_path)
+    assert RunConfig(model=Path("minilm")).model == "./minilm"
+    assert RunConfig(model=tmp_path / "minilm").model == str(tmp_path / "minilm")
+    assert RunConfig(model="minilm").model == "minilm"
+    with pytest.raises(ModelError, match=r"^model path not found: \./minilm$"):
+        resolve_model(Path("minilm"), None, tmp_path / "home")
 
 
 @pytest.mark.parametrize(

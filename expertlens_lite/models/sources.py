@@ -34,7 +34,7 @@ from ..atomic import (
 )
 from ..errors import ModelError, first_line
 from ..locks import waiting_for
-from ..paths import ABOUT, expanded
+from ..paths import ABOUT, expanded, model_path_spec
 from ..quiet import quiet_transformers
 
 log = logging.getLogger(__name__)
@@ -133,7 +133,7 @@ def resolve_model(spec: str | os.PathLike, revision: str | None, cache_dir: Path
     checkpoint it did not use.
     """
     if isinstance(spec, os.PathLike):
-        spec = os.fspath(spec)
+        spec = model_path_spec(spec)
     if not isinstance(spec, str):
         raise ModelError(f"a model must be a bundled name, a model folder, a .gguf file or a hub id; got {spec!r}")
     if not spec.strip():
