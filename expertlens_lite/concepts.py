@@ -147,10 +147,17 @@ def word_index(sentences: list[str]) -> dict[str, set[int]]:
     return index
 
 
+# Endings that take "es" in a simple English plural (box -> boxes, dish -> dishes).
+_ES_ENDINGS = ("s", "x", "z", "ch", "sh", "o")
+
+
 def matching_sentences(word: str, index: dict[str, set[int]]) -> set[int]:
-    """Sentences containing ``word`` as a whole word, or its simple plural (+s, +es)."""
+    """Sentences containing ``word`` as a whole word, or its simple plural: +s, and +es
+    after s, x, z, ch, sh or o. (+es after any word made "hates" a plural of hat and
+    "planes" of plan, found by an audit.)"""
     word = word.lower()
-    return index.get(word, set()) | index.get(word + "s", set()) | index.get(word + "es", set())
+    forms = (word, word + "s", word + "es") if word.endswith(_ES_ENDINGS) else (word, word + "s")
+    return set().union(*(index.get(form, set()) for form in forms))
 
 
 def _stream(seed: int, word: str | None = None) -> np.random.Generator:

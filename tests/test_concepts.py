@@ -30,6 +30,14 @@ def test_matching_is_whole_word_case_insensitive_with_simple_plurals():
     assert matching_sentences("cat", index) == {0, 1, 2, 4}  # not 'concatenation', not 'category'
 
 
+def test_es_makes_a_plural_only_after_the_endings_that_take_it():
+    """+es after any word made "She hates rain." a sentence about a hat (an audit)."""
+    sentences = ["She hates rain.", "The planes landed.", "Two hats.", "Three dishes.", "The heroes won.", "Buses ran."]
+    index = word_index(sentences)
+    found = {word: matching_sentences(word, index) for word in ("hat", "plan", "dish", "hero", "bus")}
+    assert found == {"hat": {2}, "plan": set(), "dish": {3}, "hero": {4}, "bus": {5}}
+
+
 def test_read_corpus_txt_and_jsonl(tmp_path):
     txt = tmp_path / "c.txt"
     txt.write_text("a b\n\n  c d  \na b\n")
