@@ -10,6 +10,7 @@ library.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -30,6 +31,7 @@ from .concepts import (
     ConceptSet,
     build_concept_set,
     is_concept_word,
+    matching_sentences,
     read_concepts,
     read_corpus,
     word_index,
@@ -92,9 +94,14 @@ class _Timer:
             self.seconds[name] = round(time.perf_counter() - start, 3)
 
 
+def corpus_file(config: RunConfig) -> Path:
+    """The corpus a run reads: ``--corpus``, else the bundled one."""
+    return config.corpus or bundled(DEFAULT_CORPUS)
+
+
 def load_inputs(config: RunConfig) -> tuple[ConceptSet, HumanPairs]:
     """Read corpus, concepts and human ratings; sample the concept set."""
-    corpus = read_corpus(config.corpus or bundled(DEFAULT_CORPUS))
+    corpus = read_corpus(corpus_file(config))
     human = read_human_pairs(config.human or bundled(DEFAULT_HUMAN))
     if config.concepts is not None:
         words = read_concepts(config.concepts)
@@ -105,7 +112,7 @@ def load_inputs(config: RunConfig) -> tuple[ConceptSet, HumanPairs]:
                 "are left out: %s%s", len(unusable), human.source, ", ".join(unusable[:8]), " …" if len(unusable) > 8 else "",
             )
         index = word_index(corpus)
-        words = sorted(w for w in human.words if w in index or w + "s" in index or w + "es" in index)
+        words = sorted(w for w in human.words if matching_sentences(w, index))
     concept_set = build_concept_set(
         corpus, words, n_pos=config.n_pos, n_neg=config.n_neg, min_pos=config.min_pos, seed=config.seed,
         warn_skipped=config.concepts is not None,
@@ -256,7 +263,9 @@ def _summary(
         "device_used": resolve_device(config.device),  # what --device auto resolves to here (cached responses ran nothing)
         "onnx_file": exported.onnx_path(config.quantize).name,  # for int8: which weights (quantize.int8_weights)
         "n_pairs": len(rated.pairs),
-        "human": rated.source,
+        # absolute, so that the summary names its inputs wherever it is read from
+        "corpus": os.path.abspath(corpus_file(config)),
+        "human": os.path.abspath(rated.source),
         "concepts": list(concept_set.concepts),
         "skipped_concepts": concept_set.skipped,
         "settings": {

@@ -111,7 +111,7 @@ def render_report(summary: dict, measures: list[Measure], rated: HumanPairs, pap
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>expertlens-lite: {html.escape(summary['model'])}</title>
 <style>{_STYLE}</style></head><body>
 <h1>Expert neurons of <code>{html.escape(summary['model'])}</code></h1>
-<p>{summary['n_concepts']} concepts, {summary['n_sentences']} sentences, {summary['n_neurons']:,} MLP neurons
+<p>{summary['n_concepts']} concepts, {summary['n_sentences']} sentences of <code>{html.escape(summary['corpus'])}</code>, {summary['n_neurons']:,} MLP neurons
 ({summary['n_layers']} layers, {html.escape(summary['architecture'])}); {summary['n_pairs']} rated pairs from
 <code>{html.escape(str(summary['human']))}</code>. Skipped concepts (positives found): {skipped}.</p>
 <h2>Alignment with human similarity</h2>

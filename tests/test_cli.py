@@ -562,16 +562,22 @@ def test_results_or_cache_where_nothing_can_be_written(tmp_path, monkeypatch):
 NOT_UTF8 = os.fsdecode(b"caf\xe9")  # a legal Linux file name: "caf\udce9" as a str
 
 
-def test_a_run_reads_and_writes_where_a_path_is_not_utf8(slice_files, tmp_path, minilm):
-    """The ratings and the results in a folder whose name is not UTF-8: the run failed
+def test_a_run_reads_and_writes_where_a_path_is_not_utf8(slice_files, tmp_path, minilm, monkeypatch):
+    """The inputs and the results in a folder whose name is not UTF-8: the run failed
     with a UnicodeEncodeError at its end, writing the report (which names the ratings
-    file), and before that at once, hashing the --out path for its lock (an audit)."""
+    file), and before that at once, hashing the --out path for its lock (an audit).
+    Given relative, the inputs are named in the summary by their absolute paths (the
+    corpus was not named at all, the ratings file as typed: an audit)."""
     folder = tmp_path / NOT_UTF8
     folder.mkdir()
     shutil.copyfile(bundled("men.txt"), folder / "men.txt")
-    result = run_slice(folder / "out", slice_files / "concepts.txt", "minilm", "--human", str(folder / "men.txt"))
+    shutil.copyfile(bundled("corpus.txt"), folder / "corpus.txt")
+    monkeypatch.chdir(folder)
+    result = run_slice(Path("out"), slice_files / "concepts.txt", "minilm", "--human", "men.txt", "--corpus", "corpus.txt")
     assert result.exit_code == 0, result.output
-    assert json.loads((folder / "out" / "summary.json").read_text())["human"] == str(folder / "men.txt")
+    summary = json.loads((folder / "out" / "summary.json").read_text())
+    assert (summary["corpus"], summary["human"]) == (str(folder / "corpus.txt"), str(folder / "men.txt"))
+    assert f"sentences of <code>{tmp_path}/caf\\udce9/corpus.txt</code>" in (folder / "out" / "report.html").read_text(encoding="utf-8")
     assert "caf\\udce9" in (folder / "out" / "report.html").read_text(encoding="utf-8")
 
 
