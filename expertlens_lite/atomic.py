@@ -14,8 +14,10 @@ import logging
 import math
 import os
 import shutil
+import signal
 import stat
 import tempfile
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -301,9 +303,44 @@ def json_ready(value: Any) -> Any:
     return value
 
 
+def json_text(data: Any) -> str:
+    """``data`` (made :func:`json_ready`) as indented, strict JSON."""
+    return json.dumps(json_ready(data), indent=2, sort_keys=False, allow_nan=False) + "\n"
+
+
 def write_json(target: Path, data: Any) -> None:
-    """Write ``data`` (made :func:`json_ready`) as indented JSON to ``target`` atomically."""
-    write_text(target, json.dumps(json_ready(data), indent=2, sort_keys=False, allow_nan=False) + "\n")
+    """Write ``data`` as :func:`json_text` to ``target`` atomically."""
+    write_text(target, json_text(data))
+
+
+@contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Hold Ctrl-C (SIGINT) and SIGTERM during the block, then act on the first that came.
+
+    For renames that must happen together: a run's result files taking their places. A
+    Ctrl-C among them left an earlier run's files mixed with the new ones and no summary
+    (found by an audit); held, it stops the program right after them. Python sets signal
+    handlers from the main thread only; elsewhere the block runs as it is (the main
+    thread gets the signal then). SIGKILL cannot be held.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    came: list[tuple[int, Any]] = []
+    numbers = [n for n in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(n) is not None]  # None: set outside Python
+    previous = {n: signal.signal(n, lambda signum, frame: came.append((signum, frame))) for n in numbers}
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+        if came:
+            signum, frame = came[0]
+            handler = previous[signum]
+            if callable(handler):
+                handler(signum, frame)
+            elif handler == signal.SIG_DFL:
+                signal.raise_signal(signum)
 
 
 def file_sizes(directory: Path, leave_out: str) -> dict[str, int]:

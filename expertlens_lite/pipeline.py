@@ -53,7 +53,7 @@ from .paths import (
     bundled,
     cache_dir,
 )
-from .results import write_results, write_summary
+from .results import staged_results, write_results, write_summary
 from .runtime import available_memory, compute_responses
 
 log = logging.getLogger(__name__)
@@ -230,11 +230,11 @@ def _run(config: RunConfig, cache: Path, progress: Progress | None) -> RunResult
         bootstrap = Bootstrap(rated, config.n_bootstrap, np.random.default_rng(config.seed), config.bootstrap_unit)
         score_all(measures, concept_set.concepts, rated, bootstrap)
     summary = _summary(config, exported, concept_set, rated, measures, timer)
-    with _writing_into(config.out, config.overwrite):
+    with _writing_into(config.out, config.overwrite), staged_results(config.out) as staged:
         with timer.stage("write"):
-            write_results(config.out, summary, exported.manifest, concept_set, rated, ap, measures, min(config.taus))
+            write_results(staged, summary, exported.manifest, concept_set, rated, ap, measures, min(config.taus))
         summary = json_ready(summary | {"timings": timer.seconds})  # what summary.json holds
-        write_summary(config.out, summary)
+        write_summary(staged, summary)
     return RunResult(summary, config.out.absolute(), concept_set, ap, measures)  # right after a chdir too
 
 

@@ -180,6 +180,32 @@ def test_an_overwrite_run_that_fails_while_writing_keeps_the_earlier_results(fai
     assert {p.name: p.read_bytes() for p in out.iterdir()} == earlier
 
 
+def test_a_ctrl_c_among_the_renames_stops_the_run_after_them(minilm, tmp_path, monkeypatch):
+    """A Ctrl-C as the new result files took their places left the earlier run's files
+    mixed with the new ones and no summary.json (an audit): it is held until all are in
+    place, then stops the run as a Ctrl-C does."""
+    import signal
+
+    out = folder_with_a_file(tmp_path / "results")
+    (tmp_path / "concepts.txt").write_text("\n".join(SLICE_WORDS) + "\n")
+    assert run_slice(out, tmp_path / "concepts.txt").exit_code == 0
+    real_replace = os.replace
+
+    def replace(source, target, *args, **kwargs):
+        real_replace(source, target, *args, **kwargs)
+        if Path(target).parent == out and Path(target).name != "summary.json":
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(os, "replace", replace)
+    result = run_slice(out, tmp_path / "concepts.txt", "minilm", "--seed", "1", "--overwrite")
+    monkeypatch.undo()
+    assert result.exit_code == 130, result.output
+    assert json.loads((out / "summary.json").read_text())["settings"]["seed"] == 1
+    assert run_slice(tmp_path / "again", tmp_path / "concepts.txt", "minilm", "--seed", "1").exit_code == 0
+    for name in ("ap.npy", "experts.csv", "similarity.csv"):
+        assert (out / name).read_bytes() == (tmp_path / "again" / name).read_bytes(), name
+
+
 def test_results_that_another_run_finished_meanwhile_are_not_replaced(minilm, tmp_path, monkeypatch):
     """Runs with their own ELENS_HOME do not share the cache's lock of --out: both found
     no summary.json when they started, then the second replaced the first's results
