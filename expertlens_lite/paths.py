@@ -21,10 +21,10 @@ def cache_dir() -> Path:
 
 def cache_folder_given(cache_dir: str | os.PathLike) -> Path:
     """A library caller's cache folder as the CLI's is: a path, ``~`` expanded (it made a
-    folder named "~" in the current one, an audit found)."""
+    folder named "~" in the current one, an audit found), its links followed."""
     if not isinstance(cache_dir, (str, os.PathLike)) or not os.fspath(cache_dir):
         raise InputError(f"cache_dir must be a folder's path (a str or os.PathLike); got {cache_dir!r}")
-    return expanded(cache_dir)
+    return followed(expanded(cache_dir))
 
 
 def shown(path: str | os.PathLike) -> str:
@@ -55,8 +55,23 @@ def is_unicode(text: str) -> bool:
 
 
 def cache_path() -> Path:
-    """``$ELENS_HOME``, else ``~/.cache/expertlens-lite`` (which may not exist yet)."""
-    return expanded(os.environ.get("ELENS_HOME") or "~/.cache/expertlens-lite")
+    """``$ELENS_HOME``, else ``~/.cache/expertlens-lite`` (which may not exist yet), its
+    links followed (:func:`followed`)."""
+    return followed(expanded(os.environ.get("ELENS_HOME") or "~/.cache/expertlens-lite"))
+
+
+def followed(path: Path) -> Path:
+    """``path`` made absolute, with its symbolic links followed: a folder made through a
+    link to a folder that is not there yet (which ``Path.mkdir`` refuses, "File exists")
+    is made where the link points, as ``elens-lite export --out`` does. (A run's
+    ``--out`` or ``ELENS_HOME`` that was such a link was a traceback, the --out one
+    after the run's slow stages: an audit.)"""
+    return Path(os.path.realpath(path))
+
+
+def make_folder(path: Path) -> None:
+    """``mkdir -p`` of ``path``, :func:`followed`."""
+    followed(path).mkdir(parents=True, exist_ok=True)
 
 
 def model_path_spec(path: os.PathLike) -> str:
@@ -99,8 +114,9 @@ def check_writable(path: Path, what: str) -> None:
 
 
 def nearest_existing(path: Path) -> Path:
-    """``path`` made absolute, or its nearest parent folder that exists."""
-    return next(p for p in [path.absolute(), *path.absolute().parents] if p.exists())
+    """``path`` :func:`followed`, or its nearest parent folder that exists."""
+    path = followed(path)
+    return next(p for p in [path, *path.parents] if p.exists())
 
 
 def bundled(name: str) -> Path:

@@ -52,6 +52,7 @@ from .paths import (
     SUMMARY,
     bundled,
     cache_dir,
+    make_folder,
 )
 from .results import staged_results, write_results, write_summary
 from .runtime import available_memory, compute_responses
@@ -182,7 +183,7 @@ def _writing_into(out: Path, overwrite: bool) -> Iterator[None]:
     that a run killed while writing here left are removed.
     """
     with reported_write_failures(f"--out {out}"):  # the lock file too: a read-only or full disk is one line
-        out.mkdir(parents=True, exist_ok=True)
+        make_folder(out)
         with writing_into(out):
             if (out / SUMMARY).exists() and not overwrite:
                 raise InputError(

@@ -33,7 +33,7 @@ from .concepts import ConceptSet
 from .export import Manifest
 from .human import HumanPairs
 from .measures import Measure
-from .paths import AP, EXPERTS, REPORT, SIMILARITY, SUMMARY
+from .paths import AP, EXPERTS, REPORT, SIMILARITY, SUMMARY, make_folder
 from .report import render_report
 from .selection import AP_ROUNDING
 
@@ -73,7 +73,7 @@ def staged_results(out: Path) -> Iterator[dict[str, Path]]:
     naming ``--out``: it is found only here, after the run's slow stages.
     """
     with reported_write_failures(f"--out {out}"), ExitStack() as files:
-        out.mkdir(parents=True, exist_ok=True)
+        make_folder(out)
         held = files.enter_context(ExitStack())  # closed last: what holds the signals lets go after every rename
         # Entered first, renamed last: summary.json marks the folder as finished.
         staged = {name: files.enter_context(atomic_path(out / name, Path(name).suffix, made_ready=True)) for name in (SUMMARY, EXPERTS, SIMILARITY, AP, REPORT)}

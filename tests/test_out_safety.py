@@ -206,6 +206,24 @@ def test_a_ctrl_c_among_the_renames_stops_the_run_after_them(minilm, tmp_path, m
         assert (out / name).read_bytes() == (tmp_path / "again" / name).read_bytes(), name
 
 
+def test_an_out_or_cache_that_links_to_no_folder_yet_is_made_where_the_link_points(minilm, tmp_path, monkeypatch):
+    """Both were tracebacks ("File exists"), the --out one after the run's slow stages (an
+    audit); a link to where no folder can be made is refused before them."""
+    from expertlens_lite.locks import using_cache
+    from expertlens_lite.paths import cache_dir
+
+    (tmp_path / "concepts.txt").write_text("\n".join(SLICE_WORDS) + "\n")
+    (tmp_path / "d").symlink_to(tmp_path / "target" / "results")
+    assert run_slice(tmp_path / "d", tmp_path / "concepts.txt").exit_code == 0
+    assert (tmp_path / "target" / "results" / "summary.json").is_file()
+    (tmp_path / "p").symlink_to("/proc/elens-lite-none")
+    assert_user_error(run_slice(tmp_path / "p", tmp_path / "concepts.txt"), "--out", "cannot be written", "(/proc)")
+    (tmp_path / "home").symlink_to(tmp_path / "cache")
+    monkeypatch.setenv("ELENS_HOME", str(tmp_path / "home"))
+    with using_cache(cache_dir()):
+        assert (tmp_path / "cache" / "locks").is_dir()
+
+
 def test_results_that_another_run_finished_meanwhile_are_not_replaced(minilm, tmp_path, monkeypatch):
     """Runs with their own ELENS_HOME do not share the cache's lock of --out: both found
     no summary.json when they started, then the second replaced the first's results
