@@ -351,6 +351,16 @@ def test_paths_that_cannot_be_one_line(option, path, message):
     assert_user_error(invoke("run", *args), message)
 
 
+@pytest.mark.parametrize("entry", ["locks", "models"])
+def test_a_file_where_the_cache_keeps_a_folder_is_one_line(entry, tmp_path, monkeypatch):
+    """Both were tracebacks, FileExistsError (an audit)."""
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / entry).write_text("")
+    monkeypatch.setenv("ELENS_HOME", str(home))
+    assert_user_error(invoke("run", "--model", "minilm", "--out", str(tmp_path / "r")), f"error: {home / entry}: is there but is not a folder")
+
+
 def test_an_empty_out_is_refused_not_the_current_folder():
     assert_user_error(invoke("run", "--model", "minilm", "--out", ""), "out is empty")
     assert list(Path.cwd().iterdir()) == []

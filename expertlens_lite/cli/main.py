@@ -14,6 +14,7 @@ import click
 
 from .. import __version__
 from ..errors import ElensError
+from ..paths import shown as path_shown
 
 # What click (8.2 on) raises, to print the help, for a group called without a command.
 _NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
@@ -118,13 +119,7 @@ class _Group(click.Group):
             click.echo(f"error: {exc}", err=True)
             sys.exit(2)
         except OSError as exc:
-            if exc.errno != errno.ENAMETOOLONG:  # any other is a bug, with its traceback
-                raise
-            # Found wherever a path is first looked at (pathlib's exists() raises it), for
-            # any option or ELENS_HOME: one line here rather than a check at every use.
-            longest = max(Path(str(exc.filename)).parts, key=lambda part: len(os.fsencode(part)), default="")
-            shown = longest[:40] + ("…" if len(longest) > 40 else "")
-            click.echo(f"error: a file name is too long ({len(os.fsencode(longest))} bytes): {shown}", err=True)
+            click.echo(f"error: {_path_trouble(exc)}", err=True)
             sys.exit(2)
         except click.Abort as exc:
             stopped, status = ("terminated", 143) if isinstance(exc.__cause__, Terminated) else ("interrupted", 130)
@@ -133,6 +128,31 @@ class _Group(click.Group):
             click.echo(f"{stopped}; a rerun resumes from what was finished", err=True)
             sys.exit(status)
         sys.exit(status if isinstance(status, int) else 0)
+
+
+# What a path the user gave, or the cache folder, can be found to be wherever it is first
+# used: one line for each, here, rather than a check at every use (a file where the cache
+# keeps a folder, an entry made unreadable, were tracebacks: an audit).
+_PATH_TROUBLE = {
+    errno.EEXIST: "is there but is not a folder",
+    errno.ENOTDIR: "a part of this path is a file, not a folder",
+    errno.EISDIR: "is a folder, not a file",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.EROFS: "is on a read-only file system",
+}
+
+
+def _path_trouble(exc: OSError) -> str:
+    """The one line that says what is wrong with the path in ``exc``; an OSError of
+    another kind, or naming no path, is a bug and keeps its traceback."""
+    if exc.errno == errno.ENAMETOOLONG:  # pathlib's exists() raises it, for any option or ELENS_HOME
+        longest = max(Path(str(exc.filename)).parts, key=lambda part: len(os.fsencode(part)), default="")
+        shown = longest[:40] + ("…" if len(longest) > 40 else "")
+        return f"a file name is too long ({len(os.fsencode(longest))} bytes): {shown}"
+    if exc.errno in _PATH_TROUBLE and exc.filename is not None:
+        return f"{path_shown(exc.filename)}: {_PATH_TROUBLE[exc.errno]}"
+    raise exc
 
 
 def _set_verbosity(ctx: click.Context, _param: click.Parameter, verbose: int) -> None:
