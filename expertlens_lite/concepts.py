@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError, whole_number
+from .errors import InputError, first_line, whole_number
 from .userfiles import nfc, read_text_file
 
 log = logging.getLogger(__name__)
@@ -84,6 +84,8 @@ def _parse_jsonl(path: Path, text: str) -> list[str]:
             record = json.loads(line)
         except json.JSONDecodeError:
             raise InputError(f"{path}:{number}: not valid JSON") from None
+        except (ValueError, RecursionError) as exc:  # an integer of over 4,300 digits; nesting too deep (an audit)
+            raise InputError(f"{path}:{number}: JSON that Python cannot read ({first_line(exc)})") from None
         if not isinstance(record, dict) or not isinstance(record.get("text"), str):
             raise InputError(f"{path}:{number}: expected an object with a string 'text' field")
         sentences.append(record["text"].strip())

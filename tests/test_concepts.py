@@ -58,6 +58,9 @@ def test_read_corpus_txt_and_jsonl(tmp_path):
         ("latin1.txt", "caf\u00e9\n".encode("latin-1"), "not UTF-8"),
         ("bad.jsonl", b'{"text": "ok"}\nnot json\n', ":2: not valid JSON"),
         ("notext.jsonl", b'{"body": "x"}\n', ":1: expected an object"),
+        # Both were tracebacks (an audit): a ValueError of Python's integer limit, a RecursionError.
+        ("hugeint.jsonl", b'{"text": "ok"}\n{"text": "x", "n": ' + b"9" * 5000 + b"}\n", ":2: JSON that Python cannot read \\(Exceeds the limit"),
+        ("deep.jsonl", b'{"text": "x", "n": ' + b"[" * 100_000 + b"]" * 100_000 + b"}\n", ":1: JSON that Python cannot read \\(maximum recursion depth"),
         # Valid UTF-8, so it was read: every sentence a row of letters and NULs, matching no concept.
         ("utf16.txt", "birds sing\nsoup is hot\n".encode("utf-16-le"), r"holds NUL characters \(line 1\): is it UTF-16 or binary\?"),
         ("nul.jsonl", b'{"text": "ok"}\n{"text": "a\x00b"}\n', r"\(line 2\)"),
