@@ -41,7 +41,7 @@ from .devices import (
     resolve_device,
 )
 from .errors import InputError, ResourceError, whole_number
-from .export import ExportedModel
+from .export import ExportedModel, Manifest
 from .export.prefix import Prefix
 from .export.surgery import PAST_INPUT, keep_outputs, response_outputs
 from .heads import (
@@ -471,6 +471,18 @@ def compute_responses(
         return _cached_or_computed(exported, sentences, directory, options, quantize, device, batch_size, progress)
 
 
+def _check_shapes(responses: Responses, manifest: Manifest) -> None:
+    """Raise ValueError if the cached matrices are not what this function writes: float32,
+    a row per sentence in both, the export's neurons and hidden size as columns. (A
+    matrix replaced from outside was refused, with a message blaming the caller's hash,
+    rather than made again: an audit.)"""
+    widths = {"neurons.npy": manifest.n_neurons, "sentence_embeddings.npy": manifest.hidden_size}
+    rows = {len(m) if m.ndim else None for m in (responses.neurons, responses.sentence_embeddings)}
+    for (name, width), matrix in zip(widths.items(), (responses.neurons, responses.sentence_embeddings)):
+        if matrix.dtype != np.float32 or matrix.ndim != 2 or matrix.shape[1] != width or len(rows) != 1:
+            raise ValueError(f"{name} is {matrix.dtype} {list(matrix.shape)}, not float32 [sentences, {width}] as the other's rows")
+
+
 def _cached_or_computed(
     exported: ExportedModel,
     sentences: Sequence[str],
@@ -487,7 +499,8 @@ def _cached_or_computed(
     if all(p.exists() for p in final):
         try:
             cached = Responses(np.load(final[0], mmap_mode="r"), np.load(final[1], mmap_mode="r"), directory)
-        except ValueError as exc:  # cut short from outside (they are renamed into place complete); a cache: made again
+            _check_shapes(cached, exported.manifest)
+        except ValueError as exc:  # cut short or replaced from outside (they are renamed into place complete): made again
             log.warning("the cached responses in %s are damaged (%s); computing them again", directory, exc)
             for path in final:
                 path.unlink()

@@ -108,6 +108,13 @@ def test_damaged_cached_responses_are_computed_again(minilm, tmp_path, caplog):
     again = compute_responses(minilm, SENTENCES, "damaged", tmp_path, batch_size=4, device="cpu")
     assert "are damaged (mmap length is greater than file size); computing them again" in caplog.text
     np.testing.assert_array_equal(np.asarray(again.neurons), first)
+    # Replaced from outside by another matrix: it was refused, blaming the caller's hash (an audit).
+    for replacement in (np.zeros((10, 10), np.float32), first.astype(np.float64), first[:, :-1]):
+        np.save(path, replacement)
+        caplog.clear()
+        again = compute_responses(minilm, SENTENCES, "damaged", tmp_path, batch_size=4, device="cpu")
+        assert "are damaged (neurons.npy is " in caplog.text
+        np.testing.assert_array_equal(np.asarray(again.neurons), first)
 
 
 def test_responses_are_keyed_by_the_onnx_file_that_computes_them(minilm):
