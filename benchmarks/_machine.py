@@ -1,10 +1,13 @@
-"""What machine a benchmark ran on, and a same-run yardstick to compare against."""
+"""What machine a benchmark ran on, a same-run yardstick to compare against, and the
+``elens-lite`` command of the Python that runs the benchmark."""
 
 from __future__ import annotations
 
 import os
 import platform
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -12,6 +15,11 @@ import numpy as np
 def machine() -> dict[str, str | int]:
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), platform.processor())
     return {"cpu": cpu, "cores": os.cpu_count() or 0, "python": platform.python_version(), "date": time.strftime("%Y-%m-%d")}
+
+
+def elens_lite() -> str:
+    """The ``elens-lite`` console script beside this Python (its venv's), not the first one on PATH."""
+    return str(Path(sys.executable).parent / "elens-lite")
 
 
 def gemm_peak_gflops(n: int = 2048, repeats: int = 5) -> float:

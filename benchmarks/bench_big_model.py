@@ -7,8 +7,11 @@ Usage::
 Builds a random GPT-NeoX (hidden 64, ``layers × units`` MLP neurons; default
 4 × 262,144 = 1,048,576), exports it, computes the responses of the first
 ``--sentences`` sentences of the bundled corpus, and reports the response matrix's
-size on disk against the process's resident memory, sampled after every batch.
-The matrix is written batch by batch with positioned writes, so resident memory
+size on disk against the process's resident memory, sampled after every batch (both
+in MiB, 2^20 bytes). A causal model's head batches come first (``expertlens_lite/heads.py``)
+and may finish no sentence, so each sample names its batch and the sentences done by
+then: the first batch, the batches a quarter, half, three quarters of the way, and the
+last. The matrix is written batch by batch with positioned writes, so resident memory
 should plateau after the first batches (ONNX Runtime's activation arena) while
 the matrix keeps growing.
 """
@@ -27,8 +30,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _machine import machine  # noqa: E402
 
 
-def rss_mb() -> float:
-    """Current resident memory of this process."""
+def rss_mib() -> float:
+    """Current resident memory of this process, in MiB."""
     line = next(line for line in open("/proc/self/status") if line.startswith("VmRSS:"))
     return int(line.split()[1]) / 1024
 
@@ -61,21 +64,20 @@ def main() -> None:
         import gc
 
         gc.collect()
-        before = rss_mb()
-        samples: list[tuple[int, float]] = []
+        before = rss_mib()
+        samples: list[dict[str, int]] = []
         start = time.perf_counter()
         responses = compute_responses(
             exported, sentences, "big", tmp / "home", batch_size=args.batch_size, device="cpu",
-            progress=lambda done, total: samples.append((done, round(rss_mb()))),
+            progress=lambda done, total: samples.append({"batch": len(samples) + 1, "sentences_done": done, "rss_mib": round(rss_mib())}),
         )
         seconds = time.perf_counter() - start
-        matrix_mb = responses.neurons.nbytes / 1e6
-        quarters = [samples[0]] + [samples[min(len(samples) - 1, round(q * len(samples)) - 1)] for q in (0.25, 0.5, 0.75, 1.0)]
+        picked = [samples[0]] + [samples[max(0, round(q * len(samples)) - 1)] for q in (0.25, 0.5, 0.75, 1.0)]
         report = {
             "machine": machine(), "neurons": exported.manifest.n_neurons, "sentences": len(sentences), "batch_size": args.batch_size,
-            "matrix_mb": round(matrix_mb), "rss_mb_before_responses": round(before),
-            "rss_mb_after_sentences": {done: rss for done, rss in quarters},
-            "peak_rss_mb_process": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+            "batches": len(samples), "matrix_mib": round(responses.neurons.nbytes / 2**20), "rss_mib_before_responses": round(before),
+            "rss_mib_after_batch": picked,
+            "peak_rss_mib_process": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
             "responses_seconds": round(seconds, 1),
         }
     print(json.dumps(report, indent=2))

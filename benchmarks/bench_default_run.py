@@ -22,11 +22,11 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _machine import gemm_peak_gflops, machine  # noqa: E402
+from _machine import elens_lite, gemm_peak_gflops, machine  # noqa: E402
 
 
 def timed_run(home: Path, out: Path, model: str | None) -> tuple[float, dict]:
-    command = ["elens-lite", "run", "--out", str(out)] + (["--model", model] if model else [])
+    command = [elens_lite(), "run", "--out", str(out)] + (["--model", model] if model else [])
     env = {**os.environ, "ELENS_HOME": str(home)}
     start = time.perf_counter()
     subprocess.run(command, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -5,9 +5,10 @@ Usage::
     python benchmarks/bench_devices.py [--sentences 1000] [--batch-size 32] [--rounds 3] [--json out.json]
 
 Builds a random GPT-NeoX of Pythia-410m's shape (24 layers × 4,096 MLP units, hidden
-1,024; ``_models.PYTHIA_410M``), exports it with its fp16 variant, and runs the first
-``--sentences`` sentences of the default sentence pool through each engine the way
-runs do (:func:`expertlens_lite.runtime.pooled_batches`): ONNX Runtime fp32 on the CPU
+1,024; ``_models.PYTHIA_410M``), exports it (with its fp16 variant where CUDA starts:
+a CPU-only run exports no fp16), and runs the first ``--sentences`` sentences of the
+default sentence pool through each engine the way runs do
+(:func:`expertlens_lite.runtime.pooled_batches`): ONNX Runtime fp32 on the CPU
 (a batch per core), and, where ONNX Runtime's CUDA provider starts
 (:func:`expertlens_lite.devices.cuda_available`; the ``gpu`` extra), fp32 and fp16 on
 CUDA with I/O binding. Each engine warms up on a few batches, then runs every sentence

@@ -12,7 +12,7 @@ Four measurements, printed as a table (and written as JSON with ``--json``):
    neurons would be 20 GB, so by default the rate is measured on a slice of
    10,000 neurons (the cost per neuron does not depend on how many there are);
    part 4 with ``--memmap-sentences 101000 --memmap-pool 1000`` runs the full
-   matrix from disk.
+   matrix from disk. 8 concepts x 8 neurons of its APs are compared with sklearn's.
 3. Bytes of responses processed per second by the kernel against a plain
    ``np.sum`` over the same array (a memory-bandwidth yardstick), and the
    kernel's cost per response value times its threads (ns/value x threads).
@@ -75,9 +75,11 @@ def structured_responses(
 def concept_layout(
     rng: np.random.Generator, n_pool: int, n_concepts: int, n_pos: int, max_excluded: int
 ) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
-    """Pool rows first, then each concept's positives; a few excluded pool rows each."""
+    """Pool rows first, then each concept's positives; a few excluded pool rows each
+    (at most all but one, so that every concept keeps a negative)."""
     pool = np.arange(n_pool)
     positives = [n_pool + c * n_pos + np.arange(n_pos) for c in range(n_concepts)]
+    max_excluded = min(max_excluded, n_pool - 1)
     excluded = [
         rng.choice(pool, int(rng.integers(0, max_excluded + 1)), replace=False)
         for _ in range(n_concepts)
@@ -160,9 +162,17 @@ def bench_scale(args, rng) -> dict:
     n_sentences = args.scale_pool + args.scale_concepts * args.scale_positives
     x = structured_responses(rng, n_sentences, args.scale_neurons, positives, np.float16)
     average_precision_many(np.ascontiguousarray(x[:, :64]), positives, pool, excluded)
-    t_kernel, _ = best_time(lambda: average_precision_many(x, positives, pool, excluded), 1)
+    t_kernel, aps = best_time(lambda: average_precision_many(x, positives, pool, excluded),
+                              args.repeats)
     t_sum, _ = best_time(lambda: np.sum(x, dtype=np.float32), 3)
     pairs = args.scale_concepts * args.scale_neurons
+    # A few APs against sklearn, as part 1 checks its own; drawn from a generator of their
+    # own so that the memmap part's data stays that of the seed.
+    check = rng.spawn(1)[0]
+    concepts = np.sort(check.choice(args.scale_concepts, min(8, args.scale_concepts), replace=False))
+    neurons = np.sort(check.choice(args.scale_neurons, min(8, args.scale_neurons), replace=False))
+    ref, _ = selfcond_loop(x, [positives[c] for c in concepts], pool,
+                           [excluded[c] for c in concepts], neurons)
     return {
         "n_sentences": n_sentences,
         "n_neurons": args.scale_neurons,
@@ -176,6 +186,8 @@ def bench_scale(args, rng) -> dict:
         "numpy_sum_bytes_per_s": x.nbytes / t_sum,
         "bandwidth_fraction": t_sum / t_kernel,
         "ns_per_value_x_threads": thread_ns_per_value(t_kernel, x.size),
+        "max_abs_diff_vs_sklearn": float(np.max(np.abs(aps[np.ix_(concepts, neurons)] - ref))),
+        "checked_pairs": int(ref.size),
     }
 
 
@@ -211,13 +223,13 @@ def reset_peak_rss() -> None:
     Path("/proc/self/clear_refs").write_text("5")
 
 
-def memmap_child(path: str, n_pool: int, n_concepts: int, check_neurons: int) -> None:
+def memmap_child(path: str, n_pool: int, n_concepts: int, check_neurons: int, seed: int) -> None:
     """Runs in a fresh process: process the file, print JSON with timings and peak RSS."""
     from sklearn.metrics import average_precision_score
 
     x = np.load(Path(path), mmap_mode="r")  # a Path, as the pipeline opens its responses
     n_sentences, n_neurons = x.shape
-    rng = np.random.default_rng(1)
+    rng = np.random.default_rng(seed + 1)  # + 1: --seed 0 keeps the layout of the earlier runs
     n_pos = (n_sentences - n_pool) // n_concepts
     pool, positives, excluded = concept_layout(rng, n_pool, n_concepts, n_pos, 20)
     average_precision_many(np.zeros((n_sentences, 1), np.float16), positives, pool, excluded)
@@ -228,12 +240,12 @@ def memmap_child(path: str, n_pool: int, n_concepts: int, check_neurons: int) ->
     elapsed = time.perf_counter() - start
     rss_peak = resident_bytes("VmHWM")
     diffs = []
-    for m in rng.choice(n_neurons, check_neurons, replace=False):
+    for m in rng.choice(n_neurons, min(check_neurons, n_neurons), replace=False):
         column = np.empty(n_sentences, np.float16)
         for r0 in range(0, n_sentences, 4096):  # read through the mapping, a little at a time
             column[r0 : r0 + 4096] = x[r0 : r0 + 4096, m]
             x.base.madvise(mmap.MADV_DONTNEED)
-        for c in rng.choice(n_concepts, 3, replace=False):
+        for c in rng.choice(n_concepts, min(3, n_concepts), replace=False):
             neg = np.setdiff1d(pool, excluded[c])
             labels = np.r_[np.ones(n_pos, int), np.zeros(neg.size, int)]
             ref = average_precision_score(labels, column[np.r_[positives[c], neg]])
@@ -261,21 +273,32 @@ def sequential_read_sum(path: Path, chunk_bytes: int = 64 * 2**20) -> float:
         return time.perf_counter() - start
 
 
+def run_child(command: list[str]) -> dict:
+    """The JSON the memmap child prints last; its stderr shown if it fails."""
+    child = subprocess.run(command, check=False, capture_output=True, text=True)
+    if child.returncode != 0:
+        sys.stderr.write(child.stderr)
+        raise SystemExit(f"the memmap child failed (exit {child.returncode}): {' '.join(command)}")
+    return json.loads(child.stdout.strip().splitlines()[-1])
+
+
 def bench_memmap(args, rng) -> dict:
-    directory = Path(args.memmap_dir or tempfile.gettempdir())
-    path = directory / "elens_bench_responses.npy"
-    start = time.perf_counter()
-    write_npy(path, rng, args.memmap_sentences, args.memmap_neurons, chunk_rows=256)
-    t_write = time.perf_counter() - start
+    # A name of its own: runs side by side do not write over each other's file.
+    fd, name = tempfile.mkstemp(suffix=".npy", prefix="elens_bench_responses_", dir=args.memmap_dir)
+    os.close(fd)
+    path = Path(name)
     command = [sys.executable, __file__, "--memmap-child", str(path),
                "--memmap-pool", str(args.memmap_pool),
-               "--memmap-concepts", str(args.memmap_concepts)]
-    try:
-        child = subprocess.run(command, check=True, capture_output=True, text=True)
-        result = json.loads(child.stdout.strip().splitlines()[-1])
+               "--memmap-concepts", str(args.memmap_concepts),
+               "--memmap-check-neurons", str(args.memmap_check_neurons),
+               "--seed", str(args.seed)]
+    try:  # the file is removed even if its writing is cut short (it may be tens of GiB)
+        start = time.perf_counter()
+        write_npy(path, rng, args.memmap_sentences, args.memmap_neurons, chunk_rows=256)
+        t_write = time.perf_counter() - start
+        result = run_child(command)
         # Again, with whatever of the file the page cache kept from the first run.
-        child = subprocess.run(command, check=True, capture_output=True, text=True)
-        result["warm"] = json.loads(child.stdout.strip().splitlines()[-1])
+        result["warm"] = run_child(command)
         result["file_bytes"] = path.stat().st_size
         result["write_s"] = t_write
         t_read = sequential_read_sum(path)
@@ -283,7 +306,7 @@ def bench_memmap(args, rng) -> dict:
         result["bandwidth_fraction"] = result["bytes_per_s"] / result[
             "sequential_read_sum_bytes_per_s"]
     finally:
-        path.unlink()
+        path.unlink(missing_ok=True)
     return result
 
 
@@ -347,6 +370,8 @@ def print_table(report: dict) -> None:
             ("APs per second (on these neurons)", shape,
              f"{r['aps_per_s']:.3g} /s ({r['kernel_s']:.1f} s)"),
             _bandwidth_row(r),
+            ("max |AP - sklearn|", f"{r['checked_pairs']} sampled pairs",
+             f"{r['max_abs_diff_vs_sklearn']:.1e}"),
         ]
     if "memmap" in report:
         r = report["memmap"]
@@ -381,7 +406,7 @@ def main() -> None:
     p.add_argument("--only", choices=["vs-sklearn", "scale", "memmap"], action="append",
                    help="run only these parts (repeatable); default all")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--repeats", type=int, default=3, help="kernel timings: best of")
+    p.add_argument("--repeats", type=int, default=3, help="kernel timings: best of (not the memmap part: one cold, one warm run)")
     p.add_argument("--neurons", type=int, default=9216)
     p.add_argument("--concepts", type=int, default=40)
     p.add_argument("--positives", type=int, default=100)
@@ -402,9 +427,16 @@ def main() -> None:
     p.add_argument("--memmap-check-neurons", type=int, default=4, help=argparse.SUPPRESS)
     p.add_argument("--memmap-child", help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.repeats < 1:
+        p.error("--repeats must be at least 1")
+    if args.memmap_neurons < 1 or args.memmap_pool < 1 or args.memmap_concepts < 1 or args.memmap_check_neurons < 1:
+        p.error("--memmap-neurons, --memmap-pool, --memmap-concepts and --memmap-check-neurons must be at least 1")
+    if args.memmap_sentences - args.memmap_pool < args.memmap_concepts:
+        p.error("--memmap-sentences must leave at least one positive per concept after --memmap-pool: "
+                f"{args.memmap_sentences} - {args.memmap_pool} < {args.memmap_concepts} concepts")
     if args.memmap_child:
         memmap_child(args.memmap_child, args.memmap_pool, args.memmap_concepts,
-                     args.memmap_check_neurons)
+                     args.memmap_check_neurons, args.seed)
         return
 
     parts = args.only or ["vs-sklearn", "scale", "memmap"]

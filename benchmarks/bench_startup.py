@@ -4,7 +4,8 @@ Each command runs in a fresh process, as a user's does; the best of ``--repeats`
 is taken (start-up time only grows with load). ``--baseline DIR`` runs the same commands
 with another checkout of the package first on ``PYTHONPATH`` (the code before a change),
 interleaved with this one's, so that both see the same machine load; the ratio is the
-figure to compare.
+figure to compare. A baseline whose ``expertlens_lite`` is not the one imported from it is
+refused, and its path and git commit are written to ``--json``.
 
     python benchmarks/bench_startup.py --baseline /path/to/old/checkout
 """
@@ -20,7 +21,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _machine import machine
+from _machine import elens_lite, machine
 
 COMMANDS = [["--help"], ["--version"], ["models"], ["cache", "ls"], ["run", "--help"], ["export", "--help"]]
 
@@ -28,8 +29,25 @@ COMMANDS = [["--help"], ["--version"], ["models"], ["cache", "ls"], ["run", "--h
 def seconds(command: list[str], pythonpath: str | None) -> float:
     env = os.environ | ({"PYTHONPATH": pythonpath} if pythonpath else {})
     start = time.perf_counter()
-    subprocess.run([str(Path(sys.executable).parent / "elens-lite"), *command], env=env, capture_output=True, check=True)
+    subprocess.run([elens_lite(), *command], env=env, capture_output=True, check=True)
     return time.perf_counter() - start
+
+
+def checked_baseline(parser: argparse.ArgumentParser, directory: str) -> dict[str, str | None]:
+    """The baseline's path and git commit, once ``expertlens_lite`` imports from it with
+    it first on ``PYTHONPATH`` (else this checkout would be timed twice, ~1.0x)."""
+    path = Path(directory).resolve()
+    probe = subprocess.run([sys.executable, "-c", "import expertlens_lite; print(expertlens_lite.__file__)"],
+                           env=os.environ | {"PYTHONPATH": str(path)}, capture_output=True, text=True, check=False)
+    imported = Path(probe.stdout.strip()).resolve() if probe.returncode == 0 else None
+    if imported != path / "expertlens_lite" / "__init__.py":
+        where = imported or "nowhere (" + (probe.stderr.strip().splitlines() or ["the import failed"])[-1] + ")"
+        parser.error(f"--baseline {directory} is not a checkout of the package: with it first on PYTHONPATH, "
+                     f"expertlens_lite imports from {where}")
+    # The commit only where the baseline is a repository's root, not a folder inside another one.
+    git = subprocess.run(["git", "-C", str(path), "rev-parse", "--show-toplevel", "HEAD"], capture_output=True, text=True, check=False)
+    top, commit = (git.stdout.split() + [None, None])[:2] if git.returncode == 0 else (None, None)
+    return {"path": str(path), "git_commit": commit if top and Path(top).resolve() == path else None}
 
 
 def main() -> None:
@@ -38,6 +56,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--json", help="write the figures here too")
     args = parser.parse_args()
+    baseline = checked_baseline(parser, args.baseline) if args.baseline else None
     rows = []
     for command in COMMANDS:
         times: dict[str, list[float]] = {"this": [], "baseline": []}
@@ -51,7 +70,7 @@ def main() -> None:
         rows.append(row)
         print(json.dumps(row))
     if args.json:
-        Path(args.json).write_text(json.dumps({"machine": machine(), "rows": rows}, indent=1))
+        Path(args.json).write_text(json.dumps({"machine": machine(), "baseline": baseline, "rows": rows}, indent=1))
 
 
 if __name__ == "__main__":

@@ -46,6 +46,10 @@ Usage (from the repository root)::
 
 ``--quick`` is a smoke run (small grid, 200 resamples, default pooling only) that
 writes its JSON and Markdown under the output root instead of the repository.
+
+An existing JSON or Markdown output is not replaced (the committed ones hold hand-written
+notes) unless ``--overwrite`` is given; each is written whole to a temporary file, then
+renamed into place.
 """
 
 from __future__ import annotations
@@ -58,6 +62,7 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -406,7 +411,22 @@ def write_markdown(path: Path, data: dict) -> None:
     lines: list[str] = []
     for section in sections:
         lines += section(data)
-    path.write_text("\n".join(lines).rstrip() + "\n", encoding="utf-8")
+    write_atomic(path, "\n".join(lines).rstrip() + "\n")
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary file beside ``path``, then rename it into place: an
+    interrupted write leaves the old file as it was."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, path.stat().st_mode & 0o777 if path.exists() else 0o644)  # mkstemp's is 0o600
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
 
 
 def _intro(data: dict) -> list[str]:
@@ -850,11 +870,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--render-only", action="store_true", help="rewrite the Markdown from an existing --json, no runs")
     parser.add_argument("--split-seed", type=int, default=0)
     parser.add_argument("--seed", type=int, default=0, help="sampling and bootstrap seed of every run")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --json or --results-md (by default "
+                        "refused: the committed ones hold hand-written notes)")
     args = parser.parse_args(argv)
 
     out_root = args.out_root / ("quick" if args.quick else "full")
     json_path = args.json or (out_root / "study_measures.json" if args.quick else REPO / "benchmarks" / "results" / "study_measures.json")
     md_path = args.results_md or (out_root / "RESULTS.md" if args.quick else REPO / "RESULTS.md")
+    existing = [str(path) for path in ([] if args.render_only else [json_path]) + [md_path] if path.exists()]
+    if existing and not args.overwrite:  # found now, not after hours of runs
+        options = "--results-md" if args.render_only else "--json / --results-md"
+        parser.error(f"{' and '.join(existing)} exist{'s' if len(existing) == 1 else ''}: give other {options} "
+                     "paths, or --overwrite to replace them")
     if args.render_only:
         data = json.loads(json_path.read_text(encoding="utf-8"))
         analyse(data, None)
@@ -898,8 +925,7 @@ def main(argv: list[str] | None = None) -> None:
         "runs": records,
     }
     analyse(data, extras)
-    json_path.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps(data, indent=1, default=_json_default) + "\n", encoding="utf-8")
+    write_atomic(json_path, json.dumps(data, indent=1, default=_json_default) + "\n")
     write_markdown(md_path, data)
     ch = data["choice"]
     print(f"[study] done in {total / 60:.1f} min; chosen: {ch['set_rule']} and {ch['profile']}; wrote {json_path} and {md_path}", flush=True)
