@@ -18,7 +18,14 @@ import numpy as np
 from .batching import PoolingOptions
 from .devices import resolve_device
 from .errors import InputError, whole_number
-from .paths import RESULT_FILES, SUMMARY, check_writable, expanded, model_path_spec
+from .paths import (
+    MANIFEST,
+    RESULT_FILES,
+    SUMMARY,
+    check_writable,
+    expanded,
+    model_path_spec,
+)
 from .selection import Selection
 
 DEFAULT_MODEL = "smollm2"
@@ -140,6 +147,8 @@ class RunConfig:
         for name in RESULT_FILES:  # found now, not when the results are written after the slow stages
             if (self.out / name).is_dir():
                 raise InputError(f"--out {self.out} holds a folder named {name}, where a result file goes; move it, or choose another --out")
+        if (self.out / MANIFEST).is_file():  # export --force there deleted the results (an audit)
+            raise InputError(f"--out {self.out} holds a model export (its {MANIFEST}); choose another --out")
         if (self.out / SUMMARY).exists() and not self.overwrite:
             raise InputError(f"--out {self.out} holds the results of an earlier run; pass --overwrite to replace them, or choose another --out")
         check_writable(self.out, f"--out {self.out}")

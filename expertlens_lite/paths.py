@@ -113,6 +113,14 @@ def check_writable(path: Path, what: str) -> None:
         raise InputError(f"{what} cannot be written: {exc.strerror} ({existing})") from None
 
 
+def check_outside_cache(out: Path, cache: Path) -> None:
+    """Refuse an ``--out`` that overlaps the cache folder: ``cache rm`` or a rebuilt entry
+    would delete what is written there, and replacing ``--out`` could delete the cache."""
+    target, cache = followed(out), followed(cache)
+    if target == cache or target in cache.parents or cache in target.parents:
+        raise InputError(f"--out {out} overlaps the cache folder {cache} (ELENS_HOME); choose a folder outside it")
+
+
 def nearest_existing(path: Path) -> Path:
     """``path`` :func:`followed`, or its nearest parent folder that exists."""
     path = followed(path)

@@ -52,6 +52,7 @@ from .paths import (
     SUMMARY,
     bundled,
     cache_dir,
+    check_outside_cache,
     make_folder,
 )
 from .results import staged_results, write_results, write_summary
@@ -156,6 +157,7 @@ def run(config: RunConfig, progress: Progress | None = None) -> RunResult:
         raise InputError(f"progress must be a function (stage, done, total) or None; got {type(progress).__name__}")
     config.validate()  # before the locks: a refused run leaves nothing in the cache
     cache = cache_dir()
+    check_outside_cache(config.out, cache)  # a run's results in the cache were deleted by cache rm (an audit)
     with using_cache(cache), _only_run_into(config.out, cache):
         return _run(config, cache, progress)
 

@@ -87,6 +87,19 @@ def test_export_refuses_a_folder_overlapping_the_cache_even_with_force(out, tmp_
     assert sorted(p.name for p in home.iterdir()) == ["thesis.tex"]  # not even an export was made
 
 
+@pytest.mark.parametrize("out", ["home", "home/models/mine", "."], ids=["the cache", "inside it", "holding it"])
+def test_a_run_refuses_an_out_overlapping_the_cache_or_holding_an_export(out, tmp_path, monkeypatch):
+    """Results written into the cache went with a cache rm; into an export folder, with an
+    export --force there (an audit)."""
+    home = folder_with_a_file(tmp_path / "home")
+    monkeypatch.setenv("ELENS_HOME", str(home))
+    out = tmp_path / out
+    assert_user_error(invoke("run", "--model", "minilm", "--out", str(out)), f"--out {out} overlaps the cache folder {home}")
+    assert sorted(p.name for p in home.iterdir()) == ["thesis.tex"]
+    export = earlier_export(tmp_path / "onnx")
+    assert_user_error(invoke("run", "--model", "minilm", "--out", str(export)), f"--out {export} holds a model export (its manifest.json)")
+
+
 def test_export_to_a_relative_folder_replaces_it_with_force(minilm, tmp_path, monkeypatch):
     """The temporary folder is made beside the resolved --out, not inside the current folder."""
     monkeypatch.chdir(folder_with_a_file(tmp_path / "mine"))

@@ -13,7 +13,7 @@ from ..config import QUANTIZATIONS
 from ..errors import InputError
 from ..locks import using_cache
 from ..models.sources import BUNDLED_MODELS, resolve_model
-from ..paths import MANIFEST, cache_dir, check_openable_by_libraries, check_writable, expanded
+from ..paths import MANIFEST, cache_dir, check_openable_by_libraries, check_outside_cache, check_writable, expanded
 from .main import command_help, main, verbose_option
 
 
@@ -55,13 +55,12 @@ def _refuse_unsafe_out(out: Path, cache: Path) -> None:
     Checked whether or not ``--force`` is given, so that the "pass --force" advice is never
     given for such a folder. Paths are resolved: ``.`` and ``/x/../x`` name the same folder.
     """
-    target, cwd, cache = out.resolve(), Path.cwd().resolve(), cache.resolve()
+    target, cwd = out.resolve(), Path.cwd().resolve()
     if target == cwd:
         raise InputError(f"--out {out} is the current folder, which --force would delete; choose a new folder")
     if target in cwd.parents:
         raise InputError(f"--out {out} holds the current folder, which --force would delete; choose a new folder")
-    if target == cache or target in cache.parents or cache in target.parents:
-        raise InputError(f"--out {out} overlaps the cache folder {cache} (ELENS_HOME); choose a folder outside it")
+    check_outside_cache(out, cache)
     if out.exists() and not (out.is_dir() and ((out / MANIFEST).is_file() or not any(out.iterdir()))):
         raise InputError(f"--out {out} exists and is not an earlier export, the only folder --force replaces (or an empty one); choose a new folder")
 
