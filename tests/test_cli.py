@@ -363,6 +363,8 @@ def test_a_file_where_the_cache_keeps_a_folder_is_one_line(entry, tmp_path, monk
 
 def test_an_empty_out_is_refused_not_the_current_folder():
     assert_user_error(invoke("run", "--model", "minilm", "--out", ""), "out is empty")
+    for option in ("--corpus", "--concepts", "--human"):  # they were "file . is a folder" (an audit)
+        assert_user_error(invoke("run", "--model", "minilm", option, ""), f"{option[2:]} is empty; give a path")
     assert list(Path.cwd().iterdir()) == []
 
 

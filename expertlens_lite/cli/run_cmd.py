@@ -6,7 +6,6 @@ import signal
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 import click
 
@@ -18,7 +17,7 @@ from ..paths import RESULT_FILES, shown
 from .main import command_help, main, verbose_option
 
 _DEFAULTS = RunConfig()
-_FILE = click.Path(dir_okay=False, path_type=Path)
+_FILE = click.Path(dir_okay=False)  # a str: RunConfig refuses "" (Path("") is ".", "a folder")
 
 
 @main.command("run", help=command_help("run"), loads=("expertlens_lite.pipeline",))
