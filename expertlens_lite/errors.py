@@ -51,3 +51,12 @@ def whole_number(value: object, *, from_float: bool = False) -> int | None:
     if from_float and isinstance(value, numbers.Real) and math.isfinite(value) and float(value).is_integer():
         return int(value)
     return None
+
+
+def size_text(size: float) -> str:
+    """Bytes in the largest unit that keeps them at least 1 (decimal units, as ``df -H``):
+    "40.0 MB" rather than the "0.0 GB" a disk-space refusal printed (an audit)."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if size >= scale:
+            return f"{size / scale:.1f} {unit}"
+    return f"{size:.0f} B"

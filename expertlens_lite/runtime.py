@@ -40,7 +40,7 @@ from .devices import (
     onnxruntime_module,
     resolve_device,
 )
-from .errors import InputError, ResourceError, whole_number
+from .errors import InputError, ResourceError, size_text, whole_number
 from .export import ExportedModel, Manifest
 from .export.prefix import Prefix
 from .export.surgery import PAST_INPUT, keep_outputs, response_outputs
@@ -55,7 +55,7 @@ from .heads import (
 )
 from .lengths import check_lengths, export_max_tokens
 from .locks import waiting_for
-from .paths import ABOUT, cache_folder_given, is_unicode
+from .paths import ABOUT, cache_folder_given, is_unicode, nearest_existing
 
 log = logging.getLogger(__name__)
 
@@ -293,11 +293,10 @@ def check_resources(n_sentences: int, longest: int, batch_size: int, manifest, d
     twice (ONNX Runtime keeps inputs and outputs of a node alive together).
     """
     need_disk = 4 * n_sentences * (manifest.n_neurons + manifest.hidden_size)
-    directory.mkdir(parents=True, exist_ok=True)
-    free_disk = shutil.disk_usage(directory).free
+    free_disk = shutil.disk_usage(nearest_existing(directory)).free  # not made first: a refused run left it, "unfinished"
     if need_disk > free_disk:
         raise ResourceError(
-            f"the responses need {need_disk / 1e9:.1f} GB in {directory} but only {free_disk / 1e9:.1f} GB are free; "
+            f"the responses need {size_text(need_disk)} in {directory} but only {size_text(free_disk)} are free; "
             "use fewer sentences (--n-pos, --n-neg) or point ELENS_HOME at a larger disk"
         )
     rows = min(batch_size, n_sentences)
@@ -305,8 +304,8 @@ def check_resources(n_sentences: int, longest: int, batch_size: int, manifest, d
     free_memory = available_memory()
     if need_memory > free_memory:
         raise ResourceError(
-            f"--batch-size {batch_size} needs about {need_memory / 1e9:.1f} GB of memory for sentences of "
-            f"{longest} tokens, but {free_memory / 1e9:.1f} GB are free; lower --batch-size"
+            f"--batch-size {batch_size} needs about {size_text(need_memory)} of memory for sentences of "
+            f"{longest} tokens, but {size_text(free_memory)} are free; lower --batch-size"
         )
 
 

@@ -549,6 +549,19 @@ def test_out_of_memory_sized_request(monkeypatch, tmp_path, slice_files, minilm)
     assert_user_error(result, "--batch-size 512 needs about", "lower --batch-size")
 
 
+def test_a_disk_too_small_for_the_responses_is_refused_in_its_units_leaving_no_entry(monkeypatch, tmp_path, slice_files, minilm, elens_home):
+    """It said "need 0.1 GB ... only 0.0 GB are free" (of 40 MB), and left an empty entry that
+    cache ls called unfinished (an audit)."""
+    import shutil
+
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr("expertlens_lite.runtime.shutil.disk_usage", lambda path: usage._replace(free=1_000_000))
+    entries = set((elens_home / "responses").glob("*"))
+    result = run_slice(tmp_path / "r", slice_files / "concepts.txt", "minilm", "--seed", "10")
+    assert_user_error(result, "the responses need ", " MB in ", "but only 1.0 MB are free")
+    assert set((elens_home / "responses").glob("*")) == entries
+
+
 @pytest.mark.skipif(cuda_available(), reason="CUDA works on this machine")
 def test_device_cuda_without_cuda_even_with_cached_responses(minilm_run, slice_files, tmp_path):
     result = run_slice(tmp_path / "r", slice_files / "concepts.txt", "minilm", "--device", "cuda")

@@ -10,7 +10,7 @@ from rich.table import Table
 
 from ..atomic import reported_write_failures
 from ..cache import cache_entries, remove_cache_entries
-from ..errors import InputError
+from ..errors import InputError, size_text
 from ..paths import cache_dir, cache_path
 from .main import command_help, main, verbose_option
 
@@ -39,9 +39,9 @@ def ls_command() -> None:
         about = entry.about or "–"
         if entry.state != "complete":
             about = f"{_STATES[entry.state]}; {about}"
-        table.add_row(entry.name, about, _size(entry.size), time.strftime("%Y-%m-%d %H:%M", time.localtime(entry.modified)))
+        table.add_row(entry.name, about, size_text(entry.size), time.strftime("%Y-%m-%d %H:%M", time.localtime(entry.modified)))
     console.print(table)
-    console.print(f"{_count(len(entries))}, {_size(sum(e.size for e in entries))}; remove with `elens-lite cache rm ENTRY...`")
+    console.print(f"{_count(len(entries))}, {size_text(sum(e.size for e in entries))}; remove with `elens-lite cache rm ENTRY...`")
 
 
 _STATES = {"being made": "being made by a running elens-lite", "interrupted": "unfinished: left by an interrupted run"}
@@ -61,16 +61,8 @@ def rm_command(names: tuple[str, ...], everything: bool, unfinished: bool) -> No
     chosen = list(names) or [e.name for e in cache_entries(cache) if everything or e.state == "interrupted"]
     with reported_write_failures(f"removing from the cache {cache}"):
         freed, removed = remove_cache_entries(cache, chosen)
-    click.echo(f"removed {_count(removed)}, {_size(freed)} freed")
+    click.echo(f"removed {_count(removed)}, {size_text(freed)} freed")
 
 
 def _count(n: int) -> str:
     return f"{n} {'entry' if n == 1 else 'entries'}"
-
-
-def _size(size: int) -> str:
-    """Bytes in the largest unit that keeps them at least 1 (decimal units, as ``df -H``)."""
-    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if size >= scale:
-            return f"{size / scale:.1f} {unit}"
-    return f"{size} B"
