@@ -21,7 +21,7 @@ from .main import command_help, main, verbose_option
 @verbose_option
 @click.option("--model", required=True, help=f"Bundled name ({', '.join(BUNDLED_MODELS)}), Hugging Face id, local folder or .gguf file.")
 @click.option("--revision", default=None, help="Hub revision (branch, tag or commit).")
-@click.option("--quantize", type=click.Choice(QUANTIZATIONS), default="none", help="Also write this quantized variant.")
+@click.option("--quantize", type=click.Choice(QUANTIZATIONS), default="none", help="Also make this quantized variant. --out gets every variant the cache holds for the model.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Folder to write the export to.")
 @click.option("--force", "--overwrite", "force", is_flag=True, help="Replace --out if it is an earlier export.")
 def export_command(model: str, revision: str | None, quantize: str, out: Path, force: bool) -> None:
