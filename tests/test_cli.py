@@ -29,7 +29,7 @@ from expertlens_lite.export.quantize import onnx_filename
 from expertlens_lite.measures import median_text
 from expertlens_lite.paths import RESULT_FILES, bundled
 
-from .test_parity import tiny_source
+from .test_parity import _tiny, tiny_source
 
 SLICE_WORDS = ["birds", "feathers", "hummingbird", "kitchen", "breakfast", "soup", "salad", "dessert", "red", "pink", "purple", "yellow"]
 
@@ -516,6 +516,23 @@ def test_a_model_folder_whose_weights_do_not_fit_its_config(fields, message, tmp
     result = invoke("export", "--model", str(folder), "--out", str(tmp_path / "x"))
     assert_user_error(result, f"model '{folder}'", message)
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize(
+    "family, change, message",
+    [
+        ("bert", {"num_hidden_layers": 0}, "model '{folder}' has no layers (num_hidden_layers 0), so no MLP neurons to study"),
+        ("llama", {"vocab_size": 500}, "the tokenizer of model '{folder}' has 993 tokens but its embedding matrix 500 rows"),
+    ],
+)
+def test_a_model_without_layers_or_with_a_tokenizer_past_its_embeddings(family, change, message, tmp_path):
+    """Both, weights and config agreeing, were tracebacks of the export's check: a
+    ValueError concatenating no layers, an IndexError past the embeddings (an audit)."""
+    config = _tiny(family)
+    for key, value in change.items():
+        setattr(config, key, value)
+    folder = Path(tiny_source(family, tmp_path / "model", config=config).path)
+    assert_user_error(invoke("export", "--model", str(folder), "--out", str(tmp_path / "x")), message.format(folder=folder))
 
 
 @pytest.mark.parametrize(

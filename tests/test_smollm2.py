@@ -165,19 +165,37 @@ def test_the_bundled_gguf_is_described_from_its_metadata():
     assert (described["size_mb"], described["layers"], described["neurons"]) == (98, 30, 30 * 1536)
 
 
-def test_gguf_of_unsupported_architecture(tmp_path, elens_home):
+def _tiny_gguf(path, architecture: str):
     import gguf
 
-    path = tmp_path / "rwkv.gguf"
-    writer = gguf.GGUFWriter(path, "rwkv6")
+    writer = gguf.GGUFWriter(path, architecture)
     writer.add_block_count(1)
     writer.add_tensor("token_embd.weight", np.zeros((4, 4), dtype=np.float32))
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
-    with pytest.raises(ModelError, match=r"GGUF architecture 'rwkv6' .* cannot be read by transformers; readable: .*llama"):
-        resolve_model(str(path), None, elens_home)
+    return path
+
+
+def test_gguf_of_unsupported_architecture(tmp_path, elens_home):
+    """One transformers reads but expertlens-lite does not study was refused only after its
+    dequantization; the readable ones listed transformers' "general" and "tokenizer" (an audit)."""
+    with pytest.raises(ModelError, match=r"GGUF architecture 'rwkv6' .* cannot be read by transformers; readable: .*llama") as refused:
+        resolve_model(str(_tiny_gguf(tmp_path / "rwkv.gguf", "rwkv6")), None, elens_home)
+    assert "general" not in str(refused.value) and "tokenizer" not in str(refused.value)
+    with pytest.raises(ModelError, match=r"^unsupported model architecture 'mamba'; supported: "):
+        resolve_model(str(_tiny_gguf(tmp_path / "mamba.gguf", "mamba")), None, elens_home)
+    assert not list(elens_home.glob("gguf/.*"))  # nothing dequantized, nothing left
+
+
+def test_a_gguf_cut_inside_its_tensors_is_one_line(tmp_path, elens_home):
+    """A ValueError traceback from numpy's reshape (an audit)."""
+    cut = tmp_path / "cut.gguf"
+    with BUNDLED_MODELS["smollm2"].path().open("rb") as whole:
+        cut.write_bytes(whole.read(20_000_000))
+    with pytest.raises(ModelError, match=r"cut.gguf cannot be read as a GGUF model \(.*\); is the file cut short or damaged\?$"):
+        resolve_model(str(cut), None, elens_home)
 
 
 def test_dequantizing_prints_no_tokenizer_notice_and_no_bar(smollm2_dequantizing):

@@ -268,6 +268,9 @@ def load_pretrained(source: ModelSource):
     except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:  # a config.json of another shape: a list, ...
         raise cannot_load(source.name, source.revision, exc) from None
     architecture = get_architecture(config.model_type)
+    layers = getattr(config, "num_hidden_layers", None)
+    if isinstance(layers, int) and layers < 1:  # failed in the export's check, concatenating no layers (an audit)
+        raise ModelError(f"model {source.name!r} has no layers (num_hidden_layers {layers}), so no MLP neurons to study")
     if folder.is_dir() and not any(next(folder.glob(pattern), None) for pattern in _TOKENIZER_FILES):  # before loading the weights
         raise cannot_load(source.name, source.revision, FileNotFoundError(f"no tokenizer files in {folder}"), "tokenizer")
     try:
@@ -291,6 +294,12 @@ def load_pretrained(source: ModelSource):
             tokenizer = AutoTokenizer.from_pretrained(source.path, revision=source.load_revision)
     except (OSError, ValueError, TypeError, AttributeError) as exc:  # without its files, some classes fail on None (GPT-NeoX: AttributeError)
         raise cannot_load(source.name, source.revision, exc, "tokenizer") from None
+    rows = model.get_input_embeddings().num_embeddings
+    if len(tokenizer) > rows:  # its last ids index past the embeddings: an IndexError in the export's check (an audit)
+        raise ModelError(
+            f"the tokenizer of model {source.name!r} has {len(tokenizer):,} tokens but its embedding matrix {rows:,} rows: "
+            "they do not belong together (is config.json's vocab_size right?)"
+        )
     return architecture, model.eval(), tokenizer
 
 

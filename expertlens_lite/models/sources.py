@@ -36,6 +36,7 @@ from ..errors import ModelError, first_line
 from ..locks import waiting_for
 from ..paths import ABOUT, expanded, model_path_spec
 from ..quiet import quiet_transformers
+from .registry import get_architecture
 
 log = logging.getLogger(__name__)
 
@@ -357,6 +358,12 @@ def gguf_architecture(path: Path) -> str:
     return _field_value(gguf_scalars(path), "general.architecture")
 
 
+# Keys of transformers' GGUF mapping that are sections of the file, not architectures.
+_GGUF_SECTIONS = {"general", "tokenizer", "tokenizer_config"}
+# GGUF architectures whose model type transformers names otherwise.
+_GGUF_MODEL_TYPES = {"qwen2moe": "qwen2_moe", "qwen3moe": "qwen3_moe"}
+
+
 def gguf_to_folder(path: Path, cache_dir: Path) -> Path:
     """Dequantize a GGUF file to an fp32 model folder in the cache, once per file hash.
 
@@ -381,18 +388,22 @@ def _dequantized(path: Path, folder: Path) -> Path:
     architecture = gguf_architecture(path)
     from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
 
-    if architecture not in GGUF_SUPPORTED_ARCHITECTURES:
-        raise ModelError(
-            f"GGUF architecture {architecture!r} of {path} cannot be read by transformers; "
-            f"readable: {', '.join(sorted(GGUF_SUPPORTED_ARCHITECTURES))}"
-        )
+    readable = sorted(set(GGUF_SUPPORTED_ARCHITECTURES) - _GGUF_SECTIONS)
+    if architecture not in readable:
+        raise ModelError(f"GGUF architecture {architecture!r} of {path} cannot be read by transformers; readable: {', '.join(readable)}")
+    # Refused before a minute of dequantization, not after it (an audit): the model type
+    # transformers makes of the architecture (its renaming for the two MoE ones).
+    get_architecture(_GGUF_MODEL_TYPES.get(architecture, architecture))
     log.info("dequantizing %s to an fp32 model folder (once)", path.name)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     with atomic_dir(folder) as tmp:
-        with quiet_transformers():
-            model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name)
-            tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        try:
+            with quiet_transformers():
+                model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name)
+                tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        except ValueError as exc:  # tensor data cut short: numpy cannot reshape what is there (an audit)
+            raise ModelError(f"{path} cannot be read as a GGUF model ({first_line(exc)}); is the file cut short or damaged?") from None
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         write_json(tmp / ABOUT, {"model": str(path)})
