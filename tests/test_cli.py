@@ -464,6 +464,12 @@ def test_verbose_is_taken_after_the_command_too():
     assert invoke("models").exit_code == 0 and logger.level == logging.WARNING
 
 
+@pytest.mark.parametrize("model", ["nothere/", "my/models/x"])
+def test_a_missing_folder_that_cannot_be_a_hub_id_is_not_asked_of_the_hub(model, tmp_path):
+    """'nothere/' went to the hub and came back as "Repo id must use alphanumeric chars" (an audit)."""
+    assert_user_error(invoke("run", "--model", model, "--out", str(tmp_path / "r")), f"error: model path not found: {model}")
+
+
 def test_a_misspelt_bundled_name_is_pointed_at_the_bundled_one(tmp_path):
     assert_user_error(invoke("run", "--model", "smolm2", "--out", str(tmp_path / "r")), "cannot load model 'smolm2'", "did you mean the bundled model 'smollm2'?")
     from expertlens_lite.models.sources import cannot_load

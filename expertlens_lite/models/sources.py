@@ -152,7 +152,9 @@ def resolve_model(spec: str | os.PathLike, revision: str | None, cache_dir: Path
     if path.exists():
         _no_revision(spec, revision, f"a local {'file' if path.is_file() else 'folder'}")
         return _resolve_local(path, cache_dir)
-    if spec.endswith(".gguf") or spec.startswith((".", "/", "~")):
+    # No hub id ends with "/" or has two (an audit: "nothere/" went to the hub, 5 s offline,
+    # and came back as huggingface_hub's "Repo id must use alphanumeric chars").
+    if spec.endswith((".gguf", "/")) or spec.startswith((".", "/", "~")) or spec.count("/") > 1:
         raise ModelError(f"model path not found: {spec}")
     return _hub_source(spec, revision)
 
