@@ -541,6 +541,13 @@ def test_a_model_without_layers_or_with_a_tokenizer_past_its_embeddings(family, 
     assert_user_error(invoke("export", "--model", str(folder), "--out", str(tmp_path / "x")), message.format(folder=folder))
 
 
+def test_a_model_whose_weights_make_nan_is_not_blamed_on_the_export(tmp_path):
+    """It was "exported ... differs from PyTorch by inf", after the whole export (an audit)."""
+    folder = Path(tiny_source("llama", tmp_path / "model", edit=lambda model: model.get_input_embeddings().weight.data.fill_(float("nan"))).path)
+    result = invoke("export", "--model", str(folder), "--out", str(tmp_path / "x"))
+    assert_user_error(result, f"model '{folder}' computes NaN or infinite values in PyTorch itself: are its weights damaged?")
+
+
 @pytest.mark.parametrize(
     "family, config, message",
     [

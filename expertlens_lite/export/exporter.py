@@ -459,6 +459,8 @@ def _export_into(tmp: Path, source: ModelSource, architecture: Architecture, mod
     encoded = encode(tokenizer, PARITY_SENTENCES)
     batch = make_batch(encoded, range(len(PARITY_SENTENCES)), pad_id(tokenizer), PoolingOptions())
     expected, expected_embedding = torch_responses(model, architecture, batch)
+    if not (np.isfinite(expected).all() and np.isfinite(expected_embedding).all()):  # it was blamed on the export (an audit)
+        raise ModelError(f"model {source.name!r} computes NaN or infinite values in PyTorch itself: are its weights damaged?")
     onnx_path = tmp / "model.onnx"
     opset = prepare_graph(onnx_path, [architecture.onnx_scope(i) for i in range(n_layers)], units)
     diff, scaled = _parity(onnx_path, encoded, pad_id(tokenizer), prefix, n_layers, expected, expected_embedding)
