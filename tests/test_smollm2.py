@@ -5,6 +5,8 @@ Slow (GGUF dequantization and export take tens of seconds), but CI runs it.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -124,6 +126,27 @@ def test_bos_exclusion_changes_only_maxima_on_bos(smollm2, elens_home):
     assert bos_wins.any(), "some neuron should peak on the BOS token"
     assert changed[bos_wins].all()
     assert not changed[bos_loses].any()
+
+
+def test_an_export_with_smollm2s_tokenizer_prints_no_legacy_notice(smollm2_dequantizing, elens_home, tmp_path):
+    """Optimum's look for processors loaded Llama's tokenizer class outside the quiet
+    block: a paragraph on its "legacy" default on every fresh export of SmolLM2, or of a
+    model with its tokenizer (an audit). A tiny Llama with that tokenizer, to be quick."""
+    import shutil
+    import subprocess
+    import sys
+
+    from .test_parity import _tiny, tiny_source
+
+    config = _tiny("llama")
+    config.vocab_size = 49152
+    folder = Path(tiny_source("llama", tmp_path / "model", config=config).path)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copyfile(Path(resolve_model("smollm2", None, elens_home).path) / name, folder / name)
+    command = [str(Path(sys.executable).with_name("elens-lite")), "export", "--model", str(folder), "--out", str(tmp_path / "x")]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "legacy" not in done.stderr, done.stderr
 
 
 def test_non_gguf_file_named_gguf(tmp_path, elens_home):

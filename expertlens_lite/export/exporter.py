@@ -396,8 +396,9 @@ def _optimum_export(model, folder: Path, with_past: bool) -> None:
     # kept by export_model): a caller that seeded it would find it moved by an export
     # that a warm cache skips.
     try:
-        # The tracer's notes on constants are expected, not actionable.
-        with warnings_silenced(), torch.random.fork_rng(devices=[]):
+        # The tracer's notes on constants are expected, not actionable; so is the paragraph
+        # of Llama's tokenizer class that Optimum's look for processors there prints.
+        with warnings_silenced(), quiet_transformers(), torch.random.fork_rng(devices=[]):
             onnx_export_from_model(model, folder, task="feature-extraction", custom_onnx_configs=custom, do_validation=False)
     finally:
         model.config._name_or_path = loaded_from
