@@ -103,6 +103,27 @@ def test_an_entry_and_its_scratch_folders_are_removed_together(tmp_path):
     assert names(tmp_path) == []
 
 
+def test_scratch_left_inside_a_finished_entry_is_listed_and_removed_by_unfinished(tmp_path, monkeypatch):
+    """A SIGKILL during an int8 quantization left its scratch folder (hundreds of MB) inside
+    the export, which cache ls did not mention and cache rm --unfinished left (an audit)."""
+    export = tmp_path / "models" / "tiny-0123"
+    (export / ".quantize-k3j_x9a2").mkdir(parents=True)
+    (export / ".quantize-k3j_x9a2" / "model.onnx").write_bytes(b"x" * 50_000)
+    (export / ".model.int8.onnx.k3j_x9a2.tmp").write_bytes(b"y" * 5_000)
+    (export / "manifest.json").write_text("{}")
+    (entry,) = cache_entries(tmp_path)
+    assert entry.state == "complete" and entry.scratch >= 55_000
+    monkeypatch.setenv("ELENS_HOME", str(tmp_path))
+    monkeypatch.setenv("COLUMNS", "200")
+    assert "of it left by an interrupted run (cache rm --unfinished)" in invoke("cache", "ls").output
+    with waiting_for(export, tmp_path, "it"), pytest.raises(InputError, match="is being made"):  # a run at work there
+        remove_cache_entries(tmp_path, [], [entry.name])
+    result = invoke("cache", "rm", "--unfinished")
+    assert result.output.startswith("removed 0 entries and the scratch interrupted runs left in 1 entry, "), result.output
+    assert sorted(p.name for p in export.iterdir()) == ["manifest.json"]
+    assert cache_entries(tmp_path)[0].scratch == 0
+
+
 def test_lock_files_do_not_pile_up(minilm, tmp_path):
     """Every results folder and cache entry ever used left an empty lock file behind."""
     compute_responses(minilm, SENTENCES[:4], "locks", tmp_path, batch_size=4, device="cpu")

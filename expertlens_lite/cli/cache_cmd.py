@@ -39,6 +39,8 @@ def ls_command() -> None:
         about = entry.about or "–"
         if entry.state != "complete":
             about = f"{_STATES[entry.state]}; {about}"
+        elif entry.scratch:
+            about = f"{size_text(entry.scratch)} of it left by an interrupted run (cache rm --unfinished); {about}"
         table.add_row(entry.name, about, size_text(entry.size), time.strftime("%Y-%m-%d %H:%M", time.localtime(entry.modified)))
     console.print(table)
     console.print(f"{_count(len(entries))}, {size_text(sum(e.size for e in entries))}; remove with `elens-lite cache rm ENTRY...`")
@@ -58,10 +60,13 @@ def rm_command(names: tuple[str, ...], everything: bool, unfinished: bool) -> No
     if bool(names) + everything + unfinished != 1:
         raise InputError("give entry names, --all or --unfinished (one of them)")
     cache = cache_dir()
-    chosen = list(names) or [e.name for e in cache_entries(cache) if everything or e.state == "interrupted"]
+    entries = [] if names else cache_entries(cache)
+    chosen = list(names) or [e.name for e in entries if everything or e.state == "interrupted"]
+    scratch = [e.name for e in entries if unfinished and e.scratch]
     with reported_write_failures(f"removing from the cache {cache}"):
-        freed, removed = remove_cache_entries(cache, chosen)
-    click.echo(f"removed {_count(removed)}, {size_text(freed)} freed")
+        freed, removed = remove_cache_entries(cache, chosen, scratch)
+    cleared = f" and the scratch interrupted runs left in {_count(len(scratch))}" if scratch else ""
+    click.echo(f"removed {_count(removed)}{cleared}, {size_text(freed)} freed")
 
 
 def _count(n: int) -> str:
