@@ -211,6 +211,16 @@ def test_cli_lists_and_removes(minilm, tmp_path, monkeypatch):
     assert names(tmp_path) == []
 
 
+def test_a_listing_at_80_columns_keeps_every_column(tmp_path, monkeypatch):
+    """A long entry name left "made from" no width, its header gone (an audit)."""
+    (tmp_path / "models" / ".renamed.gguf-302e6e2eafad.wzh853o0.tmp").mkdir(parents=True)
+    monkeypatch.setenv("ELENS_HOME", str(tmp_path))
+    monkeypatch.setenv("COLUMNS", "80")
+    lines = invoke("cache", "ls").output.splitlines()
+    assert "made from" in lines[2] and "written" in lines[2], lines
+    assert max(map(len, lines)) <= 80
+
+
 def test_nothing_is_made_by_rm_in_a_cache_that_does_not_exist_or_by_a_refused_run(tmp_path, monkeypatch):
     """Both made ELENS_HOME and its ``locks/runs`` (noted in a review)."""
     monkeypatch.setenv("ELENS_HOME", str(tmp_path / "home"))

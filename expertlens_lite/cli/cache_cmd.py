@@ -31,8 +31,9 @@ def ls_command() -> None:
         console.print(f"the cache {cache} holds nothing")
         return
     table = Table(title=f"Cache {cache}")
-    table.add_column("entry", no_wrap=True)
-    table.add_column("made from", overflow="fold")
+    # Long names fold too: unfolded, they left "made from" no width at all (an audit).
+    table.add_column("entry", overflow="fold", min_width=20)
+    table.add_column("made from", overflow="fold", min_width=16)
     table.add_column("size", justify="right", no_wrap=True)
     table.add_column("written", no_wrap=True)
     for entry in entries:
