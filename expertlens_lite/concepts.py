@@ -246,7 +246,7 @@ def build_concept_set(
         raise InputError(
             f"{', '.join(everywhere[:8])}{' and more' if len(everywhere) > 8 else ''}: in every one of the "
             f"{len(pool)} negative-pool sentences, which leaves no negatives to tell experts by; leave it out of the concepts"
-            + (f" or draw a larger pool (--n-neg {len(pool)})" if len(pool) < len(corpus) else "")
+            + (f" or draw a pool larger than --n-neg {len(pool)}" if len(pool) < len(corpus) else "")
         )
     return ConceptSet(
         sentences=tuple(corpus[i] for i in used),
