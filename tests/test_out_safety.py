@@ -210,7 +210,12 @@ def test_a_ctrl_c_among_the_renames_stops_the_run_after_them(minilm, tmp_path, m
             os.kill(os.getpid(), signal.SIGINT)
 
     monkeypatch.setattr(os, "replace", replace)
-    result = run_slice(out, tmp_path / "concepts.txt", "minilm", "--seed", "1", "--overwrite")
+    # A Ctrl-C as a terminal delivers it: the suite may run with SIGINT ignored (a background job).
+    handler = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        result = run_slice(out, tmp_path / "concepts.txt", "minilm", "--seed", "1", "--overwrite")
+    finally:
+        signal.signal(signal.SIGINT, handler)
     monkeypatch.undo()
     assert result.exit_code == 130, result.output
     assert json.loads((out / "summary.json").read_text())["settings"]["seed"] == 1
