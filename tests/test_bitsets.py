@@ -119,3 +119,12 @@ def test_jaccard_matrix_matches_sets(n_neurons):
 def test_bad_input_raises(call):
     with pytest.raises(InputError):
         call()
+
+
+def test_a_score_not_finite_is_named():
+    """It said only "scores contain NaN or inf", in a matrix of thousands (an audit)."""
+    scores = np.zeros((3, 70))
+    scores[2, 65] = -np.inf
+    for call in (lambda: threshold_bitsets(scores, [0.5]), lambda: topk_bitsets(scores, 2)):
+        with pytest.raises(InputError, match=r"^scores hold -inf \(concept row 2, neuron 65\); scores must be finite$"):
+            call()

@@ -14,6 +14,7 @@ import pytest
 from expertlens_lite.atomic import file_sizes, write_json
 from expertlens_lite.errors import ModelError
 from expertlens_lite.export import export_model
+from expertlens_lite.export.exporter import export_dir
 from expertlens_lite.export.manifest import MANIFEST, damage
 from expertlens_lite.export.quantize import onnx_filename
 from expertlens_lite.models import sources
@@ -200,3 +201,39 @@ def test_a_model_to_export_may_be_given_as_a_model_value(tmp_path):
     assert export_model(Path(folder), tmp_path / "home").directory == export_model(sources.resolve_model(folder, None, tmp_path / "home"), tmp_path / "home").directory
     with pytest.raises(ModelError, match=r"^a model to export is a ModelSource \(resolve_model\) or a --model value; got 3$"):
         export_model(3, tmp_path / "home")
+
+
+def test_a_cached_export_of_a_gguf_does_not_need_its_dequantized_copy(tmp_path):
+    """``cache rm gguf/...`` removed the copy and the next run on the cached export made it
+    again (34 s, 542 MB for SmolLM2; an audit): the copy is now made only when the weights
+    are read. Here the export of a stand-in GGUF file (not a model: reading it would fail)
+    is one made from a tiny model, moved where the GGUF's export goes."""
+    home = tmp_path / "home"
+    made = export_model(tiny_source("bert", tmp_path / "bert"), home).directory
+    gguf = tmp_path / "model.gguf"
+    gguf.write_bytes(b"GGUF" + bytes(60))
+    source = sources.resolve_model(str(gguf), None, home)
+    assert source.gguf == str(gguf) and source.path == str(home / "gguf" / file_sha256(gguf)[:16])
+    made.rename(export_dir(source, home))
+    assert export_model(source, home).directory == export_dir(source, home)
+    assert not (home / "gguf").exists()
+
+
+def test_the_same_weights_under_another_name_reuse_their_export(tmp_path):
+    """A folder reached through a link (or a renamed .gguf file) was exported again under
+    its other name: hundreds of MB more for the same weights (an audit)."""
+    home = tmp_path / "home"
+    tiny_source("bert", tmp_path / "bert")
+    (tmp_path / "linked").symlink_to(tmp_path / "bert")
+    first = export_model(str(tmp_path / "bert"), home)
+    again = export_model(str(tmp_path / "linked"), home)
+    assert again.directory == first.directory and [p.name for p in (home / "models").iterdir()] == [first.directory.name]
+
+
+def test_two_labels_of_one_hub_commit_share_an_export(tmp_path):
+    """A branch and the commit it points to are the same weights (the key held the label)."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    branch, sha = (sources.ModelSource("org/model", "org/model", label, commit, commit) for label in ("step1000", commit))
+    assert export_dir(branch, tmp_path) == export_dir(sha, tmp_path)
+    other = sources.ModelSource("org/model", "org/model", "step2000", "f" * 40, "f" * 40)
+    assert export_dir(other, tmp_path) != export_dir(branch, tmp_path)

@@ -244,16 +244,18 @@ def test_memmap_blocks_match_in_memory(tmp_path):
         )
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.longdouble])
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
-def test_non_finite_response_names_the_neuron(bad, tmp_path):
+def test_non_finite_response_names_the_neuron(bad, dtype, tmp_path):
+    """A long double NaN was called a value "float64 cannot hold exactly" (an audit)."""
     rng = np.random.default_rng(11)
-    x = rng.normal(size=(40, 150)).astype(np.float32)
+    x = rng.normal(size=(40, 150)).astype(dtype)
     x[5, 137] = bad
     y = random_labels(rng, 40)
-    with pytest.raises(InputError, match=r"neuron 137\b"):
+    with pytest.raises(InputError, match=r"neuron 137\b.* contain NaN or inf"):
         average_precision(x, y)
     np.save(tmp_path / "r.npy", x)
-    with pytest.raises(InputError, match=r"neuron 137\b"):
+    with pytest.raises(InputError, match=r"neuron 137\b.* contain NaN or inf"):
         average_precision_many(
             np.load(tmp_path / "r.npy", mmap_mode="r"), [np.arange(3)], np.arange(3, 40),
             block_size=64,
@@ -418,6 +420,19 @@ def test_memmap_whose_file_name_changed_is_read_through_the_mapping(change, tmp_
     else:
         path.unlink()
     np.testing.assert_array_equal(average_precision_many(mapped, positives, pool, excluded, block_size=32), expected)
+
+
+@pytest.mark.parametrize("view", [lambda m: m, lambda m: m[:, ::2], lambda m: m[::-1]])
+def test_memmap_whose_file_was_cut_short_is_refused(view, tmp_path):
+    """Cut after it was mapped, the file no longer holds the array's last rows: read
+    through the mapping, they killed the process with SIGBUS (an audit)."""
+    x, positives, pool, excluded, _ = _small_concepts()
+    path = tmp_path / "r.npy"
+    np.save(path, x)
+    mapped = view(np.load(path, mmap_mode="r"))
+    os.truncate(path, path.stat().st_size - x.nbytes // 2)
+    with pytest.raises(InputError, match=r"^response file ended early: .* it is truncated or was rewritten while in use$"):
+        average_precision_many(mapped, positives, pool, excluded, block_size=32)
 
 
 def _small_concepts():

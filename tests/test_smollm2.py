@@ -12,7 +12,7 @@ import pytest
 
 from expertlens_lite.batching import PoolingOptions, encode, make_batch, pad_id
 from expertlens_lite.errors import ModelError
-from expertlens_lite.export import load_pretrained
+from expertlens_lite.export import export_model, load_pretrained
 from expertlens_lite.export.reference import (
     pool_activations,
     torch_activations,
@@ -205,10 +205,10 @@ def test_gguf_of_unsupported_architecture(tmp_path, elens_home):
     """One transformers reads but expertlens-lite does not study was refused only after its
     dequantization; the readable ones listed transformers' "general" and "tokenizer" (an audit)."""
     with pytest.raises(ModelError, match=r"GGUF architecture 'rwkv6' .* cannot be read by transformers; readable: .*llama") as refused:
-        resolve_model(str(_tiny_gguf(tmp_path / "rwkv.gguf", "rwkv6")), None, elens_home)
+        export_model(str(_tiny_gguf(tmp_path / "rwkv.gguf", "rwkv6")), elens_home)
     assert "general" not in str(refused.value) and "tokenizer" not in str(refused.value)
     with pytest.raises(ModelError, match=r"^unsupported model architecture 'mamba'; supported: "):
-        resolve_model(str(_tiny_gguf(tmp_path / "mamba.gguf", "mamba")), None, elens_home)
+        export_model(str(_tiny_gguf(tmp_path / "mamba.gguf", "mamba")), elens_home)
     assert not list(elens_home.glob("gguf/.*"))  # nothing dequantized, nothing left
 
 
@@ -218,7 +218,7 @@ def test_a_gguf_cut_inside_its_tensors_is_one_line(tmp_path, elens_home):
     with BUNDLED_MODELS["smollm2"].path().open("rb") as whole:
         cut.write_bytes(whole.read(20_000_000))
     with pytest.raises(ModelError, match=r"cut.gguf cannot be read as a GGUF model \(.*\); is the file cut short or damaged\?$"):
-        resolve_model(str(cut), None, elens_home)
+        export_model(str(cut), elens_home)
 
 
 def test_dequantizing_prints_no_tokenizer_notice_and_no_bar(smollm2_dequantizing):

@@ -33,7 +33,7 @@ from ..config import QUANTIZATIONS
 from ..errors import ModelError, ResourceError, first_line, whole_number
 from ..locks import waiting_for
 from ..models import Architecture, get_architecture
-from ..models.sources import ModelSource, cannot_load, resolve_model
+from ..models.sources import ModelSource, cannot_load, dequantize, resolve_model
 from ..paths import DEFAULT_CORPUS, bundled, cache_folder_given, check_openable_by_libraries
 from ..quiet import quiet_transformers, warnings_silenced
 from .manifest import FORMAT_VERSION, MANIFEST, Manifest, damage
@@ -125,13 +125,26 @@ class ExportedModel:
 
 
 def export_key(source: ModelSource) -> str:
-    raw = f"{source.fingerprint}|{source.revision}|{FORMAT_VERSION}"
+    """The weights' fingerprint (a hub model's is its commit) and the export format.
+
+    The revision's label is left out: a branch and the commit it points to are the same
+    weights, and were exported twice. "None" stands where the label once was, so that
+    the keys of local and bundled models, which have no revision, stayed as they were.
+    """
+    raw = f"{source.fingerprint}|None|{FORMAT_VERSION}"
     return hashlib.sha256(raw.encode()).hexdigest()[:12]
 
 
 def export_dir(source: ModelSource, cache_dir: Path) -> Path:
+    """The cache folder of ``source``'s export: named for people by the model's name, and
+    found by the key alone, so that the same weights under another name (a renamed .gguf
+    file, a folder reached through a link) reuse the export rather than make another."""
+    key = export_key(source)
+    made = sorted(path for path in (cache_dir / "models").glob(f"*-{key}") if not path.name.startswith("."))
+    if made:
+        return made[0]
     readable = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(source.name).name)[-40:]
-    return cache_dir / "models" / f"{readable}-{export_key(source)}"
+    return cache_dir / "models" / f"{readable}-{key}"
 
 
 def _check_quantize(quantize: str) -> None:
@@ -258,6 +271,7 @@ def load_pretrained(source: ModelSource):
     from safetensors import SafetensorError
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
+    dequantize(source)
     folder = Path(source.path)
     # Checked first: transformers guesses a missing type from the folder's path ("roberta"
     # in .../robert/...), or fails listing every type it knows.

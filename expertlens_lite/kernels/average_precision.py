@@ -499,9 +499,13 @@ def average_precision_many(
     never read) are copied, transposed, into a buffer of ``block_size x rows in
     use`` values (the largest allocation besides the result). An array
     memory-mapped from a file (``np.memmap``, ``np.load(..., mmap_mode="r")``)
-    is read with positioned reads of at least 4 KiB per row in use instead of
-    through the mapping, so resident memory stays near ``rows in use x
-    (4 KiB + 2 x block_size x itemsize)`` however large the file. NaN/inf is
+    with contiguous rows (C order, columns not strided, rows not reversed) and
+    not copy-on-write (``mode="c"``) is read with positioned reads of at least
+    4 KiB per row in use instead of through the mapping, so resident memory stays
+    near ``rows in use x (4 KiB + 2 x block_size x itemsize)`` however large the
+    file. Other memory maps are read through the mapping: a block's pages stay
+    resident until it is done (shared maps; clean pages, which the OS can
+    reclaim) or for good (``mode="c"``). NaN/inf is
     looked for in the rows in use only; the first one found stops the run.
 
     Args:
@@ -733,6 +737,8 @@ class _Source:
         # two scores could tie, or swap places with a third, and AP would not be sklearn's.
         self._may_round = x.dtype.itemsize > 8 or x.dtype.kind in "iu" and x.dtype.itemsize == 8
         mapping, root = _mapping_of(x)
+        if root is not None and x.size:
+            _check_mapped_whole(x, mapping, root)
         self._file = _open_rows(x, mapping, root) if mapping is not None else None
         self._mapping = mapping if self._file is None and _droppable(root) else None
 
@@ -752,7 +758,8 @@ class _Source:
         else:
             given = self._x[self._rows, col0 : col0 + n_cols]
         block = np.ascontiguousarray(given, dtype=self._work)
-        if self._may_round and (rounded := np.argwhere(block.astype(given.dtype) != given)).size:
+        # NaN is unequal to itself: left to the kernels' NaN/inf error.
+        if self._may_round and (rounded := np.argwhere((block.astype(given.dtype) != given) & ~np.isnan(given))).size:
             row, col = rounded[0]
             raise InputError(
                 f"responses of neuron {col0 + col} hold {given[row, col]!s} ({given.dtype}), which float64, "
@@ -855,6 +862,26 @@ def _droppable(root: np.memmap | None) -> bool:
     return root is not None and root.mode != "c" and hasattr(mmap, "MADV_DONTNEED")
 
 
+def _file_offset(address: int, mapping: mmap.mmap, root: np.memmap) -> int:
+    """Where in ``root``'s file the byte at ``address`` (inside ``mapping``) lies:
+    np.memmap maps the file from its offset rounded down to the allocation granularity."""
+    mapped_at = np.frombuffer(mapping, np.uint8).ctypes.data
+    return root.offset - root.offset % mmap.ALLOCATIONGRANULARITY + address - mapped_at
+
+
+def _check_mapped_whole(x: np.ndarray, mapping: mmap.mmap, root: np.memmap) -> None:
+    """Refuse a memory map whose file was cut short after it was mapped: read through
+    the mapping, the missing part killed the process with SIGBUS, and no error to show
+    (an audit). ``mmap.size()`` is the size of the file the mapping keeps open."""
+    last = x.ctypes.data + sum((n - 1) * stride for n, stride in zip(x.shape, x.strides) if stride > 0)
+    end = _file_offset(last, mapping, root) + x.itemsize
+    if end > mapping.size():
+        raise InputError(
+            f"response file ended early: the array reaches byte {end:,} of it, but it has {mapping.size():,}; "
+            "it is truncated or was rewritten while in use"
+        )
+
+
 def _open_rows(x: np.ndarray, mapping: mmap.mmap, root: np.memmap | None) -> _RowFile | None:
     """A reader of ``x``'s rows straight from its file, or None if that is unsafe.
 
@@ -876,13 +903,8 @@ def _open_rows(x: np.ndarray, mapping: mmap.mmap, root: np.memmap | None) -> _Ro
         or x.strides[0] < 0
     ):
         return None
-    # np.memmap maps the file from the offset rounded down to the allocation
-    # granularity; x's first element sits that far into the mapping.
-    mapped_at = np.frombuffer(mapping, np.uint8).ctypes.data
-    map_start = root.offset - root.offset % mmap.ALLOCATIONGRANULARITY
-    first = map_start + x.ctypes.data - mapped_at
     try:
-        reader = _RowFile(os.fspath(root.filename), first, x.strides[0], x.dtype)
+        reader = _RowFile(os.fspath(root.filename), _file_offset(x.ctypes.data, mapping, root), x.strides[0], x.dtype)
     except OSError:  # deleted or moved since it was mapped; the mapping still reads
         return None
     if reader.size() != mapping.size() or not all(reader.holds(x, row) for row in (0, x.shape[0] - 1)):

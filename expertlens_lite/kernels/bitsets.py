@@ -118,7 +118,10 @@ def threshold_bitsets(scores: np.ndarray, taus: Sequence[float]) -> np.ndarray:
     Args:
         scores: [n_concepts, n_neurons] finite scores (APs).
         taus: T finite thresholds; the comparison is ``>=``, so a neuron whose
-            score equals tau is an expert.
+            score equals tau is an expert. Exactly: an AP computed in floating
+            point can lie an ulp below its exact value (1/2 as 0.49999999999999994),
+            so compare ``ap + selection.AP_ROUNDING`` for the paper's AP ≥ τ, as
+            :func:`expertlens_lite.selection.select` does.
 
     Returns:
         uint64 [T, n_concepts, ceil(n_neurons / 64)].
@@ -223,5 +226,6 @@ def _check_scores(scores: np.ndarray) -> np.ndarray:
         )
     s = s.astype(np.float64, copy=False)
     if not np.all(np.isfinite(s)):
-        raise InputError("scores contain NaN or inf")
+        concept, neuron = np.argwhere(~np.isfinite(s))[0]
+        raise InputError(f"scores hold {s[concept, neuron]} (concept row {concept}, neuron {neuron}); scores must be finite")
     return s

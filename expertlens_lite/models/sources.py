@@ -2,9 +2,9 @@
 
 Everything is reduced to a :class:`ModelSource`: something ``from_pretrained`` can
 read, plus a fingerprint of the weights that keys every cache built from it. A
-GGUF file is dequantized once by transformers' GGUF loader and saved as an
-ordinary model folder in the cache, keyed by the file's hash, so the exporter
-never has to know about GGUF. A hub id's fingerprint is the commit its revision
+GGUF file is dequantized by transformers' GGUF loader, when its weights are first
+read, and saved as an ordinary model folder in the cache, keyed by the file's hash,
+so the exporter never has to know about GGUF. A hub id's fingerprint is the commit its revision
 points to, so checkpoints (Pythia's ``step1000``, ``step2000``) never share a cache
 entry and a branch that moves is exported anew.
 """
@@ -111,6 +111,7 @@ class ModelSource:
         revision: hub revision (branch, tag or commit), or None.
         fingerprint: identifies the weights; part of every cache key.
         commit: the hub commit ``revision`` resolved to (None for local models).
+        gguf: the GGUF file ``path`` is dequantized from (:func:`dequantize`), or None.
     """
 
     name: str
@@ -118,6 +119,7 @@ class ModelSource:
     revision: str | None
     fingerprint: str
     commit: str | None = None
+    gguf: str | None = None
 
     @property
     def load_revision(self) -> str | None:
@@ -227,9 +229,20 @@ def _resolve_local(path: Path, cache_dir: Path) -> ModelSource:
                 f"{path} is neither a model folder (no config.json) nor a folder holding exactly one .gguf file"
             )
     if path.is_file():
-        folder = gguf_to_folder(path, cache_dir)
-        return ModelSource(str(path), str(folder), None, folder.name)
+        folder = gguf_folder(path, cache_dir)
+        return ModelSource(str(path), str(folder), None, folder.name, gguf=str(path))
     return ModelSource(str(path), str(path), None, _folder_fingerprint(path))
+
+
+def dequantize(source: ModelSource) -> None:
+    """Make the dequantized copy that a GGUF source's ``path`` names, if it is not there.
+
+    Left to the first read of the weights, not done on resolving: a run on a cached
+    export never reads them, and made the copy again (34 s, 542 MB for SmolLM2) right
+    after ``elens-lite cache rm`` had removed it (an audit).
+    """
+    if source.gguf is not None:
+        gguf_to_folder(Path(source.gguf), Path(source.path).parent.parent)
 
 
 # The files of a model folder that make its model, as transformers names them: config,
@@ -366,14 +379,20 @@ _GGUF_SECTIONS = {"general", "tokenizer", "tokenizer_config"}
 _GGUF_MODEL_TYPES = {"qwen2moe": "qwen2_moe", "qwen3moe": "qwen3_moe"}
 
 
+def gguf_folder(path: Path, cache_dir: Path) -> Path:
+    """Where :func:`gguf_to_folder` puts the dequantized copy of a GGUF file: the cache
+    folder named by the file's hash (a non-GGUF file raises ModelError)."""
+    _check_gguf_magic(path)
+    return cache_dir / "gguf" / file_sha256(path)[:16]
+
+
 def gguf_to_folder(path: Path, cache_dir: Path) -> Path:
     """Dequantize a GGUF file to an fp32 model folder in the cache, once per file hash.
 
     A folder already made is checked by its file sizes alone: transformers' GGUF support
     imports PyTorch (5 s, measured), which a run on a cached export does not need.
     """
-    _check_gguf_magic(path)
-    folder = cache_dir / "gguf" / file_sha256(path)[:16]
+    folder = gguf_folder(path, cache_dir)
     with waiting_for(folder, cache_dir, f"the dequantized copy of {path.name}"):
         return _dequantized(path, folder)
 
