@@ -68,7 +68,7 @@ def main() -> None:
         samples: list[dict[str, int]] = []
         start = time.perf_counter()
         responses = compute_responses(
-            exported, sentences, "big", tmp / "home", batch_size=args.batch_size, device="cpu",
+            exported, sentences, tmp / "home", batch_size=args.batch_size, device="cpu",
             progress=lambda done, total: samples.append({"batch": len(samples) + 1, "sentences_done": done, "rss_mib": round(rss_mib())}),
         )
         seconds = time.perf_counter() - start

@@ -49,11 +49,6 @@ class ConceptSet:
     skipped: dict[str, int] = field(default_factory=dict)
     seed: int = 0
 
-    def sentences_hash(self) -> str:
-        """A short content hash of the sentence list, the key of cached responses."""
-        digest = hashlib.sha256(json.dumps(self.sentences).encode("utf-8")).hexdigest()
-        return digest[:16]
-
     def n_negatives(self, concept: int) -> int:
         return len(self.pool) - len(self.excluded[concept])
 
@@ -195,9 +190,11 @@ def build_concept_set(
     corpus; a concept's negatives are the pool minus the sentences containing it (a
     concept in every pool sentence is refused). Only sentences used somewhere are kept,
     in corpus order, so each enters the model once. ``concepts`` go through
-    :func:`concept_words` and the corpus through :func:`~.userfiles.nfc`, then each of
-    its sentences is kept once (its first occurrence), as :func:`read_corpus` does: a
-    repeated one was sampled as two positives of its concept, an audit found.
+    :func:`concept_words` and the corpus through :func:`~.userfiles.nfc`, then, as
+    :func:`read_corpus` does, its sentences are stripped, blank ones dropped (they were
+    pool negatives pooled over special tokens alone) and each kept once (its first
+    occurrence: a repeated one was sampled as two positives of its concept). Both found
+    by audits.
     """
     if any(whole_number(n) is None or n < 1 for n in (n_pos, n_neg, min_pos)):
         raise InputError(f"--n-pos, --n-neg and --min-pos must be positive integers; got {n_pos!r}, {n_neg!r}, {min_pos!r}")
@@ -208,7 +205,7 @@ def build_concept_set(
     if isinstance(corpus, str) or not isinstance(corpus, Sequence) or not all(isinstance(s, str) for s in corpus):
         raise InputError(f"corpus must be a list of sentences; got {type(corpus).__name__} {str(corpus)[:40]!r}")
     concepts = concept_words(concepts)
-    corpus = list(dict.fromkeys(nfc(sentence) for sentence in corpus))
+    corpus = list(dict.fromkeys(text for text in (nfc(sentence).strip() for sentence in corpus) if text))
     index = word_index(corpus)
     kept: list[str] = []
     hits: list[np.ndarray] = []

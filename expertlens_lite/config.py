@@ -33,6 +33,10 @@ QUANTIZATIONS = ("none", "int8", "fp16")  # --quantize: see export.quantize
 BOOTSTRAP_UNITS = ("pairs", "concepts")  # --bootstrap-unit: what alignment.Bootstrap resamples
 
 
+# The fields of the selection rules' parameters, and their rules.
+_RULE_FIELDS = {"taus": "tau", "lifts": "lift", "topks": "topk", "top_fracs": "topfrac"}
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """Every input of a run. Paths left as None mean the bundled default.
@@ -95,7 +99,7 @@ class RunConfig:
             if "\0" in os.fsdecode(value):  # no file name has one; out's was a ValueError from the lock (an audit)
                 raise InputError(f"{name} {os.fsdecode(value)[:40]!r} has a NUL character, which no path can have")
             object.__setattr__(self, name, expanded(value))  # ~ too: --out=~/r reaches us unexpanded
-        for name in ("taus", "lifts", "topks", "top_fracs"):
+        for name in _RULE_FIELDS:
             object.__setattr__(self, name, _rule_values(name, getattr(self, name)))
         for name in ("n_pos", "n_neg", "min_pos", "seed", "batch_size", "n_bootstrap"):
             if (whole := whole_number(getattr(self, name))) is not None:  # others are refused by validate
@@ -114,12 +118,7 @@ class RunConfig:
 
     def selections(self) -> list[Selection]:
         """Every selection rule of the run; the paper's τ comes first."""
-        return (
-            [Selection("tau", t) for t in self.taus]
-            + [Selection("lift", v) for v in self.lifts]
-            + [Selection("topk", k) for k in self.topks]
-            + [Selection("topfrac", f) for f in self.top_fracs]
-        )
+        return [Selection(rule, value) for name, rule in _RULE_FIELDS.items() for value in getattr(self, name)]
 
     def validate(self) -> None:
         """Checks of option values and of the results folder, before anything slow starts."""
@@ -128,7 +127,8 @@ class RunConfig:
                 raise InputError(f"--{name.replace('_', '-')} must be a whole number; got {value!r}")
         if not self.taus:
             raise InputError("give at least one --tau")
-        self.selections()  # each rule checks its own parameter
+        for name, rule in _RULE_FIELDS.items():  # each rule checks its parameter, and gives it the CLI's type
+            object.__setattr__(self, name, tuple(dict.fromkeys(Selection(rule, value).parameter for value in getattr(self, name))))
         if self.quantize not in QUANTIZATIONS:
             raise InputError(f"--quantize must be one of {', '.join(QUANTIZATIONS)}")
         resolve_device(self.device)  # --device cuda without CUDA fails now, not after the export

@@ -9,10 +9,13 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .batching import Encoded
 from .errors import InputError, whole_number
-from .export import ExportedModel
+
+if TYPE_CHECKING:  # the exporter reads max_tokens too: imported at run time, a cycle
+    from .export import ExportedModel
 
 # config.json keys of a model's position-embedding table size, by family (BERT/Llama, GPT-2, others).
 POSITION_KEYS = ("max_position_embeddings", "n_positions", "max_positions")
@@ -45,20 +48,20 @@ def _is_count(value) -> bool:
     return whole_number(value) is not None and value > 0
 
 
-def _json_object(path: Path) -> dict:
-    """The JSON object in ``path``; empty if there is none there, so that the length
-    check it serves (:func:`check_lengths`) is skipped rather than failing a run that
-    ONNX Runtime may well finish."""
+def json_object(path: Path) -> dict | None:
+    """The JSON object in ``path``, None if there is none there: a model file's fault is
+    left to the reader it is for (transformers, ONNX Runtime), which may well cope."""
     try:
         value = json.loads(path.read_text())
     except (OSError, ValueError):
-        return {}
-    return value if isinstance(value, dict) else {}
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def export_max_tokens(exported: ExportedModel) -> int | None:
-    """:func:`max_tokens` of an export folder."""
-    return max_tokens(_json_object(exported.directory / "config.json"), _json_object(exported.directory / "tokenizer_config.json"))
+    """:func:`max_tokens` of an export folder (no limit checked where its files say none)."""
+    files = (json_object(exported.directory / name) or {} for name in ("config.json", "tokenizer_config.json"))
+    return max_tokens(*files)
 
 
 def check_lengths(encoded: Encoded, sentences: Sequence[str], limit: int | None, model: str) -> None:

@@ -212,7 +212,6 @@ def _run(config: RunConfig, cache: Path, progress: Progress | None) -> RunResult
         responses = compute_responses(
             exported,
             concept_set.sentences,
-            concept_set.sentences_hash(),
             cache,
             options=config.pooling,
             quantize=config.quantize,

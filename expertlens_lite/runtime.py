@@ -324,10 +324,13 @@ class Responses:
     directory: Path
 
 
-def responses_key(exported: ExportedModel, sentences_hash: str, options: PoolingOptions, quantize: str) -> str:
-    """Keyed by the hash of the ONNX file that computes them, so that a regenerated
-    quantized variant never meets responses of the one before."""
+def responses_key(exported: ExportedModel, sentences: Sequence[str], options: PoolingOptions, quantize: str) -> str:
+    """Keyed by the sentences themselves, and by the hash of the ONNX file that computes
+    them, so that a regenerated quantized variant never meets responses of the one before.
+    (The sentences' hash was the caller's to give: one given for another list of the same
+    length returned that list's responses, silently; an audit.)"""
     model_hash = exported.manifest.files.get(exported.onnx_path(quantize).name)
+    sentences_hash = hashlib.sha256(json.dumps(list(sentences)).encode("utf-8")).hexdigest()[:16]
     raw = f"{exported.directory.name}|{model_hash}|{options.key()}|{quantize}|{sentences_hash}"
     return hashlib.sha256(raw.encode()).hexdigest()[:16]
 
@@ -437,7 +440,6 @@ def _resume_point(state_path: Path, partial: Sequence[Path], shapes: Sequence[tu
 def compute_responses(
     exported: ExportedModel,
     sentences: Sequence[str],
-    sentences_hash: str,
     cache_dir: Path,
     *,
     options: PoolingOptions = PoolingOptions(),
@@ -446,12 +448,12 @@ def compute_responses(
     batch_size: int = 32,
     progress: Callable[[int, int], None] | None = None,
 ) -> Responses:
-    """Run every sentence once and return (or reuse) the cached response matrices.
-
-    ``sentences_hash`` names the cache entry, so it must identify ``sentences``
-    (:meth:`.ConceptSet.sentences_hash`). ``progress(done, total)`` is called after
-    each batch, in sentences.
+    """Run every sentence once and return (or reuse) the cached response matrices,
+    keyed by the sentences (in order), the model file and the pooling.
+    ``progress(done, total)`` is called after each batch, in sentences.
     """
+    if not isinstance(exported, ExportedModel):  # a --model value was an AttributeError (an audit)
+        raise InputError(f"exported must be an ExportedModel, what export_model returns; got {type(exported).__name__} {str(exported)[:40]!r}")
     if isinstance(sentences, str) or not isinstance(sentences, Sequence) or not sentences:
         raise InputError(f"sentences must be a non-empty list of strings; got {type(sentences).__name__} {str(sentences)[:40]!r}")
     for number, sentence in enumerate(sentences):  # tokenizers' own errors name neither the sentence nor the rule
@@ -465,21 +467,20 @@ def compute_responses(
         raise InputError(f"batch_size must be a positive integer; got {batch_size!r}")
     cache_dir = cache_folder_given(cache_dir)
     device = resolve_device(device)  # checked even when the responses are cached
-    directory = cache_dir / "responses" / responses_key(exported, sentences_hash, options, quantize)
+    directory = cache_dir / "responses" / responses_key(exported, sentences, options, quantize)
     with waiting_for(directory, cache_dir, "the same responses"):
         return _cached_or_computed(exported, sentences, directory, options, quantize, device, batch_size, progress)
 
 
-def _check_shapes(responses: Responses, manifest: Manifest) -> None:
+def _check_shapes(responses: Responses, manifest: Manifest, n_sentences: int) -> None:
     """Raise ValueError if the cached matrices are not what this function writes: float32,
-    a row per sentence in both, the export's neurons and hidden size as columns. (A
-    matrix replaced from outside was refused, with a message blaming the caller's hash,
-    rather than made again: an audit.)"""
+    a row per sentence, the export's neurons and hidden size as columns. (A matrix
+    replaced from outside was refused, with a message blaming the caller, rather than
+    made again: an audit.)"""
     widths = {"neurons.npy": manifest.n_neurons, "sentence_embeddings.npy": manifest.hidden_size}
-    rows = {len(m) if m.ndim else None for m in (responses.neurons, responses.sentence_embeddings)}
     for (name, width), matrix in zip(widths.items(), (responses.neurons, responses.sentence_embeddings)):
-        if matrix.dtype != np.float32 or matrix.ndim != 2 or matrix.shape[1] != width or len(rows) != 1:
-            raise ValueError(f"{name} is {matrix.dtype} {list(matrix.shape)}, not float32 [sentences, {width}] as the other's rows")
+        if matrix.dtype != np.float32 or matrix.shape != (n_sentences, width):
+            raise ValueError(f"{name} is {matrix.dtype} {list(matrix.shape)}, not float32 [{n_sentences}, {width}]")
 
 
 def _cached_or_computed(
@@ -498,17 +499,12 @@ def _cached_or_computed(
     if all(p.exists() for p in final):
         try:
             cached = Responses(np.load(final[0], mmap_mode="r"), np.load(final[1], mmap_mode="r"), directory)
-            _check_shapes(cached, exported.manifest)
+            _check_shapes(cached, exported.manifest, len(sentences))
         except ValueError as exc:  # cut short or replaced from outside (they are renamed into place complete): made again
             log.warning("the cached responses in %s are damaged (%s); computing them again", directory, exc)
             for path in final:
                 path.unlink()
         else:
-            if len(cached.neurons) != len(sentences):  # the key trusts the caller's hash
-                raise InputError(
-                    f"the cached responses in {directory} are of {len(cached.neurons)} sentences, not the "
-                    f"{len(sentences)} given: sentences_hash must identify the sentences (ConceptSet.sentences_hash())"
-                )
             remove_leftovers(directory, *_PARTIAL)  # of an interrupted run with another --batch-size
             return cached
 

@@ -59,17 +59,18 @@ class Selection:
             raise InputError(f"{OPTIONS[self.rule]} must be a number, got {self.parameter!r}")
         if not math.isfinite(self.parameter) or not _ALLOWED[self.rule][0](self.parameter):
             raise InputError(f"{OPTIONS[self.rule]} must be {_ALLOWED[self.rule][1]}, got {self.parameter:g}")
+        # The CLI's number types, whatever a library caller gave (topks=[50.0] was written so to summary.json)
+        object.__setattr__(self, "parameter", int(self.parameter) if self.rule == "topk" else float(self.parameter))
 
     def check_neurons(self, n_neurons: int) -> None:
         """Refuse a top-k that is not below the model's neuron count: every neuron
         would be every concept's expert, and all expert sets alike."""
         if self.rule == "topk" and self.parameter >= n_neurons:
-            raise InputError(f"{OPTIONS['topk']} {int(self.parameter)} must be below the model's {n_neurons:,} neurons")
+            raise InputError(f"{OPTIONS['topk']} {self.parameter} must be below the model's {n_neurons:,} neurons")
 
     @property
     def label(self) -> str:
-        value = int(self.parameter) if self.rule == "topk" else self.parameter
-        return f"{self.rule}={value:g}"
+        return f"{self.rule}={self.parameter:g}"
 
 
 def base_rates(n_positives: np.ndarray, n_negatives: np.ndarray) -> np.ndarray:
@@ -78,7 +79,7 @@ def base_rates(n_positives: np.ndarray, n_negatives: np.ndarray) -> np.ndarray:
     return p / (p + np.asarray(n_negatives, dtype=np.float64))
 
 
-def select(ap: np.ndarray, selection: Selection, base_rate: np.ndarray | None) -> np.ndarray:
+def select(ap: np.ndarray, selection: Selection, base_rate: np.ndarray | None = None) -> np.ndarray:
     """Expert bitsets ``uint64 [C, W]`` of ``selection`` applied to ``ap`` ``[C, N]``.
 
     ``base_rate`` ``[C]`` is needed by the ``lift`` rule only.
@@ -100,6 +101,8 @@ def select(ap: np.ndarray, selection: Selection, base_rate: np.ndarray | None) -
         base_rate = np.asarray(base_rate, dtype=np.float64)
         if base_rate.shape != ap.shape[:1]:  # broadcast, [C] against [1, N] made C expert sets of one concept
             raise InputError(f"base_rate must have one value per concept ({ap.shape[0]}); got shape {base_rate.shape}")
+        if not np.all((base_rate > 0) & (base_rate <= 1)):  # 0 divided by zero, a negative one gave empty sets (an audit)
+            raise InputError(f"base rates are P / (P + N), within (0, 1]; got {base_rate[~((base_rate > 0) & (base_rate <= 1))][0]}")
         return threshold_bitsets((ap + AP_ROUNDING) / base_rate[:, None], [selection.parameter])[0]
     n_neurons = ap.shape[1]
     selection.check_neurons(n_neurons)

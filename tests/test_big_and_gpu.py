@@ -77,8 +77,8 @@ def test_quantized_variants_keep_neurons_exposed_and_close(minilm, quantize, tmp
     outputs = {o.name for o in onnx.load(exported.onnx_path(quantize), load_external_data=False).graph.output}
     assert {neuron_output(i, "max") for i in range(6)} <= outputs
     sentences = ["Birds sing at dawn.", "The soup was far too salty.", "A red kitchen door."]
-    fp32 = np.asarray(compute_responses(exported, sentences, "q", tmp_path, device="cpu").neurons)
-    quant = np.asarray(compute_responses(exported, sentences, "q", tmp_path, device="cpu", quantize=quantize).neurons)
+    fp32 = np.asarray(compute_responses(exported, sentences, tmp_path, device="cpu").neurons)
+    quant = np.asarray(compute_responses(exported, sentences, tmp_path, device="cpu", quantize=quantize).neurons)
     assert quant.shape == fp32.shape
     # Measured: per-channel int8 0.989 (down-projections quantized too), fp16 > 0.9999;
     # per-tensor int8 would give 0.956.
@@ -93,9 +93,9 @@ needs_cuda = pytest.mark.skipif(not cuda_available(), reason="needs onnxruntime-
 @pytest.mark.parametrize("quantize", ["none", "fp16"])
 def test_cuda_matches_cpu(minilm, elens_home, tmp_path, quantize):
     sentences = ["Birds sing at dawn.", "The soup was far too salty.", "A red kitchen door."]
-    cpu = np.asarray(compute_responses(minilm, sentences, "cpu", tmp_path, device="cpu").neurons)
+    cpu = np.asarray(compute_responses(minilm, sentences, tmp_path, device="cpu").neurons)
     exported = export_model(resolve_model("minilm", None, elens_home), elens_home, quantize)  # adds the variant
-    gpu = np.asarray(compute_responses(exported, sentences, "gpu", tmp_path, device="cuda", quantize=quantize).neurons)
+    gpu = np.asarray(compute_responses(exported, sentences, tmp_path / "gpu", device="cuda", quantize=quantize).neurons)
     assert np.abs(gpu - cpu).max() <= (ATOL if quantize == "none" else 2e-2)
 
 
@@ -125,7 +125,7 @@ def test_int8_keeps_every_family_close(model_type, tmp_path, elens_home):
     source = tiny_source(model_type, tmp_path / model_type, bos=architecture.causal)
     sentences = tiny_sentences(40, seed=3)
     fp32, quant = (
-        np.asarray(compute_responses(export_model(source, elens_home, q), sentences, "q", tmp_path, quantize=q, device="cpu").neurons)
+        np.asarray(compute_responses(export_model(source, elens_home, q), sentences, tmp_path, quantize=q, device="cpu").neurons)
         for q in ("none", "int8")
     )
     assert np.corrcoef(quant.ravel(), fp32.ravel())[0, 1] > 0.98

@@ -27,8 +27,8 @@ def names(cache: Path) -> list[str]:
 
 
 def test_entries_say_what_they_are_and_whether_they_are_finished(minilm, tmp_path):
-    compute_responses(minilm, SENTENCES[:8], "done", tmp_path, batch_size=4, device="cpu")
-    interrupt_after(minilm, SENTENCES, "cut", tmp_path, 2)
+    compute_responses(minilm, SENTENCES[:8], tmp_path, batch_size=4, device="cpu")
+    interrupt_after(minilm, SENTENCES, tmp_path, 2)
     entries = cache_entries(tmp_path)
     assert [e.name.split("/")[0] for e in entries] == ["responses", "responses"]
     by_state = {e.state: e for e in entries}
@@ -42,17 +42,17 @@ def test_entries_say_what_they_are_and_whether_they_are_finished(minilm, tmp_pat
 
 
 def test_removing_entries_frees_their_bytes_and_a_run_makes_them_again(minilm, tmp_path):
-    first = compute_responses(minilm, SENTENCES[:8], "again", tmp_path, batch_size=4, device="cpu")
+    first = compute_responses(minilm, SENTENCES[:8], tmp_path, batch_size=4, device="cpu")
     (entry,) = cache_entries(tmp_path)
     assert remove_cache_entries(tmp_path, [entry.name, entry.name + "/"]) == (entry.size, 1)
     assert names(tmp_path) == []
-    again = compute_responses(minilm, SENTENCES[:8], "again", tmp_path, batch_size=4, device="cpu")
+    again = compute_responses(minilm, SENTENCES[:8], tmp_path, batch_size=4, device="cpu")
     assert (again.neurons == first.neurons).all()
 
 
 @pytest.mark.parametrize("name", ["responses/nothing", "../responses", "responses/..", "locks", "responses/a/b", "/etc"])
 def test_names_that_are_not_entries_remove_nothing(minilm, tmp_path, name):
-    compute_responses(minilm, SENTENCES[:4], "kept", tmp_path, batch_size=4, device="cpu")
+    compute_responses(minilm, SENTENCES[:4], tmp_path, batch_size=4, device="cpu")
     before = names(tmp_path)
     with pytest.raises(InputError, match="cache entry"):
         remove_cache_entries(tmp_path, [before[0], name])  # the good name first: still nothing goes
@@ -61,8 +61,8 @@ def test_names_that_are_not_entries_remove_nothing(minilm, tmp_path, name):
 
 def test_an_entry_being_made_is_refused_and_nothing_is_removed(minilm, tmp_path):
     """Entries were removed one by one: those before a refused one were gone (an audit)."""
-    compute_responses(minilm, SENTENCES[:4], "first", tmp_path, batch_size=4, device="cpu")
-    compute_responses(minilm, SENTENCES[:8], "busy", tmp_path, batch_size=4, device="cpu")
+    compute_responses(minilm, SENTENCES[:4], tmp_path, batch_size=4, device="cpu")
+    compute_responses(minilm, SENTENCES[:8], tmp_path, batch_size=4, device="cpu")
     both = names(tmp_path)
     with (
         waiting_for(tmp_path / both[1], tmp_path, "it"),
@@ -75,7 +75,7 @@ def test_an_entry_being_made_is_refused_and_nothing_is_removed(minilm, tmp_path)
 def test_nothing_is_removed_while_a_run_uses_the_cache(minilm, tmp_path):
     """A run reads its export and responses until it ends, without their locks: a run
     whose export was removed under it failed with a traceback (an audit)."""
-    compute_responses(minilm, SENTENCES[:4], "read", tmp_path, batch_size=4, device="cpu")
+    compute_responses(minilm, SENTENCES[:4], tmp_path, batch_size=4, device="cpu")
     with using_cache(tmp_path), pytest.raises(InputError, match=r"a run \(or a cache rm\) is using this cache"):
         remove_cache_entries(tmp_path, names(tmp_path))
     assert len(names(tmp_path)) == 1
@@ -126,7 +126,7 @@ def test_scratch_left_inside_a_finished_entry_is_listed_and_removed_by_unfinishe
 
 def test_lock_files_do_not_pile_up(minilm, tmp_path):
     """Every results folder and cache entry ever used left an empty lock file behind."""
-    compute_responses(minilm, SENTENCES[:4], "locks", tmp_path, batch_size=4, device="cpu")
+    compute_responses(minilm, SENTENCES[:4], tmp_path, batch_size=4, device="cpu")
     with refusing(tmp_path / "some-results", tmp_path, "busy"):
         assert len(list((tmp_path / "locks").glob("*.lock"))) == 1
     assert list((tmp_path / "locks").glob("*.lock")) == []
@@ -194,8 +194,8 @@ def test_cli_lists_and_removes(minilm, tmp_path, monkeypatch):
     monkeypatch.setenv("ELENS_HOME", str(tmp_path))
     monkeypatch.setenv("COLUMNS", "200")
     assert "holds nothing" in invoke("cache", "ls").output
-    compute_responses(minilm, SENTENCES[:4], "cli", tmp_path, batch_size=4, device="cpu")
-    interrupt_after(minilm, SENTENCES, "cli-cut", tmp_path, 1)
+    compute_responses(minilm, SENTENCES[:4], tmp_path, batch_size=4, device="cpu")
+    interrupt_after(minilm, SENTENCES, tmp_path, 1)
     listed = invoke("cache", "ls")
     assert listed.exit_code == 0
     done, cut = sorted(cache_entries(tmp_path), key=lambda e: e.state != "complete")
@@ -241,7 +241,7 @@ def test_a_cache_on_a_file_system_that_cannot_lock_is_used_with_one_warning(mini
 
     monkeypatch.setattr(locks.fcntl, "flock", no_locks_in_the_cache)
     with using_cache(tmp_path):
-        compute_responses(minilm, SENTENCES[:4], "unlocked", tmp_path, batch_size=4, device="cpu")
+        compute_responses(minilm, SENTENCES[:4], tmp_path, batch_size=4, device="cpu")
         (entry,) = cache_entries(tmp_path)
     assert caplog.text.count(f"{tmp_path} cannot be locked (No locks available)") == 1
     assert entry.state == "complete"

@@ -134,13 +134,21 @@ def test_a_sentence_given_twice_is_drawn_once():
     assert [len(p) for p in cs.positives] == [12, 11]
 
 
+def test_a_library_corpus_is_stripped_and_blank_sentences_dropped_as_read_corpus_does():
+    """A list from ``open(f).readlines()`` gave another pool than the CLI on that file:
+    blank lines became pool negatives, pooled over special tokens alone (an audit)."""
+    lines = [f"The bird number {i} sings.\n" for i in range(12)] + [f"  The cat {i} sleeps.\n" for i in range(50)]
+    cs = build_concept_set([*lines, "\n", "", "   ", "\t"], ["bird", "cat"], n_pos=20, n_neg=100, min_pos=5, seed=0)
+    assert list(cs.sentences) == [line.strip() for line in lines]
+
+
 def test_concept_set_is_reproducible_and_seeded():
     corpus = _corpus()
     a = build_concept_set(corpus, ["birds", "soup"], n_pos=10, n_neg=100, min_pos=5, seed=1)
     b = build_concept_set(corpus, ["birds", "soup"], n_pos=10, n_neg=100, min_pos=5, seed=1)
     c = build_concept_set(corpus, ["birds", "soup"], n_pos=10, n_neg=100, min_pos=5, seed=2)
     assert a.sentences == b.sentences and all(np.array_equal(x, y) for x, y in zip(a.positives, b.positives))
-    assert a.sentences_hash() == b.sentences_hash() != c.sentences_hash()
+    assert a.sentences == b.sentences != c.sentences
 
 
 def _drawn(cs, word):
@@ -167,7 +175,7 @@ import json
 from expertlens_lite.concepts import build_concept_set, read_corpus
 from expertlens_lite.paths import bundled
 cs = build_concept_set(read_corpus(bundled("corpus.txt")), ["birds", "soup"], n_pos=10, n_neg=100, min_pos=5, seed=4)
-print(json.dumps([cs.sentences_hash(), [p.tolist() for p in cs.positives], cs.pool.tolist()]))
+print(json.dumps([cs.sentences, [p.tolist() for p in cs.positives], cs.pool.tolist()]))
 """
 
 

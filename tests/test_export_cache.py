@@ -237,3 +237,20 @@ def test_two_labels_of_one_hub_commit_share_an_export(tmp_path):
     assert export_dir(branch, tmp_path) == export_dir(sha, tmp_path)
     other = sources.ModelSource("org/model", "org/model", "step2000", "f" * 40, "f" * 40)
     assert export_dir(other, tmp_path) != export_dir(branch, tmp_path)
+
+
+def test_a_revision_of_another_type_is_one_line(tmp_path):
+    """An int was an AttributeError on ``.strip`` (an audit)."""
+    with pytest.raises(ModelError, match=r"^a revision must be a string \(a branch, tag or commit\); got 1$"):
+        sources.resolve_model("minilm", 1, tmp_path)
+
+
+def test_a_model_of_few_positions_is_checked_and_calibrated_on_sentences_it_can_read(tmp_path):
+    """A GPT-2 of 16 positions failed with an IndexError inside PyTorch on the export's
+    third check sentence (18 tokens here), and its int8 variant inside ONNX Runtime on
+    the bundled corpus's longer sentences (an audit)."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.for_model("gpt2", vocab_size=1000, n_embd=64, n_layer=2, n_head=4, n_inner=192, n_positions=16)
+    exported = export_model(tiny_source("gpt2", tmp_path / "gpt2", config=config), tmp_path / "home", "int8")
+    assert exported.manifest.parity_max_abs_diff <= 1e-4 and onnx_filename("int8") in exported.manifest.files

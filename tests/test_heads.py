@@ -44,9 +44,9 @@ def alike_sentences(n: int = 40, seed: int = 3, empty: bool = True) -> list[str]
     return [" ".join(f"w{j}" for j in rng.integers(0, 5, size=rng.integers(1, 9))) for _ in range(n)] + [""] * empty
 
 
-def assert_equals_whole_forward(source, exported, sentences, options, home, key):
+def assert_equals_whole_forward(source, exported, sentences, options, home):
     architecture, model, tokenizer = load_pretrained(source)
-    got = compute_responses(exported, sentences, key, home, options=options, batch_size=7, device="cpu")
+    got = compute_responses(exported, sentences, home, options=options, batch_size=7, device="cpu")
     batch = make_batch(encode(tokenizer, sentences), range(len(sentences)), pad_id(tokenizer), options)
     expected, expected_embedding = torch_responses(model, architecture, batch, options.pooling)
     assert np.abs(np.asarray(got.neurons) - expected).max() <= ATOL
@@ -70,7 +70,7 @@ def test_shared_heads_pool_what_a_whole_forward_pools(model_type, bos, tmp_path,
     assert heads.length == len(exported.manifest.prefix_token_ids) + 1
     assert len(heads.first) <= 6  # 41 sentences: 5 first words, the empty one
     for options in OPTIONS:
-        assert_equals_whole_forward(source, exported, sentences, options, tmp_path, f"{model_type}-{options.key()}")
+        assert_equals_whole_forward(source, exported, sentences, options, tmp_path)
 
 
 def test_a_head_differs_where_pooling_does(tmp_path):
@@ -102,19 +102,19 @@ def test_without_memory_for_the_heads_only_the_prefix_is_shared(tmp_path, elens_
     heads = len(group_heads(encoded, PoolingOptions(), 2).first)
     monkeypatch.setattr(runtime, "HEADS_MEMORY", heads * HeadStates.bytes_per_head(session, 2) - 1)
     assert shared_heads(session, encoded, PoolingOptions(), 1).length == 1
-    assert_equals_whole_forward(source, exported, alike_sentences(), PoolingOptions(), tmp_path, "prefix-only")
+    assert_equals_whole_forward(source, exported, alike_sentences(), PoolingOptions(), tmp_path)
 
 
 def test_interrupted_run_with_heads_resumes(tmp_path, elens_home, monkeypatch):
     """The heads run again (their states are not saved), the finished batches after them do not."""
     exported = export_model(tiny_source("llama", tmp_path / "llama", bos=True), elens_home)
     sentences = alike_sentences()
-    interrupt_after(exported, sentences, "resume", tmp_path, 5)
+    interrupt_after(exported, sentences, tmp_path, 5)
     ran = count_batches_run(monkeypatch)
     progress = {"resumed": [], "fresh": []}
-    resumed = compute_responses(exported, sentences, "resume", tmp_path, batch_size=4, device="cpu", progress=lambda d, t: progress["resumed"].append(d))
+    resumed = compute_responses(exported, sentences, tmp_path, batch_size=4, device="cpu", progress=lambda d, t: progress["resumed"].append(d))
     resumed_ran = len(ran)
-    fresh = compute_responses(exported, sentences, "fresh", tmp_path, batch_size=4, device="cpu", progress=lambda d, t: progress["fresh"].append(d))
+    fresh = compute_responses(exported, sentences, tmp_path / "fresh", batch_size=4, device="cpu", progress=lambda d, t: progress["fresh"].append(d))
     # 5 heads in 2 batches, then the prefix alone (the empty sentence), then the rests
     assert resumed_ran == len(ran) - resumed_ran - 3
     assert progress["resumed"] == progress["fresh"] and progress["fresh"][-1] == len(sentences)
@@ -130,8 +130,8 @@ def test_quantized_variants_keep_the_past_inputs(quantize, tmp_path, elens_home)
     assert {"past_key_values.0.key", "past_neurons.0", "past_hidden"} <= {i.name for i in session.get_inputs()}
     assert {"present.0.key", "token_neurons.0", "token_hidden"} <= {o.name for o in session.get_outputs()}
     sentences = alike_sentences()
-    got = compute_responses(exported, sentences, "q", tmp_path, quantize=quantize, batch_size=7, device="cpu")
-    reference = compute_responses(exported, sentences, "q", tmp_path, batch_size=7, device="cpu")
+    got = compute_responses(exported, sentences, tmp_path, quantize=quantize, batch_size=7, device="cpu")
+    reference = compute_responses(exported, sentences, tmp_path, batch_size=7, device="cpu")
     assert np.corrcoef(np.ravel(got.neurons), np.ravel(reference.neurons))[0, 1] > 0.99
 
 

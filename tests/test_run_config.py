@@ -39,6 +39,16 @@ def test_numpy_values_paths_and_repeats_become_plain_values():
     assert len({s.label for s in config.selections()}) == len(config.selections())
 
 
+def test_rule_parameters_take_the_types_the_cli_gives_them(tmp_path):
+    """topks=[50.0] and lifts=(2, 3) went so into summary.json, where the CLI writes 50 and
+    [2.0, 3.0] (an audit)."""
+    config = RunConfig(out=tmp_path / "r", taus=[1, 0.5], topks=[50.0, 50], lifts=(2, 3), top_fracs=np.float32(0.5))
+    config.validate()
+    assert (config.taus, config.topks, config.lifts, config.top_fracs) == ((1.0, 0.5), (50,), (2.0, 3.0), (0.5,))
+    assert [type(v) for v in (*config.taus, *config.topks, *config.lifts, *config.top_fracs)] == [float, float, int, float, float, float]
+    assert [s.label for s in config.selections()] == ["tau=1", "tau=0.5", "lift=2", "lift=3", "topk=50", "topfrac=0.5"]
+
+
 def test_a_path_object_as_model_is_that_path_never_a_bundled_name(tmp_path, monkeypatch):
     """``Path("minilm")`` ran the bundled MiniLM even with no such folder (an audit)."""
     from expertlens_lite.errors import ModelError

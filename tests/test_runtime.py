@@ -24,7 +24,6 @@ from expertlens_lite.batching import (
     pad_id,
 )
 from expertlens_lite.concepts import read_corpus
-from expertlens_lite.errors import InputError
 from expertlens_lite.export.surgery import neuron_output
 from expertlens_lite.paths import bundled
 from expertlens_lite.runtime import compute_responses, create_session, run_batches
@@ -57,13 +56,13 @@ def test_pool_mask_leaves_out_padding_special_and_first_tokens(minilm):
 
 
 def test_batched_rows_equal_single_sentence_rows(minilm, tmp_path):
-    batched = compute_responses(minilm, SENTENCES, "batched", tmp_path, batch_size=7, device="cpu")
-    single = compute_responses(minilm, SENTENCES, "single", tmp_path, batch_size=1, device="cpu")
+    batched = compute_responses(minilm, SENTENCES, tmp_path / "batched", batch_size=7, device="cpu")
+    single = compute_responses(minilm, SENTENCES, tmp_path / "single", batch_size=1, device="cpu")
     assert np.abs(np.asarray(batched.neurons) - np.asarray(single.neurons)).max() < 1e-4
     assert np.abs(np.asarray(batched.sentence_embeddings) - np.asarray(single.sentence_embeddings)).max() < 1e-4
 
 
-def interrupt_after(exported, sentences, key, directory, batches: int) -> None:
+def interrupt_after(exported, sentences, directory, batches: int) -> None:
     """Run :func:`compute_responses` (batches of 4) and stop it, as Ctrl-C would, once
     ``batches`` batches are finished."""
     calls = []
@@ -74,7 +73,7 @@ def interrupt_after(exported, sentences, key, directory, batches: int) -> None:
             raise Interrupt
 
     with pytest.raises(Interrupt):
-        compute_responses(exported, sentences, key, directory, batch_size=4, device="cpu", progress=stop)
+        compute_responses(exported, sentences, directory, batch_size=4, device="cpu", progress=stop)
 
 
 def count_batches_run(monkeypatch) -> list[int]:
@@ -86,33 +85,33 @@ def count_batches_run(monkeypatch) -> list[int]:
 
 
 def test_interrupted_run_resumes(minilm, tmp_path, monkeypatch):
-    interrupt_after(minilm, SENTENCES, "resume", tmp_path, 2)
+    interrupt_after(minilm, SENTENCES, tmp_path, 2)
     assert not list(tmp_path.glob("responses/*/neurons.npy"))  # nothing final after a crash
     resumed_calls, ran = [], count_batches_run(monkeypatch)
     resumed = compute_responses(
-        minilm, SENTENCES, "resume", tmp_path, batch_size=4, device="cpu", progress=lambda d, t: resumed_calls.append(d)
+        minilm, SENTENCES, tmp_path, batch_size=4, device="cpu", progress=lambda d, t: resumed_calls.append(d)
     )
     assert len(ran) == 5 - 2  # only the unfinished batches ran
     assert resumed_calls == [4, 8, 12, 16, 20]  # and progress counts the finished ones
-    fresh = compute_responses(minilm, SENTENCES, "fresh", tmp_path, batch_size=4, device="cpu")
+    fresh = compute_responses(minilm, SENTENCES, tmp_path / "fresh", batch_size=4, device="cpu")
     np.testing.assert_array_equal(np.asarray(resumed.neurons), np.asarray(fresh.neurons))
-    again = compute_responses(minilm, SENTENCES, "resume", tmp_path, batch_size=4, device="cpu", progress=lambda d, t: pytest.fail("recomputed"))
+    again = compute_responses(minilm, SENTENCES, tmp_path, batch_size=4, device="cpu", progress=lambda d, t: pytest.fail("recomputed"))
     np.testing.assert_array_equal(np.asarray(again.neurons), np.asarray(fresh.neurons))
 
 
 def test_damaged_cached_responses_are_computed_again(minilm, tmp_path, caplog):
-    first = np.array(compute_responses(minilm, SENTENCES, "damaged", tmp_path, batch_size=4, device="cpu").neurons)
+    first = np.array(compute_responses(minilm, SENTENCES, tmp_path, batch_size=4, device="cpu").neurons)
     (path,) = tmp_path.glob("responses/*/neurons.npy")
     with path.open("r+b") as handle:  # cut short from outside: a full disk while copying the cache
         handle.truncate(path.stat().st_size // 2)
-    again = compute_responses(minilm, SENTENCES, "damaged", tmp_path, batch_size=4, device="cpu")
+    again = compute_responses(minilm, SENTENCES, tmp_path, batch_size=4, device="cpu")
     assert "are damaged (mmap length is greater than file size); computing them again" in caplog.text
     np.testing.assert_array_equal(np.asarray(again.neurons), first)
     # Replaced from outside by another matrix: it was refused, blaming the caller's hash (an audit).
     for replacement in (np.zeros((10, 10), np.float32), first.astype(np.float64), first[:, :-1]):
         np.save(path, replacement)
         caplog.clear()
-        again = compute_responses(minilm, SENTENCES, "damaged", tmp_path, batch_size=4, device="cpu")
+        again = compute_responses(minilm, SENTENCES, tmp_path, batch_size=4, device="cpu")
         assert "are damaged (neurons.npy is " in caplog.text
         np.testing.assert_array_equal(np.asarray(again.neurons), first)
 
@@ -180,7 +179,7 @@ def test_two_runs_of_the_same_new_responses_compute_them_once(minilm, tmp_path, 
             time.sleep(1.0)  # the second run reaches the lock meanwhile
 
     def run(name, progress=None):
-        results[name] = compute_responses(minilm, SENTENCES, "shared", tmp_path, batch_size=4, device="cpu", progress=progress)
+        results[name] = compute_responses(minilm, SENTENCES, tmp_path, batch_size=4, device="cpu", progress=progress)
 
     first = threading.Thread(target=run, args=("first", slow_start))
     first.start()
@@ -192,12 +191,13 @@ def test_two_runs_of_the_same_new_responses_compute_them_once(minilm, tmp_path, 
     np.testing.assert_array_equal(np.asarray(results["first"].neurons), np.asarray(results["second"].neurons))
 
 
-def test_cached_responses_of_other_sentences_are_refused(minilm, tmp_path):
-    """The cache key trusts the caller's hash of the sentences; a hash reused for another
-    list used to return the first list's matrix, silently."""
-    compute_responses(minilm, SENTENCES[:3], "reused", tmp_path, batch_size=4, device="cpu")
-    with pytest.raises(InputError, match="are of 3 sentences, not the 4 given: sentences_hash must identify the sentences"):
-        compute_responses(minilm, SENTENCES[:4], "reused", tmp_path, batch_size=4, device="cpu")
+def test_responses_are_keyed_by_the_sentences_themselves(minilm, tmp_path):
+    """The key was a hash the caller gave: one given for another list of the same length
+    returned that list's matrix, silently (an audit); of another length, it was refused."""
+    first = np.array(compute_responses(minilm, SENTENCES[:3], tmp_path, batch_size=4, device="cpu").neurons)
+    other = np.array(compute_responses(minilm, SENTENCES[1:4], tmp_path, batch_size=4, device="cpu").neurons)
+    np.testing.assert_array_equal(other[:2], first[1:])
+    assert not np.array_equal(other[2], first[0]) and len(list(tmp_path.glob("responses/*"))) == 2
 
 
 def test_rows_are_on_the_disk_before_the_progress_file_counts_them(minilm, tmp_path, monkeypatch):
@@ -207,7 +207,7 @@ def test_rows_are_on_the_disk_before_the_progress_file_counts_them(minilm, tmp_p
     monkeypatch.setattr(os, "fdatasync", lambda fd: events.append("flush"), raising=False)  # macOS has none
     write_json = runtime.write_json
     monkeypatch.setattr(runtime, "write_json", lambda path, data: events.append(path.name) or write_json(path, data))
-    compute_responses(minilm, SENTENCES[:8], "durable", tmp_path, batch_size=4, device="cpu")
+    compute_responses(minilm, SENTENCES[:8], tmp_path, batch_size=4, device="cpu")
     recorded = [i for i, event in enumerate(events) if event == "progress-b4.json"]
     assert len(recorded) == 2 and all(events[i - 2 : i] == ["flush", "flush"] for i in recorded), events
 
@@ -226,20 +226,20 @@ def test_atomic_writes_flush_the_data_before_the_rename_and_the_folder_after(tmp
 def test_a_finished_run_does_not_call_its_own_progress_file_a_leftover(minilm, tmp_path, caplog):
     """Every cold run logged "removing …/progress-b32.json, left by an interrupted run"."""
     caplog.set_level(logging.INFO, logger="expertlens_lite")
-    compute_responses(minilm, SENTENCES[:4], "own", tmp_path, batch_size=4, device="cpu")
+    compute_responses(minilm, SENTENCES[:4], tmp_path, batch_size=4, device="cpu")
     assert "left by an interrupted run" not in caplog.text
 
 
 def test_files_of_an_unfinished_run_with_another_batch_size_are_removed(minilm, tmp_path):
     """An interrupted run's partial matrices (82 MB in an audit) stayed for good when
     the rerun chose another --batch-size, which cannot resume them."""
-    interrupt_after(minilm, SENTENCES, "sizes", tmp_path, 2)
+    interrupt_after(minilm, SENTENCES, tmp_path, 2)
     (directory,) = tmp_path.glob("responses/*")
     (directory / ".progress-b4.json._6egrxgv.tmp").write_text("{")  # a write killed halfway (seen in an audit)
     assert sorted(p.name for p in directory.iterdir()) == [
         ".progress-b4.json._6egrxgv.tmp", "about.json", "neurons.partial-b4.npy", "progress-b4.json", "sentence_embeddings.partial-b4.npy"
     ]
-    compute_responses(minilm, SENTENCES, "sizes", tmp_path, batch_size=8, device="cpu")
+    compute_responses(minilm, SENTENCES, tmp_path, batch_size=8, device="cpu")
     assert sorted(p.name for p in directory.iterdir()) == ["about.json", "neurons.npy", "sentence_embeddings.npy"]
 
 

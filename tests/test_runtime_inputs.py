@@ -27,7 +27,7 @@ BATCHES = 5  # SENTENCES in batches of 4
 @pytest.fixture(scope="module")
 def fresh_neurons(minilm, tmp_path_factory) -> np.ndarray:
     """The responses of SENTENCES computed in one go, to compare a recovered run with."""
-    return np.array(compute_responses(minilm, SENTENCES, "fresh", tmp_path_factory.mktemp("fresh"), batch_size=4, device="cpu").neurons)
+    return np.array(compute_responses(minilm, SENTENCES, tmp_path_factory.mktemp("fresh"), batch_size=4, device="cpu").neurons)
 
 
 def write_progress(folder, text: str) -> None:
@@ -59,12 +59,12 @@ DAMAGES = {
 
 @pytest.mark.parametrize("damage", DAMAGES)
 def test_damaged_interrupted_run_is_computed_again(damage, minilm, tmp_path, monkeypatch, caplog, fresh_neurons):
-    interrupt_after(minilm, SENTENCES, "damaged", tmp_path, 2)
+    interrupt_after(minilm, SENTENCES, tmp_path, 2)
     (folder,) = tmp_path.glob("responses/*")
     change, problem = DAMAGES[damage]
     change(folder)
     ran = count_batches_run(monkeypatch)
-    again = compute_responses(minilm, SENTENCES, "damaged", tmp_path, batch_size=4, device="cpu")
+    again = compute_responses(minilm, SENTENCES, tmp_path, batch_size=4, device="cpu")
     assert "cannot be resumed" in caplog.text and problem in caplog.text
     assert len(ran) == BATCHES  # started afresh, nothing kept
     np.testing.assert_array_equal(np.asarray(again.neurons), fresh_neurons)
@@ -75,7 +75,7 @@ def test_fresh_start_after_damage_drops_the_old_progress_file(minilm, tmp_path, 
     """Interrupted again before its first batch, the fresh run must not leave the old
     count next to its new (empty) partial files: the next run would take their zero
     rows as finished."""
-    interrupt_after(minilm, SENTENCES, "again", tmp_path, 2)
+    interrupt_after(minilm, SENTENCES, tmp_path, 2)
     (folder,) = tmp_path.glob("responses/*")
     truncate_partial(folder)
 
@@ -85,9 +85,9 @@ def test_fresh_start_after_damage_drops_the_old_progress_file(minilm, tmp_path, 
     with monkeypatch.context() as patch:
         patch.setattr(runtime, "run_batch", interrupted)
         with pytest.raises(Interrupt):
-            compute_responses(minilm, SENTENCES, "again", tmp_path, batch_size=4, device="cpu")
+            compute_responses(minilm, SENTENCES, tmp_path, batch_size=4, device="cpu")
     assert not (folder / "progress-b4.json").exists()
-    again = compute_responses(minilm, SENTENCES, "again", tmp_path, batch_size=4, device="cpu")
+    again = compute_responses(minilm, SENTENCES, tmp_path, batch_size=4, device="cpu")
     np.testing.assert_array_equal(np.asarray(again.neurons), fresh_neurons)
 
 
@@ -97,19 +97,19 @@ LONG = " ".join(["word"] * 700)  # 702 MiniLM tokens with [CLS] and [SEP]
 def test_sentence_longer_than_the_model_reads_is_a_one_line_error(minilm, tmp_path):
     message = "sentence 3 of the pool ('word word word word word word ...') has 702 tokens; model 'minilm' reads at most 512: shorten or split it"
     with pytest.raises(InputError, match=f"^{re.escape(message)}$"):
-        compute_responses(minilm, [*SENTENCES[:3], LONG], "long", tmp_path, batch_size=4, device="cpu")
+        compute_responses(minilm, [*SENTENCES[:3], LONG], tmp_path, batch_size=4, device="cpu")
 
 
 def test_sentence_longer_than_the_model_reads_is_refused_before_the_memory_check(minilm, tmp_path, monkeypatch):
     """Its batch needs more memory than any other, but lowering --batch-size cannot help."""
     monkeypatch.setattr(runtime, "available_memory", lambda: 0)
     with pytest.raises(InputError, match="reads at most 512"):
-        compute_responses(minilm, [*SENTENCES[:3], LONG], "long", tmp_path, batch_size=4, device="cpu")
+        compute_responses(minilm, [*SENTENCES[:3], LONG], tmp_path, batch_size=4, device="cpu")
 
 
 def test_sentence_as_long_as_the_model_reads_runs(minilm, tmp_path):
     longest = " ".join(["word"] * 510)  # 512 tokens
-    responses = compute_responses(minilm, [*SENTENCES[:3], longest], "longest", tmp_path, batch_size=4, device="cpu")
+    responses = compute_responses(minilm, [*SENTENCES[:3], longest], tmp_path, batch_size=4, device="cpu")
     assert responses.neurons.shape == (4, minilm.manifest.n_neurons)
 
 
@@ -119,8 +119,8 @@ def test_a_roberta_sentence_past_its_positions_is_refused_and_one_at_them_runs(t
     exported = export_model(tiny_source("roberta", tmp_path / "roberta"), tmp_path / "home")
     at_limit, over = " ".join(["w5"] * 126), " ".join(["w5"] * 127)
     with pytest.raises(InputError, match=r"has 127 tokens; model 'roberta' reads at most 126"):
-        compute_responses(exported, [over], "over", tmp_path, batch_size=4, device="cpu")
-    assert compute_responses(exported, [at_limit], "at", tmp_path, batch_size=4, device="cpu").neurons.shape == (1, exported.manifest.n_neurons)
+        compute_responses(exported, [over], tmp_path, batch_size=4, device="cpu")
+    assert compute_responses(exported, [at_limit], tmp_path, batch_size=4, device="cpu").neurons.shape == (1, exported.manifest.n_neurons)
 
 
 def encoded_of_lengths(*lengths: int) -> Encoded:
@@ -196,7 +196,7 @@ def test_library_inputs_of_the_wrong_kind_are_one_line_errors(minilm, tmp_path, 
     """A string used to run as one sentence per character, an empty list failed in
     NumPy, and int4 was said to be exportable with --quantize int4."""
     with pytest.raises((InputError, ModelError), match=f"^{re.escape(message)}$"):
-        compute_responses(minilm, sentences, "kinds", str(tmp_path), options=options, quantize=quantize, batch_size=batch_size, device="cpu")
+        compute_responses(minilm, sentences, str(tmp_path), options=options, quantize=quantize, batch_size=batch_size, device="cpu")
 
 
 @pytest.mark.parametrize(
@@ -214,7 +214,7 @@ def test_sentences_options_and_progress_of_the_wrong_kind_are_refused_before_any
     a str pooling), and after the first batch (a progress that is not a function), found
     by an audit."""
     with pytest.raises(InputError, match=f"^{re.escape(message)}"):
-        compute_responses(minilm, sentences, "kinds", tmp_path, batch_size=4, device="cpu", **extra)
+        compute_responses(minilm, sentences, tmp_path, batch_size=4, device="cpu", **extra)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -224,9 +224,9 @@ def test_a_library_cache_folder_expands_the_home_folder_and_must_be_a_path(minil
 
     monkeypatch.setenv("HOME", str(tmp_path))
     exported = export_model(minilm.directory, "~/cache")  # an export folder: used as it is
-    compute_responses(exported, SENTENCES[:2], "home", "~/cache", batch_size=4, device="cpu")
+    compute_responses(exported, SENTENCES[:2], "~/cache", batch_size=4, device="cpu")
     assert (tmp_path / "cache" / "responses").is_dir() and not Path("~").exists()
-    for call in (lambda: export_model("minilm", None), lambda: compute_responses(exported, SENTENCES[:2], "x", None)):
+    for call in (lambda: export_model("minilm", None), lambda: compute_responses(exported, SENTENCES[:2], None)):
         with pytest.raises(InputError, match=r"^cache_dir must be a folder's path \(a str or os.PathLike\); got None$"):
             call()
 
@@ -234,3 +234,10 @@ def test_a_library_cache_folder_expands_the_home_folder_and_must_be_a_path(minil
 def test_unknown_pooling_is_refused_where_the_options_are_made():
     with pytest.raises(InputError, match=r"^pooling must be one of max, mean; got 'median'$"):
         PoolingOptions("median")
+
+
+def test_a_model_name_for_an_export_is_one_line(tmp_path):
+    """export_model takes a --model value, compute_responses an export: a name was an
+    AttributeError (an audit)."""
+    with pytest.raises(InputError, match=r"^exported must be an ExportedModel, what export_model returns; got str 'minilm'$"):
+        compute_responses("minilm", SENTENCES[:2], tmp_path)

@@ -90,6 +90,15 @@ def test_ap_and_base_rates_of_other_shapes_are_refused(ap, base_rate, rules):
             select(ap, Selection(rule, {"topfrac": 0.05, "tau": 0.5}.get(rule, 2)), base_rate)
 
 
+def test_base_rates_outside_what_a_rate_can_be_are_refused_and_other_rules_need_none():
+    """A zero base rate divided by zero, a negative one gave empty sets, silently; a top-k
+    without base rates was a TypeError (an audit)."""
+    for bad in (0.0, -0.2, 1.5):
+        with pytest.raises(InputError, match=rf"^base rates are P / \(P \+ N\), within \(0, 1\]; got {bad}$"):
+            select(AP, Selection("lift", 2), np.r_[RATES[:-1], bad])
+    assert select(AP, Selection("topk", 3)).shape == select(AP, Selection("topk", 3), RATES).shape
+
+
 def test_profile_similarities_match_python():
     cos = profile_similarity(AP, "cosine")
     pearson = profile_similarity(AP, "pearson")

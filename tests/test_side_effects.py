@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 
+import pytest
+
 from expertlens_lite.export import export_model
 
 from .test_parity import tiny_source
@@ -29,21 +31,25 @@ from expertlens_lite.export import export_model
 tmp = Path(sys.argv[1])
 random.seed(1); np.random.seed(1); torch.manual_seed(1)
 states = random.getstate(), np.random.get_state()[1].tobytes(), torch.random.get_rng_state()
-export_model("minilm", tmp / "home", "int8")
+export_model(sys.argv[2], tmp / "home", "int8")
 print(random.getstate() == states[0], np.random.get_state()[1].tobytes() == states[1],
       torch.equal(torch.random.get_rng_state(), states[2]))
 """
 
 
-def test_an_export_leaves_the_global_random_generators_where_they_were(tmp_path):
-    """Optimum draws its dummy inputs from them, and a library the first export imports
-    draws from Python's, so a seeded caller got other numbers after a cold export than
-    after a warm one. In a fresh interpreter: those imports happen once per process."""
+@pytest.mark.parametrize("model", ["minilm", "llama"])
+def test_an_export_leaves_the_global_random_generators_where_they_were(model, tmp_path):
+    """Optimum draws its dummy inputs from them (NumPy's for a causal model's past, found
+    by an audit), and a library the first export imports draws from Python's, so a
+    seeded caller got other numbers after a cold export than after a warm one. In a
+    fresh interpreter: those imports happen once per process."""
     import subprocess
     import sys
 
+    if model == "llama":
+        model = tiny_source("llama", tmp_path / "llama", bos=True).path
     done = subprocess.run(
-        [sys.executable, "-c", _SEEDED_EXPORT, str(tmp_path)],
+        [sys.executable, "-c", _SEEDED_EXPORT, str(tmp_path), model],
         capture_output=True, text=True, timeout=300, check=False,
     )
     assert done.returncode == 0, done.stderr[-2000:]

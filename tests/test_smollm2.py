@@ -84,7 +84,7 @@ def test_smollm2_shared_heads_pool_what_a_whole_forward_pools(smollm2, elens_hom
     assert len(group_heads(encoded, PoolingOptions(), 2).first) <= 61  # the last 20 share their head
     model_inputs = None
     for options in (PoolingOptions("max"), PoolingOptions("mean", keep_special_tokens=True)):
-        got = compute_responses(smollm2, sentences, options.key(), tmp_path, options=options, device="cpu")
+        got = compute_responses(smollm2, sentences, tmp_path, options=options, device="cpu")
         batch = make_batch(encoded, range(len(sentences)), pad_id(tokenizer), options)
         if model_inputs is None:  # one float64 forward (~10 s) serves both poolings
             model_inputs = {k: v for k, v in batch.items() if k != "pool_mask"}

@@ -45,7 +45,7 @@ def test_the_readme_recipe_adds_a_family_that_shares_heads(tmp_path, elens_home)
     exported = export_model(source, elens_home)
     assert takes_past(exported)
     assert exported.manifest.prefix_token_ids == [992]
-    assert_equals_whole_forward(source, exported, alike_sentences(), OPTIONS[0], tmp_path, "cohere")
+    assert_equals_whole_forward(source, exported, alike_sentences(), OPTIONS[0], tmp_path)
 
 
 def test_a_family_that_cannot_take_past_runs_whole_sentences(tmp_path, monkeypatch, caplog):
@@ -60,7 +60,7 @@ def test_a_family_that_cannot_take_past_runs_whole_sentences(tmp_path, monkeypat
     assert not takes_past(exported)
     assert exported.manifest.prefix_token_ids == []  # no past to feed a prefix's states to
     for options in OPTIONS[:2]:
-        assert_equals_whole_forward(source, exported, alike_sentences(), options, tmp_path, f"whole-{options.key()}")
+        assert_equals_whole_forward(source, exported, alike_sentences(), options, tmp_path)
 
 
 def test_a_family_whose_past_is_traced_wrong_runs_whole_sentences(tmp_path, monkeypatch, caplog):
@@ -80,7 +80,7 @@ def test_a_family_whose_past_is_traced_wrong_runs_whole_sentences(tmp_path, monk
     assert "llama exported with past keys and values differs from PyTorch by 7.00e-01 (scaled 7.00e-01 > 1e-04); exporting it without them" in caplog.text
     assert not takes_past(exported) and exported.manifest.prefix_token_ids == []
     assert exported.manifest.parity_max_abs_diff < 1e-4
-    assert_equals_whole_forward(source, exported, alike_sentences(), OPTIONS[0], tmp_path, "whole")
+    assert_equals_whole_forward(source, exported, alike_sentences(), OPTIONS[0], tmp_path)
 
 
 def test_a_graph_without_past_that_differs_is_refused_once(tmp_path, monkeypatch):
@@ -180,3 +180,23 @@ def test_a_families_file_that_fails_is_one_line(text, message, tmp_path):
         (tmp_path / "families.py").write_text(text)
     result = CliRunner().invoke(main, ["--families", str(tmp_path / "families.py"), "models"])
     assert result.exit_code == 2 and result.stderr.startswith(f"error: --families {tmp_path}/{message}") and result.stderr.count("\n") == 1, result.stderr
+
+
+def test_an_encoder_decoder_family_is_refused_before_its_trace(tmp_path):
+    """Registered by a user, T5's export was traced and then failed with a traceback in
+    the PyTorch check, which gives no decoder inputs (an audit)."""
+    register(Architecture("t5", model_types=("t5",), mlp_down="encoder.block.{layer}.layer.1.DenseReluDense.wo", causal=False))
+    config = AutoConfig.for_model("t5", vocab_size=1000, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4)
+    source = tiny_source("t5", tmp_path / "t5", config=config)
+    with pytest.raises(ModelError, match=r"^model 't5' is an encoder-decoder \(t5\); only encoder or decoder stacks are studied$"):
+        export_model(source, tmp_path / "home")
+    assert not (tmp_path / "home" / "models").exists() or not any((tmp_path / "home" / "models").iterdir())
+
+
+def test_a_model_type_transformers_does_not_know_is_named_as_unsupported(tmp_path):
+    """It was transformers' "does not recognize this architecture", with the hint that the
+    folder lacked files (an audit)."""
+    (tmp_path / "frob").mkdir()
+    (tmp_path / "frob" / "config.json").write_text(json.dumps({"model_type": "frobnicator"}))
+    with pytest.raises(ModelError, match=r"^unsupported model architecture 'frobnicator'; supported: "):
+        export_model(str(tmp_path / "frob"), tmp_path / "home")

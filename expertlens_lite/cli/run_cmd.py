@@ -35,7 +35,7 @@ _FILE = click.Path(dir_okay=False)  # a str: RunConfig refuses "" (Path("") is "
 @click.option("--n-neg", type=int, default=_DEFAULTS.n_neg, help="Size of the shared negative pool.")
 @click.option("--min-pos", type=int, default=_DEFAULTS.min_pos, help="Skip concepts with fewer positives than this.")
 @click.option("--seed", type=int, default=_DEFAULTS.seed, help="Seed of sampling and bootstrap.")
-@click.option("--quantize", type=click.Choice(QUANTIZATIONS), default=_DEFAULTS.quantize, help="Run the int8 (CPU) or fp16 (CUDA) variant.")
+@click.option("--quantize", type=click.Choice(QUANTIZATIONS), default=_DEFAULTS.quantize, help="Run the int8 (CPU) or fp16 (CUDA; slower on the CPU) variant.")
 @click.option("--device", type=click.Choice(DEVICES), default=_DEFAULTS.device, help="ONNX Runtime device; auto picks CUDA when available.")
 @click.option("--batch-size", type=int, default=_DEFAULTS.batch_size, help="Sentences per inference batch.")
 @click.option("--pooling", type=click.Choice(["max", "mean"]), default="max", help="Pool a neuron over tokens by max or mean.")

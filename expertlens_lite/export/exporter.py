@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import json
 import logging
 import os
 import random
 import re
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +30,7 @@ from ..atomic import atomic_dir, dir_leftovers, remove_leftovers
 from ..batching import Encoded, PoolingOptions, encode, iter_batches, make_batch, pad_id
 from ..concepts import read_corpus
 from ..config import QUANTIZATIONS
+from ..lengths import export_max_tokens, json_object, max_tokens
 from ..errors import ModelError, ResourceError, first_line, whole_number
 from ..locks import waiting_for
 from ..models import Architecture, get_architecture
@@ -171,14 +172,16 @@ def export_model(
     if (Path(source.path) / MANIFEST).exists():
         return _given_export(Path(source.path), quantize)
     directory = export_dir(source, cache_dir)
-    # Python's global generator as it was: Optimum's dummy inputs draw from it, and so
-    # does a library imported on the way (an audit found it moved by a first export).
-    python_random = random.getstate()
+    # Python's and NumPy's global generators as they were: Optimum's dummy inputs draw
+    # from them (NumPy's for a causal model's past), and so does a library imported on
+    # the way (audits found both moved by a first export).
+    python_random, numpy_random = random.getstate(), np.random.get_state()
     try:
         with waiting_for(directory, cache_dir, f"the export of {source.name}"):
             return _cached_export(source, directory, quantize, int8_weights)
     finally:
         random.setstate(python_random)
+        np.random.set_state(numpy_random)
 
 
 def _cached_export(source: ModelSource, directory: Path, quantize: str, int8_weights: str | None) -> ExportedModel:
@@ -246,11 +249,21 @@ def _given_export(directory: Path, quantize: str) -> ExportedModel:
 def _calibration_batches(exported: ExportedModel) -> list[dict[str, np.ndarray]]:
     """Input batches of a fixed sample of the bundled corpus, whatever corpus a run uses:
     the quantized model is cached per model, not per run."""
-    sentences = read_corpus(bundled(DEFAULT_CORPUS))
-    rows = np.random.default_rng(0).choice(len(sentences), min(CALIBRATION_SENTENCES, len(sentences)), replace=False)
     tokenizer = exported.tokenizer()
+    sentences = _within(export_max_tokens(exported), tokenizer, read_corpus(bundled(DEFAULT_CORPUS)))
+    rows = np.random.default_rng(0).choice(len(sentences), min(CALIBRATION_SENTENCES, len(sentences)), replace=False)
     encoded = encode(tokenizer, [sentences[i] for i in sorted(rows)])
     return [batch for _, batch in iter_batches(encoded, 32, pad_id(tokenizer), PoolingOptions())]
+
+
+def _within(limit: int | None, tokenizer, sentences: Sequence[str]) -> list[str]:
+    """The ``sentences`` a model reading at most ``limit`` tokens can take (all where it
+    has no limit): the export's check and calibration sentences were run whatever the
+    model's position table, and a GPT-2 of 16 positions failed with an IndexError
+    inside PyTorch, one of 22 inside ONNX Runtime (an audit)."""
+    if limit is None:
+        return list(sentences)
+    return [sentence for sentence, n in zip(sentences, encode(tokenizer, sentences).lengths()) if n <= limit]
 
 
 # Weights a base model may lack in its checkpoint without harm: BERT's pooler, which
@@ -275,13 +288,18 @@ def load_pretrained(source: ModelSource):
     folder = Path(source.path)
     # Checked first: transformers guesses a missing type from the folder's path ("roberta"
     # in .../robert/...), or fails listing every type it knows.
-    if (folder / "config.json").is_file() and _lacks_model_type(folder / "config.json"):
-        raise ModelError(f"cannot load model {source.name!r}: its config.json names no model_type; add one (\"model_type\": \"llama\", ...)")
+    if (folder / "config.json").is_file() and (config_json := json_object(folder / "config.json")) is not None:
+        if "model_type" not in config_json:
+            raise ModelError(f"cannot load model {source.name!r}: its config.json names no model_type; add one (\"model_type\": \"llama\", ...)")
+        if isinstance(config_json["model_type"], str):  # one transformers does not know was blamed on the folder's files (an audit)
+            get_architecture(config_json["model_type"])
     try:
         config = AutoConfig.from_pretrained(source.path, revision=source.load_revision)
     except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:  # a config.json of another shape: a list, ...
         raise cannot_load(source.name, source.revision, exc) from None
     architecture = get_architecture(config.model_type)
+    if getattr(config, "is_encoder_decoder", False):  # a family registered for one failed after the trace (an audit)
+        raise ModelError(f"model {source.name!r} is an encoder-decoder ({config.model_type}); only encoder or decoder stacks are studied")
     layers = getattr(config, "num_hidden_layers", None)
     if isinstance(layers, int) and layers < 1:  # failed in the export's check, concatenating no layers (an audit)
         raise ModelError(f"model {source.name!r} has no layers (num_hidden_layers {layers}), so no MLP neurons to study")
@@ -332,16 +350,6 @@ def _check_weights_fit(name: str, loading: dict, n_layers: int) -> None:
         problem = f"holds {len(extra)} weight(s) of layers past the config's {n_layers} ({', '.join(extra[:3])}{', ...' if len(extra) > 3 else ''})"
     if problem:
         raise ModelError(f"the checkpoint of model {name!r} {problem}: the config and the weights do not match")
-
-
-def _lacks_model_type(config_file: Path) -> bool:
-    """Whether ``config_file`` is a JSON object without ``model_type`` (any other fault
-    of it is left for transformers to report)."""
-    try:
-        value = json.loads(config_file.read_text())
-    except (OSError, ValueError):
-        return False
-    return isinstance(value, dict) and "model_type" not in value
 
 
 def _mismatch(exc: RuntimeError) -> str:
@@ -462,8 +470,12 @@ def _export_into(tmp: Path, source: ModelSource, architecture: Architecture, mod
     ``with_past`` and the trace takes them) and check its responses against PyTorch's;
     the manifest to save once nothing more is added to the folder."""
     n_layers = model.config.num_hidden_layers
+    limit = max_tokens(model.config.to_dict(), {"model_max_length": tokenizer.model_max_length})
+    sentences = _within(limit, tokenizer, PARITY_SENTENCES)
+    if not sentences:
+        raise ModelError(f"model {source.name!r} reads at most {limit} tokens, too few for the sentences the export is checked on")
     with_past = _onnx_export(model, tmp, with_past=with_past)
-    prefix_ids = constant_prefix(tokenizer, architecture, PARITY_SENTENCES) if with_past else ()
+    prefix_ids = constant_prefix(tokenizer, architecture, sentences) if with_past else ()
     prefix = compute_prefix(model, architecture, prefix_ids) if prefix_ids else Prefix()
     if prefix.token_ids:
         save_prefix(tmp, prefix)
@@ -471,8 +483,8 @@ def _export_into(tmp: Path, source: ModelSource, architecture: Architecture, mod
     tokenizer_json = _tokenizer_json_agrees(tokenizer, tmp, source.name)
     np.save(tmp / EMBEDDINGS, model.get_input_embeddings().weight.detach().float().numpy())
 
-    encoded = encode(tokenizer, PARITY_SENTENCES)
-    batch = make_batch(encoded, range(len(PARITY_SENTENCES)), pad_id(tokenizer), PoolingOptions())
+    encoded = encode(tokenizer, sentences)
+    batch = make_batch(encoded, range(len(sentences)), pad_id(tokenizer), PoolingOptions())
     expected, expected_embedding = torch_responses(model, architecture, batch)
     if not (np.isfinite(expected).all() and np.isfinite(expected_embedding).all()):  # it was blamed on the export (an audit)
         raise ModelError(f"model {source.name!r} computes NaN or infinite values in PyTorch itself: are its weights damaged?")

@@ -141,6 +141,8 @@ def resolve_model(spec: str | os.PathLike, revision: str | None, cache_dir: Path
         raise ModelError(f"a model must be a bundled name, a model folder, a .gguf file or a hub id; got {spec!r}")
     if not spec.strip():
         raise ModelError("--model is empty; give a bundled name, a model folder, a .gguf file or a hub id")
+    if revision is not None and not isinstance(revision, str):  # an int was an AttributeError (an audit)
+        raise ModelError(f"a revision must be a string (a branch, tag or commit); got {revision!r}")
     if revision is not None and not revision.strip():
         raise ModelError("--revision is empty; give a branch, tag or commit of a hub model, or leave it out")
     if spec in BUNDLED_MODELS:
