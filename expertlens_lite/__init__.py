@@ -31,3 +31,8 @@ def __getattr__(name: str):
 
         return getattr(pipeline, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    """The lazy names too, so that tab completion offers them (an audit)."""
+    return sorted({*globals(), *__all__})

@@ -41,7 +41,10 @@ def pair_values(matrix: np.ndarray, concepts: tuple[str, ...] | list[str], human
         raise InputError(f"the rated pairs name words that are not concepts: {', '.join(missing[:5])}; restrict them first (HumanPairs.restricted_to)")
     rows = np.array([position[a] for a, _ in human.pairs], dtype=np.int64)
     cols = np.array([position[b] for _, b in human.pairs], dtype=np.int64)
-    return np.asarray(matrix)[rows, cols]
+    matrix = np.asarray(matrix)
+    if matrix.shape != (len(concepts), len(concepts)):  # an IndexError, or values of other concepts (an audit)
+        raise InputError(f"the similarity matrix must be [concepts, concepts] ({len(concepts)} x {len(concepts)}); got shape {matrix.shape}")
+    return matrix[rows, cols]
 
 
 def _weighted_ranks(x: np.ndarray, weights: np.ndarray) -> np.ndarray:

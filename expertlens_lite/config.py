@@ -150,7 +150,7 @@ class RunConfig:
         if (self.out / MANIFEST).is_file():  # export --force there deleted the results (an audit)
             raise InputError(f"--out {self.out} holds a model export (its {MANIFEST}); choose another --out")
         if (self.out / SUMMARY).exists() and not self.overwrite:
-            raise InputError(f"--out {self.out} holds the results of an earlier run; pass --overwrite to replace them, or choose another --out")
+            raise InputError(f"--out {self.out} holds the results of an earlier run; pass --overwrite (overwrite=True) to replace them, or choose another --out")
         check_writable(self.out, f"--out {self.out}")
 
 

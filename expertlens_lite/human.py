@@ -23,6 +23,11 @@ class HumanPairs:
     pairs: tuple[tuple[str, str], ...]
     scores: tuple[float, ...]
 
+    def __post_init__(self) -> None:
+        # Built by hand, pairs and scores of other lengths were found only in the bootstrap (an audit).
+        if len(self.pairs) != len(self.scores) or any(len(pair) != 2 for pair in self.pairs):
+            raise InputError(f"HumanPairs needs one score per pair of two words; got {len(self.pairs)} pairs, {len(self.scores)} scores")
+
     @property
     def words(self) -> set[str]:
         return {w for pair in self.pairs for w in pair}

@@ -150,7 +150,23 @@ def _check_bootstrap_fits(n_resamples: int, n_pairs: int) -> None:
 
 
 def run(config: RunConfig, progress: Progress | None = None) -> RunResult:
-    """Run the whole pipeline and write the results folder ``config.out``."""
+    """Run the whole pipeline, as ``elens-lite run`` does, and write the results folder
+    ``config.out`` (relative to the working directory; refused if it holds an earlier
+    run's results, unless ``config.overwrite``).
+
+    The export and the response matrices are cached under ``ELENS_HOME`` (default
+    ``~/.cache/expertlens-lite``) and reused by later runs. ``progress(stage, done,
+    total)`` is called as the slow stages advance.
+
+    Returns:
+        The summary (as written to ``summary.json``), the concept set, the AP matrix and
+        every measure's alignment.
+
+    Raises:
+        InputError, ModelError, ResourceError (all :class:`~.errors.ElensError`): bad
+        input, a model that cannot be exported, too little memory or disk; each with a
+        one-line message, the CLI's.
+    """
     if not isinstance(config, RunConfig):  # run("minilm") was an AttributeError
         raise InputError(f"run takes a RunConfig, e.g. run(RunConfig(model='minilm')); got {type(config).__name__} {str(config)[:40]!r}")
     if progress is not None and not callable(progress):  # found before the slow stages, not at the first call

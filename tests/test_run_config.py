@@ -134,3 +134,10 @@ def test_each_field_is_the_run_option_the_docstring_says():
     assert pooling == {"pooling": "--pooling", "keep_special_tokens": "--keep-special-tokens", "skip_first_token": "--skip-first-token"}
     rules = {"taus": "--tau", "lifts": "--lift", "topks": "--topk", "top_fracs": "--top-frac"}
     assert options == {field.name: rules.get(field.name, "--" + field.name.replace("_", "-")) for field in fields(RunConfig) if field.name != "pooling"}
+
+
+def test_the_lazy_names_are_listed():
+    """Imported on first use, they were missing from dir(), so no tab completion offered them."""
+    import expertlens_lite
+
+    assert {"RunConfig", "RunResult", "run", "__version__"} <= set(dir(expertlens_lite))

@@ -320,3 +320,15 @@ def test_pair_values_and_profiles_refuse_what_they_cannot_use():
 
     with pytest.raises(InputError, match=r"^k must be an integer in \[0, 4\]; got None$"):
         topk_bitsets(np.ones((2, 4)), None)
+
+
+def test_rated_pairs_and_matrices_of_other_sizes_are_one_line_errors():
+    """Pairs without scores were found only in the bootstrap, a matrix of the wrong size
+    was an IndexError, or read other concepts' values (an audit)."""
+    with pytest.raises(InputError, match="one score per pair of two words; got 2 pairs, 1 scores"):
+        HumanPairs("x", (("a", "b"), ("a", "c")), (1.0,))
+    human = HumanPairs("x", (("a", "b"), ("b", "c")), (1.0, 2.0))
+    for matrix in (np.zeros((2, 2)), np.zeros((4, 4)), np.zeros(9)):
+        with pytest.raises(InputError, match=r"^the similarity matrix must be \[concepts, concepts\] \(3 x 3\)"):
+            pair_values(matrix, ("a", "b", "c"), human)
+    assert pair_values(np.arange(9.0).reshape(3, 3), ("a", "b", "c"), human).tolist() == [1.0, 5.0]

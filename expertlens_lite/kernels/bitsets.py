@@ -103,7 +103,7 @@ def pack_masks(mask: np.ndarray) -> np.ndarray:
 def unpack_masks(bits: np.ndarray, n_neurons: int) -> np.ndarray:
     """Inverse of :func:`pack_masks`: uint64 [..., W] -> bool [..., n_neurons]."""
     b = _check_bits(bits)
-    if not isinstance(n_neurons, (int, np.integer)) or not 0 <= n_neurons <= 64 * b.shape[-1]:
+    if isinstance(n_neurons, bool) or not isinstance(n_neurons, (int, np.integer)) or not 0 <= n_neurons <= 64 * b.shape[-1]:
         raise InputError(
             f"n_neurons must be a whole number in [0, {64 * b.shape[-1]}] for {b.shape[-1]} words; "
             f"got {n_neurons}"
@@ -129,11 +129,12 @@ def threshold_bitsets(scores: np.ndarray, taus: Sequence[float]) -> np.ndarray:
     s = _check_scores(scores)
     wrong = InputError(f"taus must be a 1-D sequence of finite numbers; got {taus!r}")
     try:
-        t = np.asarray(taus, dtype=np.float64)
-    except (TypeError, ValueError):  # not numbers: numpy's own error named neither
+        t = np.asarray(taus)
+    except (TypeError, ValueError):  # ragged: numpy's own error named neither
         raise wrong from None
-    if t.ndim != 1 or not np.all(np.isfinite(t)):
+    if t.dtype.kind not in "iuf" or t.ndim != 1 or not np.all(np.isfinite(t)):  # "0.5" became 0.5 (an audit)
         raise wrong
+    t = t.astype(np.float64)
     out = np.empty((t.size, s.shape[0], -(-s.shape[1] // 64)), np.uint64)
     for i, tau in enumerate(t):
         out[i] = pack_masks(s >= tau)
