@@ -126,6 +126,22 @@ def test_a_revision_missing_from_the_cache_is_one_line(checkpoints, tmp_path):
     assert not (tmp_path / "x").exists()
 
 
+def test_a_model_the_cache_holds_without_weights_is_said_to_be_there_in_part(checkpoints, tmp_path):
+    """It was told that it must already be in the Hugging Face cache, where it was (an audit)."""
+    folder = tmp_path / "no-weights"
+    folder.mkdir()
+    for file in checkpoints[0]["step1000"].iterdir():
+        if file.suffix != ".safetensors":
+            shutil.copyfile(file, folder / file.name)
+    env = checkpoints[2] | {"HF_HUB_CACHE": str(tmp_path / "hub")}
+    lay_out_hub_cache(tmp_path / "hub", "acme/partial", {"main": folder})
+    done = elens_lite("export", "--model", "acme/partial", "--out", str(tmp_path / "x"), env=env)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: cannot load model 'acme/partial': "), lines
+    assert lines[0].endswith("(the Hugging Face cache holds only part of it; download it whole where the hub can be reached)"), lines
+
+
 @pytest.mark.parametrize("what", ["bundled", "folder"])
 def test_a_revision_of_a_local_model_is_refused(checkpoints, tmp_path, what):
     model = "minilm" if what == "bundled" else str(checkpoints[0]["step1000"])

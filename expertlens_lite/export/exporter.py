@@ -296,7 +296,7 @@ def load_pretrained(source: ModelSource):
     try:
         config = AutoConfig.from_pretrained(source.path, revision=source.load_revision)
     except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:  # a config.json of another shape: a list, ...
-        raise cannot_load(source.name, source.revision, exc) from None
+        raise _cannot_load(source, exc) from None
     architecture = get_architecture(config.model_type)
     if getattr(config, "is_encoder_decoder", False):  # a family registered for one failed after the trace (an audit)
         raise ModelError(f"model {source.name!r} is an encoder-decoder ({config.model_type}); only encoder or decoder stacks are studied")
@@ -304,28 +304,28 @@ def load_pretrained(source: ModelSource):
     if isinstance(layers, int) and layers < 1:  # failed in the export's check, concatenating no layers (an audit)
         raise ModelError(f"model {source.name!r} has no layers (num_hidden_layers {layers}), so no MLP neurons to study")
     if folder.is_dir() and not any(next(folder.glob(pattern), None) for pattern in _TOKENIZER_FILES):  # before loading the weights
-        raise cannot_load(source.name, source.revision, FileNotFoundError(f"no tokenizer files in {folder}"), "tokenizer")
+        raise _cannot_load(source, FileNotFoundError(f"no tokenizer files in {folder}"), "tokenizer")
     try:
         with quiet_transformers():
             model, loading = AutoModel.from_pretrained(
                 source.path, revision=source.load_revision, dtype=torch.float32, output_loading_info=True
             )
     except (OSError, ValueError, SafetensorError) as exc:
-        raise cannot_load(source.name, source.revision, exc) from None
+        raise _cannot_load(source, exc) from None
     except RuntimeError as exc:
         if "size mismatch" in str(exc):
             raise ModelError(f"the weights of model {source.name!r} do not fit its config: {_mismatch(exc)}") from None
         if "memory" in str(exc).lower():  # PyTorch's "DefaultCPUAllocator: not enough memory": the machine, not the model
             raise ResourceError(f"not enough memory to load model {source.name!r}: {first_line(exc)}") from None
-        raise cannot_load(source.name, source.revision, exc) from None  # a config it cannot build ("max_position_embeddings": -1)
+        raise _cannot_load(source, exc) from None  # a config it cannot build ("max_position_embeddings": -1)
     except (TypeError, KeyError, AttributeError) as exc:  # a config value of another type ("num_hidden_layers": "six")
-        raise cannot_load(source.name, source.revision, exc, "config") from None
+        raise _cannot_load(source, exc, "config") from None
     _check_weights_fit(source.name, loading, config.num_hidden_layers)
     try:
         with quiet_transformers():
             tokenizer = AutoTokenizer.from_pretrained(source.path, revision=source.load_revision)
     except (OSError, ValueError, TypeError, AttributeError) as exc:  # without its files, some classes fail on None (GPT-NeoX: AttributeError)
-        raise cannot_load(source.name, source.revision, exc, "tokenizer") from None
+        raise _cannot_load(source, exc, "tokenizer") from None
     rows = model.get_input_embeddings().num_embeddings
     if len(tokenizer) > rows:  # its last ids index past the embeddings: an IndexError in the export's check (an audit)
         raise ModelError(
@@ -350,6 +350,13 @@ def _check_weights_fit(name: str, loading: dict, n_layers: int) -> None:
         problem = f"holds {len(extra)} weight(s) of layers past the config's {n_layers} ({', '.join(extra[:3])}{', ...' if len(extra) > 3 else ''})"
     if problem:
         raise ModelError(f"the checkpoint of model {name!r} {problem}: the config and the weights do not match")
+
+
+def _cannot_load(source: ModelSource, exc: Exception, part: str = "") -> ModelError:
+    """:func:`.sources.cannot_load` for ``source``; a file missing from a hub model read
+    offline, from its snapshot folder (its ``path``), is missing from the HF cache."""
+    snapshot = source.commit is not None and source.path != source.name and isinstance(exc, OSError)
+    return cannot_load(source.name, source.revision, exc, part, snapshot=snapshot)
 
 
 def _mismatch(exc: RuntimeError) -> str:

