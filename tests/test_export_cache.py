@@ -9,6 +9,7 @@ import os
 import stat
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from expertlens_lite.atomic import file_sizes, write_json
@@ -219,15 +220,38 @@ def test_a_cached_export_of_a_gguf_does_not_need_its_dequantized_copy(tmp_path):
     assert not (home / "gguf").exists()
 
 
-def test_the_same_weights_under_another_name_reuse_their_export(tmp_path):
-    """A folder reached through a link (or a renamed .gguf file) was exported again under
-    its other name: hundreds of MB more for the same weights (an audit)."""
+def test_a_renamed_gguf_file_reuses_its_export(tmp_path):
+    """Its export went into a folder of the file's name: exported again under another
+    (an audit). Stand-in GGUF files, as above: reading one would fail."""
     home = tmp_path / "home"
-    tiny_source("bert", tmp_path / "bert")
-    (tmp_path / "linked").symlink_to(tmp_path / "bert")
-    first = export_model(str(tmp_path / "bert"), home)
-    again = export_model(str(tmp_path / "linked"), home)
-    assert again.directory == first.directory and [p.name for p in (home / "models").iterdir()] == [first.directory.name]
+    made = export_model(tiny_source("bert", tmp_path / "bert"), home).directory
+    first, renamed = tmp_path / "model.gguf", tmp_path / "renamed.gguf"
+    for path in (first, renamed):
+        path.write_bytes(b"GGUF" + bytes(60))
+    source = sources.resolve_model(str(first), None, home)
+    made.rename(export_dir(source, home))
+    assert export_model(str(renamed), home).directory == export_dir(source, home)
+
+
+def test_folders_of_other_weights_alike_in_names_sizes_and_times_get_their_own_exports(tmp_path):
+    """Their fingerprints are equal: found by its key alone, the first one's export was
+    the second one's too (a review of the change above)."""
+
+    def scaled(model):
+        import torch
+
+        with torch.no_grad():
+            for parameter in model.parameters():
+                parameter.mul_(1.5)
+
+    folders = [tmp_path / "model_a", tmp_path / "model_b"]
+    tiny_source("bert", folders[0])
+    tiny_source("bert", folders[1], edit=scaled)
+    for folder in folders:
+        for file in folder.iterdir():
+            os.utime(file, ns=(10**18, 10**18))
+    a, b = (export_model(str(folder), tmp_path / "home") for folder in folders)
+    assert a.directory != b.directory and not np.array_equal(a.embeddings(), b.embeddings())
 
 
 def test_two_labels_of_one_hub_commit_share_an_export(tmp_path):
@@ -254,3 +278,13 @@ def test_a_model_of_few_positions_is_checked_and_calibrated_on_sentences_it_can_
     config = AutoConfig.for_model("gpt2", vocab_size=1000, n_embd=64, n_layer=2, n_head=4, n_inner=192, n_positions=16)
     exported = export_model(tiny_source("gpt2", tmp_path / "gpt2", config=config), tmp_path / "home", "int8")
     assert exported.manifest.parity_max_abs_diff <= 1e-4 and onnx_filename("int8") in exported.manifest.files
+
+
+def test_a_model_too_short_for_every_calibration_sentence_is_refused_int8(tmp_path):
+    """Its int8 variant was made with no calibration at all, silently (a review)."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.for_model("gpt2", vocab_size=1000, n_embd=64, n_layer=2, n_head=4, n_inner=192, n_positions=6)
+    source = tiny_source("gpt2", tmp_path / "gpt2", config=config)
+    with pytest.raises(ModelError, match=r"reads at most 6 tokens, fewer than any sentence the int8 variant is calibrated on; use --quantize none or fp16$"):
+        export_model(source, tmp_path / "home", "int8")

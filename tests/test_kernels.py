@@ -443,3 +443,17 @@ def _small_concepts():
     positives = [np.arange(1, 300, 3)[c::4] for c in range(4)]
     excluded = [pool[c::5] for c in range(4)]
     return x, positives, pool, excluded, average_precision_many(x, positives, pool, excluded)
+
+
+def test_a_memmap_view_of_an_array_over_a_mapping_is_read(tmp_path):
+    """Such a view has no offset or file name: the truncation check failed on it with a
+    TypeError (a review)."""
+    x, positives, pool, excluded, expected = _small_concepts()
+    path = tmp_path / "r.bin"
+    path.write_bytes(bytes(5000) + x.tobytes())
+    with path.open("rb") as handle:
+        mapping = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+    view = np.ndarray(x.shape, x.dtype, buffer=mapping, offset=5000).view(np.memmap)
+    np.testing.assert_array_equal(average_precision_many(view, positives, pool, excluded, block_size=32), expected)
+    del view
+    mapping.close()

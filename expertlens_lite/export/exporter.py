@@ -137,13 +137,18 @@ def export_key(source: ModelSource) -> str:
 
 
 def export_dir(source: ModelSource, cache_dir: Path) -> Path:
-    """The cache folder of ``source``'s export: named for people by the model's name, and
-    found by the key alone, so that the same weights under another name (a renamed .gguf
-    file, a folder reached through a link) reuse the export rather than make another."""
+    """The cache folder of ``source``'s export, named for people by the model's name.
+
+    A GGUF file's is found by the key alone, which is of the file's bytes, so that the
+    file renamed reuses its export rather than make another (a whole one first). A local
+    folder's key is of its files' names, sizes and times, which a folder of other weights
+    can share (times set alike, as reproducible builds do; a review): its name keeps them
+    apart. A hub model's name is its id whatever the revision."""
     key = export_key(source)
-    made = sorted(path for path in (cache_dir / "models").glob(f"*-{key}") if not path.name.startswith("."))
-    if made:
-        return made[0]
+    if source.gguf is not None:
+        made = [path for path in (cache_dir / "models").glob(f"*-{key}") if not path.name.startswith(".")]
+        if made:
+            return min(made, key=lambda path: (not (path / MANIFEST).is_file(), path.name))
     readable = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(source.name).name)[-40:]
     return cache_dir / "models" / f"{readable}-{key}"
 
@@ -250,7 +255,11 @@ def _calibration_batches(exported: ExportedModel) -> list[dict[str, np.ndarray]]
     """Input batches of a fixed sample of the bundled corpus, whatever corpus a run uses:
     the quantized model is cached per model, not per run."""
     tokenizer = exported.tokenizer()
-    sentences = _within(export_max_tokens(exported), tokenizer, read_corpus(bundled(DEFAULT_CORPUS)))
+    limit = export_max_tokens(exported)
+    sentences = _within(limit, tokenizer, read_corpus(bundled(DEFAULT_CORPUS)))
+    if not sentences:  # quantized uncalibrated, silently (a review)
+        raise ModelError(f"model {exported.manifest.model!r} reads at most {limit} tokens, fewer than any sentence "
+                         "the int8 variant is calibrated on; use --quantize none or fp16")
     rows = np.random.default_rng(0).choice(len(sentences), min(CALIBRATION_SENTENCES, len(sentences)), replace=False)
     encoded = encode(tokenizer, [sentences[i] for i in sorted(rows)])
     return [batch for _, batch in iter_batches(encoded, 32, pad_id(tokenizer), PoolingOptions())]

@@ -737,7 +737,7 @@ class _Source:
         # two scores could tie, or swap places with a third, and AP would not be sklearn's.
         self._may_round = x.dtype.itemsize > 8 or x.dtype.kind in "iu" and x.dtype.itemsize == 8
         mapping, root = _mapping_of(x)
-        if root is not None and x.size:
+        if root is not None and isinstance(root.offset, int) and x.size:  # np.memmap views of other arrays have none
             _check_mapped_whole(x, mapping, root)
         self._file = _open_rows(x, mapping, root) if mapping is not None else None
         self._mapping = mapping if self._file is None and _droppable(root) else None

@@ -20,7 +20,7 @@ import logging
 import os
 import struct
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import BinaryIO
 
@@ -150,8 +150,7 @@ def resolve_model(spec: str | os.PathLike, revision: str | None, cache_dir: Path
         path = BUNDLED_MODELS[spec].path()
         if not path.exists():
             raise ModelError(f"bundled model {spec!r} is installed but {path} is missing; reinstall its package")
-        resolved = _resolve_local(path, cache_dir)
-        return ModelSource(spec, resolved.path, None, resolved.fingerprint)
+        return replace(_resolve_local(path, cache_dir), name=spec)  # its GGUF file too (a review: smollm2 lost it)
     path = expanded(spec)
     if path.exists():
         _no_revision(spec, revision, f"a local {'file' if path.is_file() else 'folder'}")
@@ -247,7 +246,7 @@ def dequantize(source: ModelSource) -> None:
     after ``elens-lite cache rm`` had removed it (an audit).
     """
     if source.gguf is not None:
-        gguf_to_folder(Path(source.gguf), Path(source.path).parent.parent)
+        _copy_in(Path(source.gguf), Path(source.path))
 
 
 # The files of a model folder that make its model, as transformers names them: config,
@@ -397,8 +396,12 @@ def gguf_to_folder(path: Path, cache_dir: Path) -> Path:
     A folder already made is checked by its file sizes alone: transformers' GGUF support
     imports PyTorch (5 s, measured), which a run on a cached export does not need.
     """
-    folder = gguf_folder(path, cache_dir)
-    with waiting_for(folder, cache_dir, f"the dequantized copy of {path.name}"):
+    return _copy_in(path, gguf_folder(path, cache_dir))
+
+
+def _copy_in(path: Path, folder: Path) -> Path:
+    """The dequantized copy of the GGUF file ``path`` in the cache folder ``folder``."""
+    with waiting_for(folder, folder.parent.parent, f"the dequantized copy of {path.name}"):
         return _dequantized(path, folder)
 
 
