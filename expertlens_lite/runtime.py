@@ -40,8 +40,9 @@ from .devices import (
     onnxruntime_module,
     resolve_device,
 )
-from .errors import InputError, ResourceError, size_text, whole_number
+from .errors import InputError, ModelError, ResourceError, size_text, whole_number
 from .export import ExportedModel, Manifest
+from .export.manifest import MANIFEST
 from .export.prefix import Prefix
 from .export.surgery import PAST_INPUT, keep_outputs, response_outputs
 from .heads import (
@@ -454,6 +455,8 @@ def compute_responses(
     """
     if not isinstance(exported, ExportedModel):  # a --model value was an AttributeError (an audit)
         raise InputError(f"exported must be an ExportedModel, what export_model returns; got {type(exported).__name__} {str(exported)[:40]!r}")
+    if not (exported.directory / MANIFEST).is_file():  # the tokenizer's bare "No such file or directory" (an audit)
+        raise ModelError(f"the export in {exported.directory} is gone (removed by elens-lite cache rm?); call export_model again")
     if isinstance(sentences, str) or not isinstance(sentences, Sequence) or not sentences:
         raise InputError(f"sentences must be a non-empty list of strings; got {type(sentences).__name__} {str(sentences)[:40]!r}")
     for number, sentence in enumerate(sentences):  # tokenizers' own errors name neither the sentence nor the rule

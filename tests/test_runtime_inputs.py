@@ -241,3 +241,19 @@ def test_a_model_name_for_an_export_is_one_line(tmp_path):
     AttributeError (an audit)."""
     with pytest.raises(InputError, match=r"^exported must be an ExportedModel, what export_model returns; got str 'minilm'$"):
         compute_responses("minilm", SENTENCES[:2], tmp_path)
+
+
+def test_an_export_removed_while_held_is_named(minilm, tmp_path):
+    """Removed by another process's cache rm, it failed with the tokenizer's bare "No such
+    file or directory" (an audit)."""
+    import shutil
+
+    from expertlens_lite.errors import ModelError
+    from expertlens_lite.export import ExportedModel
+
+    copy = tmp_path / "copy"
+    shutil.copytree(minilm.directory, copy)
+    held = ExportedModel(copy, minilm.manifest)
+    shutil.rmtree(copy)
+    with pytest.raises(ModelError, match=rf"^the export in {copy} is gone \(removed by elens-lite cache rm\?\); call export_model again$"):
+        compute_responses(held, SENTENCES[:2], tmp_path / "home")

@@ -109,3 +109,40 @@ def test_exports_in_two_threads_leave_the_warning_filters_as_they_were(tmp_path,
     run("second")
     first.join()
     assert warnings.filters == before
+
+
+_INTERRUPTED_IMPORT = """
+import builtins, signal, sys
+from expertlens_lite.export import export_model
+real, fired = builtins.__import__, []
+
+def hook(name, globals=None, *args, **kwargs):
+    if globals and globals.get("__name__") == "torch" and "torch._C" in sys.modules and not fired:  # inside torch's, past its core
+        fired.append(name)
+        signal.raise_signal(signal.SIGINT)
+    return real(name, globals, *args, **kwargs)
+
+builtins.__import__ = hook
+try:
+    export_model(sys.argv[1], sys.argv[2])
+except KeyboardInterrupt:
+    print("interrupted", bool(fired))
+builtins.__import__ = real
+print(export_model(sys.argv[1], sys.argv[2]).manifest.n_neurons)
+"""
+
+
+def test_a_ctrl_c_during_the_pytorch_import_leaves_the_process_able_to_export(tmp_path):
+    """Raised inside PyTorch's import, the KeyboardInterrupt left it half made: every later
+    export in the process failed, "partially initialized module 'torch'" (an audit). Now
+    it comes right after the import. In a fresh interpreter, which has not imported it."""
+    import subprocess
+    import sys
+
+    folder = tiny_source("bert", tmp_path / "bert").path
+    done = subprocess.run(
+        [sys.executable, "-c", _INTERRUPTED_IMPORT, folder, str(tmp_path / "home")],
+        capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["interrupted", "True", str(2 * 256)], done.stdout

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from ..atomic import atomic_dir, dir_leftovers, remove_leftovers
+from ..atomic import atomic_dir, dir_leftovers, remove_leftovers, signals_deferred
 from ..batching import Encoded, PoolingOptions, encode, iter_batches, make_batch, pad_id
 from ..concepts import read_corpus
 from ..config import QUANTIZATIONS
@@ -289,9 +289,14 @@ def load_pretrained(source: ModelSource):
     lacks weights the config asks for (a layer more, keys of another prefix), which it
     makes up at random, or holds layers the config does not have (a layer fewer), which
     it leaves out: the run would go on with random neurons, or a model cut short."""
-    import torch
-    from safetensors import SafetensorError
-    from transformers import AutoConfig, AutoModel, AutoTokenizer
+    # With Ctrl-C and SIGTERM held (main thread): a KeyboardInterrupt raised inside
+    # PyTorch's import leaves it half made in the process, so that every later export
+    # there failed ("partially initialized module 'torch'") or the interpreter crashed
+    # (an audit of runs in one long-lived process). The signal is acted on right after.
+    with signals_deferred():
+        import torch
+        from safetensors import SafetensorError
+        from transformers import AutoConfig, AutoModel, AutoTokenizer
 
     dequantize(source)
     folder = Path(source.path)
